@@ -1,0 +1,244 @@
+"""The one concurrency seam: green threads (eventlet) or native threads.
+
+Everything above this module asks a ``Handler`` for ``spawn``, ``sleep``,
+``Event``, ``Queue``, ``Lock``, a pool and the ``zmq`` module to use; nothing
+else in the package imports eventlet.  ``get_handler()`` picks the green
+handler when the process is monkey-patched (``"eventlet"`` in
+``sys.modules`` and the socket module patched), the threading handler
+otherwise, so service code that never heard of eventlet still works.
+"""
+
+from __future__ import annotations
+
+import queue as _queue
+import sys
+import threading
+from typing import Any, Callable
+
+import zmq as _plain_zmq
+
+
+class Handler:
+    """What the rest of the code needs from a concurrency model."""
+
+    name = "abstract"
+    zmq: Any = _plain_zmq
+    Empty = _queue.Empty
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def Event(self) -> Any:  # noqa: N802 - mirrors threading.Event
+        raise NotImplementedError
+
+    def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802
+        raise NotImplementedError
+
+    def Lock(self) -> Any:  # noqa: N802
+        raise NotImplementedError
+
+    def Pool(self, size: int) -> "Pool":  # noqa: N802
+        raise NotImplementedError
+
+
+class Pool:
+    """Bounded worker pool: ``spawn_n`` blocks when ``size`` tasks run."""
+
+    def spawn_n(self, fn: Callable[..., Any], *args: Any) -> None:
+        raise NotImplementedError
+
+    def waitall(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+
+class ThreadingHandler(Handler):
+    """Native threads; blocking zmq calls release the GIL."""
+
+    name = "threading"
+    zmq = _plain_zmq
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
+        t = threading.Thread(target=fn, args=args, kwargs=kwargs, daemon=True)
+        t.start()
+        return t
+
+    def sleep(self, seconds: float) -> None:
+        import time
+        time.sleep(seconds)
+
+    def Event(self) -> threading.Event:  # noqa: N802
+        return threading.Event()
+
+    def Queue(self, maxsize: int = 0) -> _queue.Queue:  # noqa: N802
+        return _queue.Queue(maxsize)
+
+    def Lock(self) -> Any:  # noqa: N802
+        return threading.Lock()
+
+    def Pool(self, size: int) -> Pool:  # noqa: N802
+        return _ThreadPool(size)
+
+
+class _ThreadPool(Pool):
+    """Up to ``size`` daemon threads fed from one queue, started lazily."""
+
+    def __init__(self, size: int) -> None:
+        self._size = max(1, size)
+        self._tasks: _queue.Queue = _queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self._size)
+
+    def spawn_n(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._slots.acquire()
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self._size:
+                t = threading.Thread(target=self._work, daemon=True,
+                                     name="rpc-pool-%d" % len(self._threads))
+                self._threads.append(t)
+                t.start()
+            else:
+                self._idle -= 1
+        self._tasks.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            fn, args = self._tasks.get()
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 - logged by the task itself
+                import logging
+                logging.getLogger(__name__).exception("pool task failed")
+            finally:
+                with self._lock:
+                    self._idle += 1
+                self._slots.release()
+
+    def waitall(self, timeout: float | None = None) -> None:
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(self._size):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._slots.acquire(timeout=left):
+                break
+        else:
+            for _ in range(self._size):
+                self._slots.release()
+
+
+class EventletHandler(Handler):
+    """Green threads; sockets come from ``eventlet.green.zmq``."""
+
+    name = "eventlet"
+
+    def __init__(self) -> None:
+        import eventlet
+        import eventlet.event
+        import eventlet.queue
+        import eventlet.semaphore
+        from eventlet.green import zmq as green_zmq
+        self._eventlet = eventlet
+        self.zmq = green_zmq
+        self.Empty = eventlet.queue.Empty
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._eventlet.spawn(fn, *args, **kwargs)
+
+    def sleep(self, seconds: float) -> None:
+        self._eventlet.sleep(seconds)
+
+    def Event(self) -> Any:  # noqa: N802
+        return _GreenEvent()
+
+    def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802
+        import eventlet.queue
+        return eventlet.queue.LightQueue(maxsize or None)
+
+    def Lock(self) -> Any:  # noqa: N802
+        import eventlet.semaphore
+        return eventlet.semaphore.Semaphore(1)
+
+    def Pool(self, size: int) -> Pool:  # noqa: N802
+        return _GreenPool(size)
+
+
+class _GreenEvent:
+    """threading.Event look-alike for green threads (set/is_set/wait)."""
+
+    def __init__(self) -> None:
+        import eventlet.event
+        self._mod = eventlet.event
+        self._ev = eventlet.event.Event()
+
+    def set(self) -> None:
+        if not self._ev.ready():
+            self._ev.send(True)
+
+    def is_set(self) -> bool:
+        return self._ev.ready()
+
+    def clear(self) -> None:
+        if self._ev.ready():
+            self._ev = self._mod.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._ev.ready():
+            return True
+        import eventlet
+        with eventlet.Timeout(timeout, False):
+            self._ev.wait()
+        return self._ev.ready()
+
+
+class _GreenPool(Pool):
+    def __init__(self, size: int) -> None:
+        import eventlet
+        self._pool = eventlet.GreenPool(max(1, size))
+
+    def spawn_n(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._pool.spawn_n(fn, *args)
+
+    def waitall(self, timeout: float | None = None) -> None:
+        import eventlet
+        with eventlet.Timeout(timeout, False):
+            self._pool.waitall()
+
+
+def is_monkey_patched() -> bool:
+    """True when eventlet has patched this process's socket module.
+
+    Looks in ``sys.modules`` only: importing eventlet to find out would
+    itself disturb a plain threaded process.
+    """
+    if "eventlet" not in sys.modules:
+        return False
+    try:
+        patcher = sys.modules["eventlet"].patcher
+        return bool(patcher.is_monkey_patched("socket")
+                    or patcher.is_monkey_patched("thread"))
+    except AttributeError:
+        return False
+
+
+_handlers: dict[str, Handler] = {}
+_handlers_lock = threading.Lock()
+
+
+def get_handler(name: str | None = None) -> Handler:
+    """The handler for ``name`` ('eventlet' or 'threading'), or the one that
+    fits this process when ``name`` is None. Handlers are shared singletons."""
+    if name is None:
+        name = "eventlet" if is_monkey_patched() else "threading"
+    if name not in ("eventlet", "threading"):
+        raise ValueError("unknown concurrency handler %r: use 'eventlet' or "
+                         "'threading'" % name)
+    with _handlers_lock:
+        h = _handlers.get(name)
+        if h is None:
+            h = EventletHandler() if name == "eventlet" else ThreadingHandler()
+            _handlers[name] = h
+        return h
