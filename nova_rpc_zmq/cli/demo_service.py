@@ -1,0 +1,105 @@
+"""A sample service for ``nova-rpc-zmq demo`` and the functional tests.
+
+    python -m nova_rpc_zmq.cli.demo_service --config-file nova.conf \
+        --name svc1 [--topic demo] [--eventlet]
+
+Consumes ``<topic>`` (shared with other instances), ``<topic>_<name>``
+(this instance only) and the fanout of ``<topic>``; prints ``READY`` on
+stdout once consuming; stops on SIGTERM. Methods: ``echo``, ``whoami``,
+``count`` (a generator), ``stream`` (context.reply), ``fail`` (raises
+ValueError), ``slow``, ``record`` (a cast), ``stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="demo_service")
+    parser.add_argument("--config-file", action="append", default=[])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--topic", default="demo")
+    parser.add_argument("--eventlet", action="store_true",
+                        help="monkey-patch with eventlet (the legacy way)")
+    args, rest = parser.parse_known_args(argv)
+    if args.eventlet:
+        import eventlet
+        eventlet.monkey_patch()
+    import signal
+    import threading
+    import time
+
+    from nova_rpc_zmq import config, rpc
+    from nova_rpc_zmq.rpc import dispatcher
+
+    cli: list[str] = []
+    for path in args.config_file:
+        cli += ["--config-file", path]
+    rpc.init(config.parse_args(cli + rest))
+    name = args.name
+    seen: dict[str, int] = {"record": 0, "fanout": 0}
+    recorded: list = []
+
+    class DemoAPI:
+        RPC_API_VERSION = "1.0"
+
+        def echo(self, context, value=None):
+            return value
+
+        def whoami(self, context):
+            return {"name": name, "pid": os.getpid(),
+                    "eventlet": "eventlet" in sys.modules}
+
+        def count(self, context, n=3, delay=0.0):
+            for i in range(int(n)):
+                if delay:
+                    time.sleep(float(delay))
+                yield i
+
+        def stream(self, context, n=3):
+            for i in range(int(n)):
+                context.reply("part-%d" % i)
+
+        def fail(self, context, message="demo failure"):
+            raise ValueError(message)
+
+        def slow(self, context, seconds=2.0):
+            time.sleep(float(seconds))
+            return "slept"
+
+        def record(self, context, value=None):
+            seen["record"] += 1
+            recorded.append(value)
+
+        def announce(self, context, value=None):
+            seen["fanout"] += 1
+            recorded.append(value)
+
+        def stats(self, context):
+            return {"name": name, "record": seen["record"],
+                    "fanout": seen["fanout"], "values": recorded[-1000:]}
+
+    proxy = dispatcher.RpcDispatcher([DemoAPI()])
+    conn = rpc.create_connection(new=True)
+    conn.create_consumer(args.topic, proxy)
+    conn.create_consumer("%s_%s" % (args.topic, name), proxy)
+    conn.create_consumer(args.topic, proxy, fanout=True)
+    conn.consume_in_thread()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    sys.stdout.write("READY %s %d\n" % (name, os.getpid()))
+    sys.stdout.flush()
+    while not stop.wait(0.2):
+        pass
+    conn.close()
+    rpc.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The consumer side: connections, their sockets, and running methods.
+
+``Connection.create_consumer(topic, proxy, fanout=False)`` connects to the
+local receiver's IPC sockets, as the old driver did:
+
+* a bare or directed topic ``compute`` / ``compute.<anything>`` -> a PULL
+  socket on ``zmq_topic_compute.<rpc_zmq_host>`` (and on ``zmq_topic_compute``
+  for senders that do not direct their topic); several worker processes on
+  one host share such a topic, each message going to one of them;
+* fanout -> a SUB socket on ``zmq_topic_fanout~compute``.
+
+A fanout consumer proves its subscription before ``consume_in_thread``
+returns: it sends a probe through the local receiver and waits to see it
+(the slow-joiner effect would otherwise lose the first fanouts).
+
+Each socket has one reader (a green or native thread); each message runs in
+the shared pool of ``rpc_thread_pool_size`` workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from nova_rpc_zmq import wire
+from nova_rpc_zmq.errors import RemoteProtocolError, Timeout
+from nova_rpc_zmq.metrics import Counters
+
+LOG = logging.getLogger(__name__)
+
+#: RCVTIMEO of consumer sockets, so close() is noticed promptly.
+POLL_MS = 250
+#: Seconds consume_in_thread waits for fanout subscriptions to be proven.
+READY_TIMEOUT = 5.0
+
+
+class _Consumer:
+    """One IPC socket feeding one proxy."""
+
+    def __init__(self, conn: "Connection", ipc_topic: str, proxy: Any,
+                 fanout: bool, extra_paths: list[str]) -> None:
+        driver = conn.driver
+        zmq = driver.handler.zmq
+        self.conn = conn
+        self.ipc_topic = ipc_topic
+        self.proxy = proxy
+        self.fanout = fanout
+        self.sock = driver.ctx.socket(zmq.SUB if fanout else zmq.PULL)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, driver.settings.limits.max_msg_size)
+        if fanout:
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for path in [driver.ipc_path(ipc_topic)] + extra_paths:
+            self.sock.connect("ipc://" + path)
+        self.probe_prefix = "%sprobe" % uuid.uuid4().hex[:16]
+        self.ready = driver.handler.Event()
+        self.thread: Any = None
+
+    def run(self) -> None:
+        conn = self.conn
+        driver = conn.driver
+        zmq = driver.handler.zmq
+        limits = driver.settings.limits
+        counters = driver.counters
+        pool = driver.pool
+        sock = self.sock
+        while not conn.closed:
+            try:
+                frames = sock.recv_multipart()
+            except zmq.Again:
+                continue
+            except zmq.ZMQError:
+                if conn.closed:
+                    break
+                LOG.exception("consumer socket for %s failed", self.ipc_topic)
+                break
+            try:
+                msg = wire.decode(frames, limits)
+            except RemoteProtocolError as exc:
+                counters.incr("consumer.dropped." + exc.reason)
+                LOG.warning("dropped a malformed message on %s: %s",
+                            self.ipc_topic, exc)
+                continue
+            if isinstance(msg, wire.Probe):
+                if msg.probe_id.startswith(self.probe_prefix):
+                    self.ready.set()
+                continue
+            counters.incr("consumer.received")
+            pool.spawn_n(driver.process, self.proxy, msg)
+        sock.close(0)
+
+
+class Connection:
+    """Legacy ``Connection``: create consumers, run them, close them."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.consumers: dict[str, _Consumer] = {}
+        self.closed = False
+        self._done = driver.handler.Event()
+        self.counters: Counters = driver.counters
+
+    def create_consumer(self, topic: str, proxy: Any, fanout: bool = False) -> None:
+        """Receive messages of ``topic`` (or its fanout) into ``proxy``.
+
+        ``proxy`` is an RpcDispatcher or any object with ``dispatch(ctxt,
+        version, method, namespace, **kwargs)``.
+        """
+        if not hasattr(proxy, "dispatch"):
+            raise TypeError("proxy %r has no dispatch() method: pass an "
+                            "RpcDispatcher or an object with dispatch()"
+                            % (proxy,))
+        bare = wire.bare_topic(topic)
+        host = self.driver.settings.rpc_zmq_host
+        extra: list[str] = []
+        if fanout:
+            ipc_topic = wire.fanout_topic(bare)
+        else:
+            ipc_topic = wire.directed_topic(bare, host)
+            extra = [self.driver.ipc_path(bare)]
+        wire.check_topic(ipc_topic, self.driver.settings.limits)
+        if ipc_topic in self.consumers:
+            LOG.info("already consuming %s; skipping", ipc_topic)
+            return
+        self.consumers[ipc_topic] = _Consumer(self, ipc_topic, proxy, fanout,
+                                              extra)
+        self.driver.joined_topic(bare)
+
+    def _probe(self, consumer: _Consumer, n: int) -> None:
+        frames = wire.encode_probe("%s%d" % (consumer.probe_prefix, n),
+                                   consumer.ipc_topic)
+        try:
+            self.driver.outbound.send(self.driver.settings.rpc_zmq_host,
+                                      frames, topic=consumer.ipc_topic)
+        except Timeout:
+            LOG.warning("could not probe %s through the local receiver",
+                        consumer.ipc_topic)
+
+    def consume_in_thread(self) -> Any:
+        """Start reading every consumer; returns once fanout subscriptions
+        are proven (or after READY_TIMEOUT seconds, with a warning)."""
+        handler = self.driver.handler
+        for consumer in self.consumers.values():
+            if consumer.thread is None:
+                consumer.thread = handler.spawn(consumer.run)
+                # a directed topic's probe only makes the receiver create its
+                # socket so we connect at once; any worker may swallow it
+                self._probe(consumer, 0)
+        deadline = time.monotonic() + READY_TIMEOUT
+        pending = [c for c in self.consumers.values()
+                   if c.fanout and not c.ready.is_set()]
+        n = 0
+        while pending and time.monotonic() < deadline:
+            n += 1
+            for consumer in pending:
+                self._probe(consumer, n)
+            for consumer in pending:
+                consumer.ready.wait(min(0.05 * n, 0.5))
+            pending = [c for c in pending if not c.ready.is_set()]
+        for consumer in pending:
+            LOG.warning("fanout consumer %s is not confirmed after %.0fs: is "
+                        "nova-rpc-zmq-receiver running on this host?",
+                        consumer.ipc_topic, READY_TIMEOUT)
+        return self
+
+    def consume(self) -> None:
+        """Run the consumers and block until ``close()``."""
+        self.consume_in_thread()
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until ``close()`` is called (from another thread)."""
+        while not self._done.wait(1.0):
+            pass
+
+    def close(self) -> None:
+        """Stop every consumer; messages already running finish in the pool."""
+        if self.closed:
+            return
+        self.closed = True
+        for consumer in self.consumers.values():
+            thread = consumer.thread
+            if thread is None:
+                consumer.sock.close(0)
+                continue
+            join = getattr(thread, "join", None) or getattr(thread, "wait")
+            if thread is not self.driver.handler.current():
+                join()
+        self.consumers.clear()
+        self.driver.left_connection(self)
+        self._done.set()
+

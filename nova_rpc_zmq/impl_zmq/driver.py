@@ -1,0 +1,303 @@
+"""The ZeroMQ driver: one ``Driver`` per process holds the context, the
+socket cache, the matchmaker, the reply listener and the worker pool.
+
+Sending: ``matchmaker.queues(topic)`` -> ``(directed topic, host)`` pairs;
+frames from ``wire.encode``; the host's cached PUSH socket. A call is the
+old curried ``-reply`` cast; the server answers with ``-process_reply``
+casts to ``zmq_replies.<caller host>``, one per value when the caller said
+it accepts streaming (frame 0 = ``wire.CALLER_STREAMS``), else one holding
+the whole list, exactly as old callers expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import types
+from typing import Any, Iterator
+
+from nova_rpc_zmq import wire
+from nova_rpc_zmq.concurrency import Handler, get_handler
+from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Timeout
+from nova_rpc_zmq.impl_zmq.replies import ReplyWaiter
+from nova_rpc_zmq.impl_zmq.sockets import Outbound
+from nova_rpc_zmq.metrics import Counters
+
+LOG = logging.getLogger(__name__)
+
+
+def context_dict(context: Any) -> dict:
+    """The JSON-able dict of a request context (object, dict or None)."""
+    if context is None:
+        return {}
+    if isinstance(context, dict):
+        return context
+    to_dict = getattr(context, "to_dict", None)
+    if to_dict is None:
+        raise TypeError("context %r has no to_dict(): pass a "
+                        "CommonRpcContext, a dict or None" % (context,))
+    return to_dict()
+
+
+class Driver:
+    """Everything one process needs to send and receive. Fork-aware:
+    ``get_driver`` makes a new one in a child process."""
+
+    def __init__(self, settings: Any, handler: Handler | None = None,
+                 matchmaker: Any = None) -> None:
+        self.settings = settings
+        self.handler = handler or get_handler()
+        self.pid = os.getpid()
+        self.counters = Counters("driver")
+        zmq = self.handler.zmq
+        self.ctx = zmq.Context(settings.rpc_zmq_contexts)
+        if matchmaker is None:
+            from nova_rpc_zmq.matchmaker import get_matchmaker
+            matchmaker = get_matchmaker(settings, liveness=self._liveness())
+        self.matchmaker = matchmaker
+        self.security = self._client_security()
+        self.outbound = Outbound(self.handler, self.ctx, settings,
+                                 configure=self.security.configure
+                                 if self.security else None)
+        self.replies = ReplyWaiter(self)
+        self.pool = self.handler.Pool(settings.rpc_thread_pool_size)
+        self.connections: list[Any] = []
+        self._allowed_modules = list(settings.allowed_rpc_exception_modules)
+
+    # -- hooks for later layers ------------------------------------------
+    def _liveness(self) -> Any:
+        return None
+
+    def _client_security(self) -> Any:
+        if not getattr(self.settings, "rpc_zmq_curve", False):
+            return None
+        from nova_rpc_zmq.security import ClientSecurity
+        return ClientSecurity.from_settings(self.settings, self.handler)
+
+    def joined_topic(self, bare_topic: str) -> None:
+        """A consumer of ``bare_topic`` started in this process."""
+
+    def left_connection(self, conn: Any) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    # -- paths ------------------------------------------------------------
+    def ipc_path(self, topic: str) -> str:
+        return os.path.join(self.settings.rpc_zmq_ipc_dir, "zmq_topic_" + topic)
+
+    # -- sending ----------------------------------------------------------
+    def _queues(self, topic: str) -> list[tuple[str, str]]:
+        try:
+            queues = self.matchmaker.queues(topic)
+        except NoHostsError:
+            self.counters.incr("no_host")
+            LOG.error("no host for topic %s", topic)
+            raise
+        if not queues:
+            self.counters.incr("no_host")
+            raise NoHostsError(topic, getattr(self.matchmaker, "source",
+                                              "the matchmaker"))
+        return queues
+
+    def _send(self, host: str, frames: list[bytes], topic: str) -> None:
+        security = self.security
+        if security is not None:
+            security.check(host)
+        self.outbound.send(host, frames, topic=topic)
+
+    def cast(self, context: Any, topic: str, msg: dict,
+             envelope: bool = False, msg_id: str | bytes = wire.NO_MSG_ID) -> None:
+        """Send ``msg`` to one consumer of ``topic`` (all hosts for fanout)."""
+        ctx = context_dict(context)
+        errors = []
+        for dtopic, host in self._queues(topic):
+            frames = wire.encode(msg_id, dtopic, ctx, msg, envelope)
+            try:
+                self._send(host, frames, dtopic)
+            except RPCException as exc:
+                # one dead host must not stop a fanout to the others
+                self.counters.incr("send_failed")
+                LOG.error("cast of %s to host %s failed: %s", dtopic, host, exc)
+                errors.append(exc)
+        if errors and not wire.is_fanout(topic):
+            raise errors[0]
+
+    def fanout_cast(self, context: Any, topic: str, msg: dict,
+                    envelope: bool = False) -> None:
+        self.cast(context, wire.fanout_topic(wire.bare_topic(topic)), msg,
+                  envelope)
+
+    def multicall(self, context: Any, topic: str, msg: dict,
+                  timeout: float | None = None,
+                  envelope: bool = False) -> Iterator[Any]:
+        """Send a call; yield each value as the server produces it.
+
+        ``timeout`` (default ``rpc_response_timeout``) bounds the wait for
+        each value. Raises Timeout, or the remote exception rebuilt.
+        """
+        timeout = float(timeout or self.settings.rpc_response_timeout)
+        ctx = context_dict(context)
+        dtopic, host = self._queues(topic)[0]
+        replies = self.replies
+        replies.ensure_ready(timeout)
+        msg_id = replies.new_msg_id()
+        body = wire.call_request(msg_id, replies.reply_topic, ctx, msg)
+        frames = wire.encode(wire.CALLER_STREAMS, dtopic, ctx, body, envelope)
+        queue = replies.register(msg_id)
+        empty = self.handler.Empty
+        method = msg.get("method") if isinstance(msg, dict) else None
+        try:
+            self._send(host, frames, dtopic)
+            while True:
+                try:
+                    response, more = queue.get(timeout=timeout)
+                except empty:
+                    self.counters.incr("call_timeouts")
+                    failure = self.security.failure(host) if self.security else None
+                    if failure is not None:
+                        raise failure from None
+                    raise Timeout(info="no reply from host %s within %.1fs"
+                                       % (host, timeout),
+                                  topic=topic, method=method) from None
+                for value in response:
+                    if isinstance(value, dict) and "exc" in value:
+                        raise self.remote_exception(value["exc"])
+                    yield value
+                if not more:
+                    return
+        finally:
+            replies.unregister(msg_id)
+
+    def call(self, context: Any, topic: str, msg: dict,
+             timeout: float | None = None, envelope: bool = False) -> Any:
+        """Send a call and return the last value the server produced."""
+        result = None
+        for result in self.multicall(context, topic, msg, timeout, envelope):
+            pass
+        return result
+
+    def remote_exception(self, data: Any) -> Exception:
+        from nova_rpc_zmq.rpc import common
+        return common.deserialize_remote_exception(data, self._allowed_modules)
+
+    # -- receiving --------------------------------------------------------
+    def create_connection(self) -> Any:
+        from nova_rpc_zmq.impl_zmq.consumer import Connection
+        conn = Connection(self)
+        self.connections.append(conn)
+        return conn
+
+    def process(self, proxy: Any, msg: wire.Message) -> None:
+        """Run one received message (in a pool worker); never raises."""
+        try:
+            self._process(proxy, msg)
+        except Exception:  # noqa: BLE001 - a bad message must not kill a worker
+            self.counters.incr("consumer.failed")
+            LOG.exception("failed to process a message on %s", msg.topic)
+
+    def _process(self, proxy: Any, msg: wire.Message) -> None:
+        from nova_rpc_zmq.rpc import common
+        body = msg.body
+        method = body.get("method")
+        ctx = common.RpcContext.from_dict(msg.context)
+        if method == wire.REPLY_METHOD:
+            self._answer(proxy, ctx, msg)
+            return
+        if method.startswith("-"):
+            self.counters.incr("consumer.dropped.internal_method")
+            LOG.warning("dropped internal method %r sent to %s", method,
+                        msg.topic)
+            return
+        try:
+            proxy.dispatch(ctx, body.get("version"), method,
+                           body.get("namespace"), **body.get("args", {}))
+        except Exception as exc:  # noqa: BLE001
+            self.counters.incr("consumer.cast_failed")
+            LOG.exception("cast %s on %s raised %s", method, msg.topic,
+                          type(exc).__name__)
+
+    def _answer(self, proxy: Any, ctx: Any, msg: wire.Message) -> None:
+        from nova_rpc_zmq.rpc import common
+        args = msg.body.get("args", {})
+        msg_id = args.get("msg_id")
+        reply_topic = args.get("topic")
+        inner = args.get("msg")
+        if not isinstance(msg_id, str) or not isinstance(reply_topic, str) \
+                or not wire.is_reply_topic(reply_topic):
+            self.counters.incr("consumer.dropped.bad_call")
+            LOG.warning("dropped a call on %s without a valid msg_id and "
+                        "reply topic", msg.topic)
+            return
+        payload = inner[-1] if isinstance(inner, list) and inner else inner
+        stream = msg.msg_id == wire.CALLER_STREAMS.decode()
+        ctx_dict = msg.context
+
+        def send(response: list, more: bool | None) -> None:
+            frames = wire.encode(msg_id, reply_topic, ctx_dict,
+                                 wire.reply_body(msg_id, response, more))
+            for dtopic, host in self._queues(reply_topic):
+                self._send(host, frames, dtopic)
+
+        collected: list[Any] = []
+
+        def emit(value: Any) -> None:
+            if stream:
+                send([value], True)
+            else:
+                collected.append(value)
+
+        used_reply = []
+
+        def reply_sink(reply: Any = None, failure: Any = None,
+                       ending: bool = False) -> None:
+            if ending:
+                return
+            used_reply.append(True)
+            if failure is not None:
+                emit({"exc": common.serialize_remote_exception(failure)})
+            else:
+                emit(reply)
+
+        ctx.reply_sink = reply_sink
+        try:
+            payload = common.deserialize_msg(payload)
+            if not isinstance(payload, dict) or not isinstance(
+                    payload.get("method"), str):
+                raise RPCException("call without a method name")
+            result = proxy.dispatch(ctx, payload.get("version"),
+                                    payload["method"],
+                                    payload.get("namespace"),
+                                    **(payload.get("args") or {}))
+            if isinstance(result, types.GeneratorType):
+                for value in result:
+                    emit(value)
+                final: list[Any] = []
+            elif used_reply:
+                final = []
+            else:
+                final = [result]
+        except ClientException as exc:
+            LOG.debug("expected exception in %s: %s", msg.topic,
+                      exc._exc_info[1])
+            final = [{"exc": common.serialize_remote_exception(
+                exc._exc_info, log_failure=False)}]
+        except Exception:  # noqa: BLE001 - goes back to the caller
+            LOG.exception("exception while handling a call on %s", msg.topic)
+            final = [{"exc": common.serialize_remote_exception(sys.exc_info())}]
+        if stream:
+            send(final, False)
+        else:
+            send(collected + final, None)
+
+    # -- shutdown ---------------------------------------------------------
+    def cleanup(self) -> None:
+        """Close consumers and the reply listener, flush queued casts
+        (bounded linger) and end the context."""
+        for conn in list(self.connections):
+            conn.close()
+        self.replies.close()
+        if self.security is not None:
+            self.security.close()
+        self.outbound.close()
+        self.ctx.term()

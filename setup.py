@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nova-rpc-zmq",
+    version="0.1.0",
+    description="Broker-less RPC over ZeroMQ for OpenStack-style services, "
+                "compatible with the Nova-era impl_zmq driver",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["nova_rpc_zmq", "nova_rpc_zmq.*"]),
+    install_requires=[
+        "pyzmq>=22",
+        "eventlet>=0.33",
+        "greenlet>=2",
+        "oslo.config>=9",
+        "python-memcached>=1.59",
+        "kazoo>=2.9",
+        "SQLAlchemy>=1.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis", "atheris",
+                 "psutil", "ruff"],
+        "bench": ["matplotlib", "psutil"],
+    },
+    scripts=["bin/nova-rpc-zmq-receiver"],
+    entry_points={
+        "console_scripts": [
+            "nova-rpc-zmq=nova_rpc_zmq.cli.main:main",
+        ],
+    },
+)
