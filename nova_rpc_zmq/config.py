@@ -547,8 +547,12 @@ class _Checker:
         raw = self.v[field]
         key = str(raw).strip().replace(":", ".") if raw is not None else ""
         if key not in table:
+            short = sorted(set(table.values()))
+            legacy = sorted(k for k in table if k not in short)
             raise self.fail(field, "is not supported",
-                            "accepted values: %s" % ", ".join(sorted(table)))
+                            "accepted values: %s (legacy spellings also "
+                            "accepted: %s)" % (", ".join(short),
+                                               ", ".join(legacy)))
         self.v[field] = table[key]
 
     def number(self, field: str, low: float, high: float | None = None,

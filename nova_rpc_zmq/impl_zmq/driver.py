@@ -283,7 +283,7 @@ class Driver:
             final = [{"exc": common.serialize_remote_exception(
                 exc._exc_info, log_failure=False)}]
         except Exception:  # noqa: BLE001 - goes back to the caller
-            LOG.exception("exception while handling a call on %s", msg.topic)
+            # serialize_remote_exception logs it with the traceback
             final = [{"exc": common.serialize_remote_exception(sys.exc_info())}]
         if stream:
             send(final, False)

@@ -281,6 +281,15 @@ class Receiver:
                 LOG.info("backlog drained to %d: resuming TCP input",
                          self.backlogged)
 
+    def _subscribed(self, topic: _Topic) -> None:
+        """A subscriber joined a held publish topic: release its backlog."""
+        try:
+            while True:
+                topic.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        topic.hold_until = 0.0
+
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from signal handlers and threads."""
         self._stopping = True
@@ -301,6 +310,8 @@ class Receiver:
                     want[inbound] = zmq.POLLIN
                 for t in waiting:
                     if t.hold_until:
+                        # a subscription arriving ends the hold early
+                        want[t.sock] = zmq.POLLIN
                         timeout = min(timeout, max(0.0, (t.hold_until - now) * 1000))
                     else:
                         want[t.sock] = zmq.POLLOUT
@@ -322,7 +333,10 @@ class Receiver:
                     self._read_batch(inbound)
                 now = time.monotonic()
                 for t in waiting:
-                    if t.hold_until or events.get(t.sock):
+                    ev = events.get(t.sock, 0)
+                    if t.hold_until and ev & zmq.POLLIN:
+                        self._subscribed(t)
+                    if t.hold_until or ev:
                         self._flush(t, now)
         finally:
             self._shutdown()

@@ -255,14 +255,16 @@ class _ReplyState:
 class RpcContext(CommonRpcContext):
     """The context a server method receives; ``reply()`` streams to multicall.
 
-    A driver plugs its own ``reply_sink`` in (constructor argument or the
-    attribute); without one, replies collect in ``replies`` as in the old
+    A driver plugs its own sink in by setting ``ctxt.reply_sink`` after
+    ``RpcContext.from_dict(values)``; keyword arguments are only ever
+    context values, so a context key from the network cannot become the
+    callback.  Without a sink, replies collect in ``replies`` as in the old
     ZeroMQ driver.  Copies made by ``deepcopy``/``elevated`` share the reply
     stream, so a method may reply through an elevated copy.
     """
 
-    def __init__(self, reply_sink: ReplySink | None = None, **kwargs: Any) -> None:
-        self._reply_state = _ReplyState(reply_sink)
+    def __init__(self, **kwargs: Any) -> None:
+        self._reply_state = _ReplyState(None)
         super().__init__(**kwargs)
 
     @property

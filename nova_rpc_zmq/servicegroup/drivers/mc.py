@@ -1,0 +1,450 @@
+"""ServiceGroup driver ``mc``: heartbeat keys in memcached.
+
+Options (from ``Settings``): ``memcached_servers`` - a list of
+``host:port`` (the client spreads keys over them by hash), or None for an
+in-process store with the same time-to-live rules (all-in-one deployments
+and tests: only members of this process are visible); ``report_interval``;
+``service_down_time``.
+
+Keys (all prefixed ``nrz-sg:``, hashed with SHA-256 when a name is not
+memcached-safe or too long):
+
+* ``nrz-sg:m:<group>:<member>`` - one per member, value JSON
+  ``{"t": last heartbeat, "s": service}`` (or ``"left"`` after a graceful
+  leave), time-to-live ``service_down_time``, rewritten every
+  ``report_interval``: all members of the process in one ``set_multi``.
+* ``nrz-sg:i:<group>`` - the group index (memcached cannot list keys):
+  JSON ``{"m": {member: first seen}}``, never expires, only grows (so a
+  dead member stays *known*, which the liveness view relies on).  Updated
+  with ``gets``/``cas`` and a bounded retry; every heartbeat re-checks it, so
+  an index lost with its server is rebuilt within one interval.
+* ``nrz-sg:groups`` - the list of groups, kept the same way.
+
+A member is up while the newest heartbeat time this process has seen for
+it is within ``service_down_time`` (writer's clock: keep hosts in NTP
+sync).  Remembering the newest time, rather than trusting a missing key,
+tolerates the loss of one of several servers: the client rehashes the keys
+of a dead server to a live one, where they are missing until the member's
+next heartbeat - one ``report_interval``, well inside the down time.
+Readers also keep asking for members they knew even when an index is
+missing, so members keyed on live servers stay visible meanwhile.
+
+While every server is away: heartbeats are retried with capped back-off
+(cap ``report_interval``), reads raise ``ServiceGroupUnavailable`` and the
+API answers from its last known view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from nova_rpc_zmq import concurrency, errors
+from nova_rpc_zmq.servicegroup.drivers import base
+
+LOG = logging.getLogger(__name__)
+
+KEY_PREFIX = "nrz-sg"
+#: memcached refuses keys of 250 bytes or more; stay clear of it
+MAX_KEY_LEN = 200
+GROUPS_KEY = KEY_PREFIX + ":groups"
+#: attempts of one gets/cas merge before leaving it to the next heartbeat
+MERGE_TRIES = 8
+
+
+def safe_key(*parts: str) -> str:
+    """A memcached-safe key for ``parts``: printable ASCII without spaces,
+    shorter than ``MAX_KEY_LEN``; otherwise a SHA-256 of the full name."""
+    raw = ":".join((KEY_PREFIX,) + parts)
+    if len(raw) < MAX_KEY_LEN and all(0x21 <= ord(c) <= 0x7E for c in raw):
+        return raw
+    return "%s:h:%s" % (KEY_PREFIX, hashlib.sha256(raw.encode("utf-8")).hexdigest())
+
+
+def member_key(group_id: str, member_id: str) -> str:
+    """The heartbeat key of one member."""
+    return safe_key("m", group_id, member_id)
+
+
+def index_key(group_id: str) -> str:
+    """The key listing every member a group ever had."""
+    return safe_key("i", group_id)
+
+
+def _loads(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        LOG.warning("servicegroup mc: ignoring a value that is not JSON: %r",
+                    str(value)[:80])
+        return None
+
+
+class LocalStore:
+    """In-process key/value store with memcached's time-to-live rules.
+
+    One per process (``LocalStore.shared()``), so every API instance of the
+    process sees the same members.  Thread-safe.
+    """
+
+    _shared: "LocalStore | None" = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[str, float | None]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> "LocalStore":
+        """The process-wide store."""
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def _live(self, key: str, now: float) -> str | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires <= now:
+            del self._data[key]
+            return None
+        return value
+
+    def alive(self) -> bool:
+        return True
+
+    def get_multi(self, keys: Iterable[str]) -> dict[str, str]:
+        now = time.time()
+        with self._lock:
+            out = {}
+            for k in keys:
+                v = self._live(k, now)
+                if v is not None:
+                    out[k] = v
+            return out
+
+    def set_multi(self, mapping: dict[str, str], ttl: int) -> list[str]:
+        expires = time.time() + ttl if ttl else None
+        with self._lock:
+            for k, v in mapping.items():
+                self._data[k] = (v, expires)
+        return []
+
+    def merge(self, key: str, fn: Callable[[str | None], str | None]) -> bool:
+        with self._lock:
+            new = fn(self._live(key, time.time()))
+            if new is not None:
+                self._data[key] = (new, None)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class MemcachedStore:
+    """The same small interface over python-memcached and real servers."""
+
+    def __init__(self, servers: list[str], socket_timeout: float,
+                 dead_retry: float) -> None:
+        import memcache  # python-memcached; imported only when configured
+        self.servers = list(servers)
+        self._client = memcache.Client(self.servers, socket_timeout=socket_timeout,
+                                       dead_retry=dead_retry, cache_cas=True)
+
+    def alive(self) -> bool:
+        """True when at least one server accepts a connection."""
+        return any(s.connect() for s in self._client.servers)
+
+    def get_multi(self, keys: Iterable[str]) -> dict[str, str]:
+        return self._client.get_multi(list(keys))
+
+    def set_multi(self, mapping: dict[str, str], ttl: int) -> list[str]:
+        return list(self._client.set_multi(mapping, time=ttl))
+
+    def merge(self, key: str, fn: Callable[[str | None], str | None]) -> bool:
+        """Read-modify-write with gets/cas; False when it kept racing."""
+        client = self._client
+        for _ in range(MERGE_TRIES):
+            current = client.gets(key)
+            new = fn(current)
+            if new is None:
+                return True
+            if current is None:
+                ok = client.add(key, new)
+            else:
+                ok = client.cas(key, new)
+            client.reset_cas()
+            if ok:
+                return True
+        return False
+
+    def close(self) -> None:
+        self._client.disconnect_all()
+
+
+class McDriver(base.Driver):
+    """Heartbeat keys in memcached (or in-process); see the module docstring."""
+
+    name = "mc"
+
+    def __init__(self, memcached_servers: list[str] | str | None = None, *,
+                 service_down_time: float = 60, report_interval: float = 10,
+                 handler: concurrency.Handler | None = None,
+                 socket_timeout: float | None = None) -> None:
+        super().__init__(service_down_time=service_down_time,
+                         report_interval=report_interval, handler=handler)
+        servers = _server_list(memcached_servers)
+        self.servers = servers
+        if servers:
+            timeout = socket_timeout or max(0.2, min(3.0, self.report_interval / 2))
+            # a dead server is retried after one interval, not memcached's 30 s
+            self.store: Any = MemcachedStore(servers, timeout,
+                                             dead_retry=max(1.0, self.report_interval))
+        else:
+            self.store = LocalStore.shared()
+        self.health = base.BackendHealth("mc", self.address, LOG)
+        if not self.store.alive():
+            self.store.close()
+            raise base.ServiceGroupUnavailable(
+                "mc", self.address, "no memcached server accepts connections; "
+                "check memcached_servers and that memcached runs")
+        self._ttl = int(math.ceil(self.service_down_time))
+        self._lock = threading.Lock()
+        self._mine: dict[tuple[str, str], Any] = {}
+        # (group, member) -> (newest heartbeat time seen, left_at, service)
+        self._seen: dict[tuple[str, str], tuple[float, float | None, Any]] = {}
+        self._known_groups: set[str] = set()
+        self._wake = self.handler.Event()
+        self._stopped = False
+        self._task: Any = None
+        self.beats = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any,
+                      handler: concurrency.Handler | None = None) -> "McDriver":
+        """Build from ``Settings`` (``memcached_servers``,
+        ``service_down_time``, ``report_interval``)."""
+        return cls(base.setting(settings, "memcached_servers", None),
+                   service_down_time=base.setting(settings, "service_down_time", 60),
+                   report_interval=base.setting(settings, "report_interval", 10),
+                   handler=handler)
+
+    @property
+    def address(self) -> str:
+        return ",".join(self.servers) if self.servers else "in-process store"
+
+    # -- membership of this process ---------------------------------------
+
+    def join(self, member_id: str, group_id: str, service: Any = None) -> None:
+        """Write the member's key and index entry now, then keep them fresh.
+        If every server is away the member is queued for the heartbeat."""
+        key = (base.check_name("group", group_id),
+               base.check_name("member", member_id))
+        with self._lock:
+            self._mine[key] = service
+            if self._task is None:
+                self._task = self.handler.spawn(self._run)
+        try:
+            self._beat({key: service})
+            self.health.restored()
+        except base.ServiceGroupUnavailable:
+            pass  # logged by health; the heartbeat task retries
+
+    def leave(self, member_id: str, group_id: str) -> None:
+        """Stop the heartbeat and write a 'left' mark so readers see the
+        member down at once (the index keeps it known)."""
+        key = (group_id, member_id)
+        with self._lock:
+            self._mine.pop(key, None)
+        now = time.time()
+        last = self._seen.get(key, (now, None, None))[0]
+        self._seen[key] = (last, now, None)
+        failed = self.store.set_multi(
+            {member_key(group_id, member_id): json.dumps({"t": last, "left": now})},
+            self._ttl)
+        if failed:
+            LOG.warning("servicegroup mc: could not mark %s/%s as left; it "
+                        "will be seen down after service_down_time",
+                        group_id, member_id)
+
+    def _run(self) -> None:
+        backoff = base.Backoff(min(0.5, self.report_interval), self.report_interval)
+        while not self._stopped:
+            delay = self.report_interval
+            with self._lock:
+                members = dict(self._mine)
+            try:
+                if members:
+                    self._beat(members)
+                self.health.restored()
+                backoff.reset()
+            except base.ServiceGroupUnavailable:
+                delay = backoff.next()
+            except Exception:  # noqa: BLE001 - keep heartbeating regardless
+                LOG.exception("servicegroup mc heartbeat failed")
+                delay = backoff.next()
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _beat(self, members: dict[tuple[str, str], Any]) -> None:
+        """Refresh the given members' keys and make sure the indexes list
+        them.  Raises ServiceGroupUnavailable when no server takes them."""
+        if not self.store.alive():
+            raise self.health.unavailable("no memcached server answers")
+        now = time.time()
+        mapping = {member_key(g, m): json.dumps({"t": now, "s": svc}, default=str)
+                   for (g, m), svc in members.items()}
+        failed = self.store.set_multi(mapping, self._ttl)
+        if len(failed) == len(mapping):
+            raise self.health.unavailable("no memcached server stored the heartbeat")
+        for (g, m), svc in members.items():
+            self._seen[(g, m)] = (now, None, svc)
+        by_group: dict[str, set[str]] = {}
+        for g, m in members:
+            by_group.setdefault(g, set()).add(m)
+        keys = [index_key(g) for g in by_group] + [GROUPS_KEY]
+        current = self.store.get_multi(keys)
+        for g, names in by_group.items():
+            listed = (_loads(current.get(index_key(g))) or {}).get("m", {})
+            if not names <= set(listed):
+                self._merge_index(g, names, now)
+        groups_now = set((_loads(current.get(GROUPS_KEY)) or {}).get("g", []))
+        if not set(by_group) <= groups_now:
+            self.store.merge(GROUPS_KEY, _adder("g", set(by_group), now))
+        self._known_groups.update(by_group)
+        self.beats += 1
+
+    def _merge_index(self, group_id: str, names: set[str], now: float) -> None:
+        if not self.store.merge(index_key(group_id), _adder("m", names, now)):
+            LOG.info("servicegroup mc: index of %s kept changing; the next "
+                     "heartbeat adds %s", group_id, sorted(names))
+
+    # -- reads -----------------------------------------------------------------
+
+    def _verdict(self, key: tuple[str, str], now: float) -> base.MemberRecord:
+        t, left, svc = self._seen.get(key, (None, None, None))
+        up = (t is not None and left is None
+              and now - t <= self.service_down_time)
+        return base.MemberRecord(key[0], key[1], up, t, svc)
+
+    def _observe(self, key: tuple[str, str], raw: Any) -> None:
+        value = _loads(raw)
+        if not isinstance(value, dict) or not isinstance(value.get("t"), (int, float)):
+            return
+        t = float(value["t"])
+        old_t, old_left, old_svc = self._seen.get(key, (None, None, None))
+        left = value.get("left")
+        if left is not None:
+            self._seen[key] = (max(t, old_t or t), float(left), old_svc)
+        elif old_t is None or t >= old_t:
+            self._seen[key] = (t, None, value.get("s"))
+
+    def members(self, group_ids: Iterable[str]) -> dict[str, list[base.MemberRecord]]:
+        """Two multi-gets: the indexes, then every member key."""
+        groups = sorted(set(group_ids))
+        if not groups:
+            return {}
+        if not self.store.alive():
+            raise self.health.unavailable("no memcached server answers")
+        indexes = self.store.get_multi([index_key(g) for g in groups])
+        names: dict[str, set[str]] = {}
+        for g in groups:
+            listed = (_loads(indexes.get(index_key(g))) or {}).get("m", {})
+            names[g] = set(listed) | {m for (gg, m) in self._seen if gg == g}
+        wanted = {member_key(g, m): (g, m) for g in groups for m in names[g]}
+        values = self.store.get_multi(list(wanted))
+        for k, raw in values.items():
+            self._observe(wanted[k], raw)
+        self.health.restored()
+        now = time.time()
+        return {g: [self._verdict((g, m), now) for m in sorted(names[g])]
+                for g in groups}
+
+    def is_up(self, group_id: str, member_id: str) -> bool:
+        if not self.store.alive():
+            raise self.health.unavailable("no memcached server answers")
+        key = (group_id, member_id)
+        raw = self.store.get_multi([member_key(group_id, member_id)])
+        for v in raw.values():
+            self._observe(key, v)
+        self.health.restored()
+        return self._verdict(key, time.time()).up
+
+    def groups(self) -> list[str]:
+        if not self.store.alive():
+            raise self.health.unavailable("no memcached server answers")
+        raw = self.store.get_multi([GROUPS_KEY]).get(GROUPS_KEY)
+        listed = set((_loads(raw) or {}).get("g", []))
+        return sorted(listed | self._known_groups)
+
+    def stop(self, leave: bool = True) -> None:
+        if self._stopped:
+            return
+        with self._lock:
+            mine = list(self._mine)
+        if leave:
+            for group_id, member_id in mine:
+                try:
+                    self.leave(member_id, group_id)
+                except Exception:  # noqa: BLE001 - stopping anyway
+                    LOG.exception("servicegroup mc: leave of %s/%s failed",
+                                  group_id, member_id)
+        self._stopped = True
+        self._wake.set()
+        self.store.close()
+
+
+def _adder(field: str, names: set[str], now: float) -> Callable[[str | None], str | None]:
+    """A merge function adding ``names`` to the JSON object's ``field``
+    (a dict name -> first seen, or a list); None when nothing is missing."""
+
+    def fn(raw: str | None) -> str | None:
+        doc = _loads(raw)
+        if not isinstance(doc, dict):
+            doc = {}
+        if field == "g":
+            have = set(doc.get("g") or [])
+            if names <= have:
+                return None
+            doc["g"] = sorted(have | names)
+        else:
+            have_map = doc.get("m")
+            if not isinstance(have_map, dict):
+                have_map = {}
+            if names <= set(have_map):
+                return None
+            for n in names:
+                have_map.setdefault(n, now)
+            doc["m"] = have_map
+        return json.dumps(doc, sort_keys=True)
+
+    return fn
+
+
+def _server_list(value: list[str] | str | None) -> list[str]:
+    """Normalise ``memcached_servers``; raise ConfigurationError on junk."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    out = []
+    for item in value:
+        item = str(item).strip()
+        if not item or item == "<None>":
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise errors.ConfigurationError(
+                "memcached_servers entry %r is not host:port; write e.g. "
+                "memcached_servers = 10.0.0.5:11211,10.0.0.6:11211" % item)
+        out.append(item)
+    return out

@@ -1,0 +1,208 @@
+"""The legacy RPC API over real processes: a receiver, services (green and
+threaded), and clients in this process and in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from nova_rpc_zmq import rpc
+from nova_rpc_zmq.cli.cluster import LocalHost
+from nova_rpc_zmq.errors import RemoteError, Timeout
+from tests.support import scaled, wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def m(method: str, **args):
+    return {"method": method, "args": args}
+
+
+@pytest.fixture(scope="module")
+def host():
+    h = LocalHost(host="localhost")
+    try:
+        h.start_receiver()
+        h.start_service("green", eventlet=True)
+        h.start_service("threads", eventlet=False)
+        rpc.init(h.settings())
+        yield h
+    finally:
+        rpc.cleanup()
+        h.stop()
+
+
+def stats(name: str) -> dict:
+    return rpc.call({}, "demo_" + name, m("stats"), timeout=scaled(10))
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_call_returns_the_value(host, name):
+    value = {"list": [1, 2.5, "x"], "nested": {"a": None}}
+    assert rpc.call({"user_id": "u"}, "demo_" + name, m("echo", value=value)) == value
+    assert rpc.call({}, "demo_" + name, m("whoami"))["name"] == name
+
+
+def test_bare_topic_round_robins_over_workers(host):
+    names = {rpc.call({}, "demo", m("whoami"))["name"] for _ in range(20)}
+    assert names == {"green", "threads"}
+
+
+def test_directed_topic_reaches_bare_consumers(host):
+    # a consumer of "demo_green" also receives "demo_green.<rpc_zmq_host>"
+    assert rpc.call({}, rpc.queue_get_for({}, "demo_green", "localhost"),
+                    m("whoami"))["name"] == "green"
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_multicall_streams_generator_values(host, name):
+    t0 = time.monotonic()
+    arrivals = []
+    values = []
+    for value in rpc.multicall({}, "demo_" + name, m("count", n=3, delay=0.4)):
+        arrivals.append(time.monotonic() - t0)
+        values.append(value)
+    assert values == [0, 1, 2]
+    # the first value came while the server was still producing the others
+    assert arrivals[0] < arrivals[-1] - 0.5
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_context_reply_streams_and_call_gets_last(host, name):
+    assert list(rpc.multicall({}, "demo_" + name, m("stream", n=3))) == [
+        "part-0", "part-1", "part-2"]
+    assert rpc.call({}, "demo_" + name, m("count", n=4)) == 3
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_remote_exception_rebuilt_when_module_allowed(host, name):
+    with pytest.raises(ValueError) as info:
+        rpc.call({}, "demo_" + name, m("fail", message="no such flavor"))
+    assert "no such flavor" in str(info.value)
+    assert "Traceback" in str(info.value)  # the remote traceback travels along
+
+
+def test_remote_exception_not_allowed_is_remote_error(host):
+    settings = rpc.get_settings()
+    try:
+        rpc.init(host.settings(allowed_rpc_exception_modules=["nova.exception"]))
+        with pytest.raises(RemoteError) as info:
+            rpc.call({}, "demo_threads", m("fail", message="secret"))
+        assert info.value.exc_type == "ValueError"
+        assert info.value.value == "secret"
+        assert "Traceback" in info.value.traceback
+    finally:
+        rpc.init(settings)
+
+
+def test_timeout_and_late_reply_never_reaches_another_caller(host):
+    from nova_rpc_zmq.impl_zmq import get_driver
+    with pytest.raises(Timeout):
+        rpc.call({}, "demo_green", m("slow", seconds=1.0), timeout=0.3)
+    late_before = get_driver(rpc.get_settings()).counters.get("replies.late")
+    # calls made while the late reply is on its way get their own answers
+    for i in range(20):
+        assert rpc.call({}, "demo_green", m("echo", value=i)) == i
+        time.sleep(0.05)
+    wait_for(lambda: get_driver(rpc.get_settings()).counters.get("replies.late")
+             > late_before, timeout=5, what="the late reply to be counted")
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_casts_are_delivered(host, name):
+    before = stats(name)["record"]
+    for i in range(300):
+        rpc.cast({}, "demo_" + name, m("record", value=i))
+    wait_for(lambda: stats(name)["record"] == before + 300, timeout=10,
+             what="300 casts")
+    assert stats(name)["values"][-300:] == list(range(300))
+
+
+def test_fanout_reaches_every_consumer(host):
+    before = {n: stats(n)["fanout"] for n in ("green", "threads")}
+    for i in range(50):
+        rpc.fanout_cast({}, "demo", m("announce", value="f%d" % i))
+    wait_for(lambda: all(stats(n)["fanout"] == before[n] + 50
+                         for n in ("green", "threads")),
+             timeout=10, what="50 fanouts at both services")
+
+
+def test_worker_processes_share_a_topic(host):
+    a = host.start_service("wa", topic="work")
+    b = host.start_service("wb", topic="work", eventlet=True)
+    try:
+        for i in range(200):
+            rpc.cast({}, "work", m("record", value=i))
+
+        def counts():
+            return [rpc.call({}, "work_" + n, m("stats"))["record"] for n in ("wa", "wb")]
+        wait_for(lambda: sum(counts()) == 200, timeout=10, what="200 casts")
+        got = counts()
+        assert all(c > 0 for c in got), got  # both workers took a share
+        values = sorted(rpc.call({}, "work_wa", m("stats"))["values"]
+                        + rpc.call({}, "work_wb", m("stats"))["values"])
+        assert values == list(range(200))  # each message to exactly one worker
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_fresh_consumer_gets_the_first_fanout(host):
+    proc = host.start_service("fresh", topic="late")
+    try:
+        rpc.fanout_cast({}, "late", m("announce", value="first"))
+        wait_for(lambda: rpc.call({}, "late_fresh", m("stats"))["fanout"] == 1,
+                 timeout=5, what="the first fanout at a fresh consumer")
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "threads"])
+def test_fresh_client_process_first_call_and_concurrency(host, mode):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, "client_script.py"), host.conf_path,
+         mode, "64"], capture_output=True, text=True, timeout=scaled(60), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["first"] == -1
+    assert result["results"] == list(range(64))
+    assert result["eventlet"] == (mode == "eventlet")
+
+
+def test_threaded_callers_in_this_process_get_their_own_answers(host):
+    errors = []
+
+    def caller(k):
+        try:
+            for i in range(30):
+                value = "%d-%d" % (k, i)
+                got = rpc.call({}, "demo", m("echo", value=value))
+                if got != value:
+                    errors.append((value, got))
+        except Exception as exc:  # noqa: BLE001 - collected for the assert
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(scaled(60))
+    assert errors == []
+
+
+def test_notify_goes_to_topic_dash_priority(host):
+    proc = host.start_service("notif", topic="notifications-info")
+    try:
+        rpc.notify({}, "notifications.info", m("record", value="n1"), envelope=True)
+        wait_for(lambda: rpc.call({}, "notifications-info_notif", m("stats"))["record"] == 1,
+                 timeout=5, what="the notification")
+    finally:
+        proc.stop()

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz harnesses (atheris); see fuzz_wire.py."""
