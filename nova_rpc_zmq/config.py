@@ -512,11 +512,17 @@ def _read(conf: cfg.ConfigOpts, field: str) -> Any:
         return getattr(conf, name) if group is None \
             else getattr(getattr(conf, group), name)
     except cfg.ConfigFileValueError as exc:
+        # oslo.config words this "Value for option X from LocationInfo(...,
+        # detail='FILE') is not valid: WHY"; keep only FILE and WHY.
         text = str(exc)
+        found = re.search(r"detail='([^']*)'", text)
+        origin = found.group(1) if found else "a config file"
         if isinstance(conf, NovaConfigOpts):
-            text = conf.explain(text)
-        raise ConfigurationError("option %s: %s; fix its value"
-                                 % (option_name(field), text)) from exc
+            origin = conf.original_path(origin)
+        why = text.split("is not valid:", 1)[-1].strip()
+        raise ConfigurationError("%s (set in %s) is not valid: %s; fix its "
+                                 "value" % (option_name(field), origin, why)
+                                 ) from exc
 
 
 def _coerce(field: str, value: Any) -> Any:
