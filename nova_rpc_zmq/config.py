@@ -1,22 +1,16 @@
 """Every option of nova-rpc-zmq, registered once, and the frozen ``Settings``.
 
-This is the only module that touches the oslo.config object ``CONF``.  The
-rest of the package receives a ``Settings`` value built by
-``load_settings()`` (validated, legacy spellings normalised) and never reads
-global configuration itself.
-
-Two file forms are read by the same ``CONF(['--config-file', PATH])`` call:
-
-* nova.conf in INI form (``[DEFAULT]``, ``[matchmaker_ring]``, ...); options
-  of other projects in it are ignored, as oslo.config always does;
-* an Essex-era flagfile, one ``--flag=value`` a line, ``--flag`` / ``--noflag``
-  for booleans, ``#`` comments, and ``--flagfile=OTHER`` to include a file.
-  It is translated into a private INI file first.  A malformed line, a bad
-  value of one of our flags, or an unknown flag that looks like one of ours
-  (``--rpc_zmq_...`` or a near miss such as ``--rpc_zmq_prot``) is a
-  ``ConfigurationError`` naming the original file and line.  Other flags
-  (Nova's own ``--verbose``, ``--logdir`` ...) are ignored, just as in INI
-  files, so an unchanged Essex nova.conf can be read.
+The only module that touches the oslo.config object ``CONF``; the rest of the
+package gets a validated, normalised ``Settings`` from ``load_settings()``.
+``CONF(['--config-file', PATH])`` reads nova.conf in INI form (other projects'
+options ignored, as always with oslo.config) and also an Essex-era flagfile:
+one ``--flag=value`` a line, ``--flag`` / ``--noflag`` for booleans, ``#``
+comments, ``--flagfile=OTHER`` includes.  A flagfile is translated into a
+private INI file first; a malformed line, a bad value of one of our flags or an
+unknown flag that looks like ours (``--rpc_zmq_...``, near misses such as
+``--rpc_zmq_prot``) raises ConfigurationError naming the original file and
+line.  Other flags (Nova's ``--verbose``, ``--logdir`` ...) are ignored as in
+INI files, so an unchanged Essex nova.conf is read.
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from typing import Any, Sequence
 
@@ -38,135 +33,115 @@ from nova_rpc_zmq.errors import ConfigurationError
 
 _HOST = socket.gethostname()
 
+_S, _I, _F, _B, _L = cfg.StrOpt, cfg.IntOpt, cfg.FloatOpt, cfg.BoolOpt, cfg.ListOpt
+
 DEFAULT_OPTS = [
-    cfg.StrOpt("rpc_backend", default="nova_rpc_zmq.impl_zmq",
-               help="RPC driver. Accepted: impl_zmq (also spelled "
-                    "nova.rpc.impl_zmq, nova.openstack.common.rpc.impl_zmq, "
-                    "nova_rpc_zmq.impl_zmq) or impl_fake (in-process, tests)."),
-    cfg.StrOpt("rpc_zmq_bind_address", default="*",
-               help="Where the receiver listens: '*' for every address, an "
-                    "IP address of this host, or an interface name (eth0)."),
-    cfg.StrOpt("rpc_zmq_matchmaker", default="localhost",
-               help="How a topic becomes hosts: 'ring' (JSON ring file, see "
-                    "[matchmaker_ring] ringfile), 'localhost' (single node) "
-                    "or 'stub'. Old class paths such as "
-                    "nova.rpc.matchmaker.MatchMakerRing are accepted."),
-    cfg.IntOpt("rpc_zmq_port", default=9501,
-               help="TCP port of the receiver on every host; must be the "
-                    "same on all hosts and free (reserve 9500-9550)."),
-    cfg.IntOpt("rpc_zmq_start_port", default=9500,
-               help="First port of the reserved range (broker front end "
-                    "9500, receiver 9501, broker fanout 9502, health 9503)."),
-    cfg.IntOpt("rpc_zmq_contexts", default=1,
-               help="ZeroMQ I/O threads per process; raise it only when one "
-                    "core is saturated by message traffic."),
-    cfg.IntOpt("rpc_zmq_topic_backlog", default=None,
-               help="Most messages queued per local topic before the "
-                    "receiver drops (and counts) new ones; unset = no limit."),
-    cfg.StrOpt("rpc_zmq_ipc_dir", default="/var/run/openstack",
-               help="Directory of the IPC sockets between the receiver and "
-                    "local services; must exist, be writable by both, and "
-                    "be short (IPC paths are limited to about 107 bytes)."),
-    cfg.StrOpt("rpc_zmq_host", default=_HOST,
-               sample_default="<this machine's host name>",
-               help="Name of this node in topics and ring files; other hosts "
-                    "must resolve it (host name, FQDN or IP address)."),
-    cfg.IntOpt("rpc_thread_pool_size", default=1024,
-               help="Most requests a service handles at once (green threads "
-                    "or native threads of its pool)."),
-    cfg.FloatOpt("rpc_response_timeout", default=60,
-                 help="Seconds a call waits for its answer before raising "
-                      "Timeout."),
-    cfg.FloatOpt("rpc_cast_timeout", default=30,
-                 help="Seconds a cast may wait to hand its message to the "
-                      "network before it is dropped and logged."),
-    cfg.ListOpt("allowed_rpc_exception_modules",
-                default=["nova.exception", "cinder.exception",
-                         "nova.openstack.common.exception", "builtins",
-                         "exceptions"],
-                help="Modules whose exceptions a caller rebuilds from a "
-                     "remote error; others arrive as RemoteError."),
-    cfg.IntOpt("rpc_zmq_max_msg_size", default=16 * 1024 * 1024,
-               help="Largest inbound message in bytes; bigger ones are "
-                    "dropped and counted."),
-    cfg.IntOpt("rpc_zmq_max_frames", default=64,
-               help="Most ZeroMQ frames in one inbound message."),
-    cfg.IntOpt("rpc_zmq_max_topic_length", default=255,
-               help="Longest accepted topic, in bytes."),
-    cfg.IntOpt("rpc_zmq_max_json_depth", default=64,
-               help="Deepest JSON nesting accepted in a message body."),
-    cfg.IntOpt("rpc_zmq_health_port", default=9503,
-               help="Port of the receiver's text health/metrics page (for "
-                    "HAProxy httpchk or Pacemaker); 0 disables it."),
-    cfg.StrOpt("control_exchange", default="nova",
-               help="Exchange name of this project's topics (kept for "
-                    "compatibility with the AMQP drivers)."),
-    cfg.StrOpt("servicegroup_driver", default="db",
-               help="Liveness back end: db (SQL database), zk (ZooKeeper, "
-                    "set [zookeeper] address) or mc (memcached, set "
-                    "memcached_servers)."),
-    cfg.FloatOpt("service_down_time", default=60,
-                 help="Seconds without a heartbeat after which a host counts "
-                      "as down; keep it above 2.5 x report_interval."),
-    cfg.FloatOpt("report_interval", default=10,
-                 help="Seconds between two heartbeats of a service."),
-    cfg.ListOpt("memcached_servers", default=None,
-                help="host:port of the memcached servers for "
-                     "servicegroup_driver=mc; unset = in-process cache "
-                     "(single process only)."),
-    cfg.StrOpt("rpc_zmq_receiver_group", default="rpc_zmq_receiver",
-               help="Service group the receivers join, so senders can skip "
-                    "hosts whose receiver is down."),
-    cfg.BoolOpt("rpc_zmq_curve", default=False,
-                help="Encrypt and authenticate all TCP traffic with CURVE; "
-                     "needs rpc_zmq_curve_key_file and rpc_zmq_curve_keys_dir "
-                     "on every host."),
-    cfg.StrOpt("rpc_zmq_curve_key_file", default="/etc/nova/zmq/host.key",
-               help="This host's CURVE secret key file (mode 0600)."),
-    cfg.StrOpt("rpc_zmq_curve_keys_dir", default="/etc/nova/zmq/keys",
-               help="Public CURVE keys of all hosts, one file <host>.key "
-                    "each: the receiver's allow list and where senders find "
-                    "each server's key."),
+    _S("rpc_backend", default="nova_rpc_zmq.impl_zmq",
+       help="RPC driver: impl_zmq (also spelled nova.rpc.impl_zmq, "
+            "nova.openstack.common.rpc.impl_zmq, nova_rpc_zmq.impl_zmq) or impl_fake "
+            "(in-process, for tests)."),
+    _S("rpc_zmq_bind_address", default="*",
+       help="Where the receiver listens: '*' for every address, an IP address of this "
+            "host, or an interface name (eth0)."),
+    _S("rpc_zmq_matchmaker", default="localhost",
+       help="How a topic becomes hosts: 'ring' (JSON ring file, see [matchmaker_ring] "
+            "ringfile), 'localhost' (single node) or 'stub'. Old class paths such as "
+            "nova.rpc.matchmaker.MatchMakerRing are accepted."),
+    _I("rpc_zmq_port", default=9501,
+       help="TCP port of the receiver; the same on all hosts, free (reserve 9500-9550)."),
+    _I("rpc_zmq_start_port", default=9500,
+       help="First port of the reserved range (broker front end 9500, receiver 9501, "
+            "broker fanout 9502, health 9503)."),
+    _I("rpc_zmq_contexts", default=1,
+       help="ZeroMQ I/O threads per process; raise it only when one core is saturated."),
+    _I("rpc_zmq_topic_backlog", default=None,
+       help="Most messages queued per local topic before the receiver drops (and "
+            "counts) new ones; unset = no limit."),
+    _S("rpc_zmq_ipc_dir", default="/var/run/openstack",
+       help="Directory of the IPC sockets between the receiver and local services; must "
+            "exist, be writable by both, and be short (IPC paths hold ~107 bytes)."),
+    _S("rpc_zmq_host", default=_HOST, sample_default="<this machine's host name>",
+       help="Name of this node in topics and ring files; other hosts must resolve it "
+            "(host name, FQDN or IP address)."),
+    _I("rpc_thread_pool_size", default=1024,
+       help="Most requests a service handles at once (size of its worker pool)."),
+    _F("rpc_response_timeout", default=60,
+       help="Seconds a call waits for its answer before raising Timeout."),
+    _F("rpc_cast_timeout", default=30,
+       help="Seconds a cast may wait to hand its message to the network before it is "
+            "dropped and logged."),
+    _L("allowed_rpc_exception_modules",
+       default=["nova.exception", "cinder.exception", "nova.openstack.common.exception",
+                "builtins", "exceptions"],
+       help="Modules whose exceptions a caller rebuilds from a remote error; others "
+            "arrive as RemoteError."),
+    _I("rpc_zmq_max_msg_size", default=16 * 1024 * 1024,
+       help="Largest inbound message in bytes; bigger ones are dropped and counted."),
+    _I("rpc_zmq_max_frames", default=64,
+       help="Most ZeroMQ frames in one inbound message; more are dropped and counted."),
+    _I("rpc_zmq_max_topic_length", default=255,
+       help="Longest accepted topic in bytes; longer ones are dropped and counted."),
+    _I("rpc_zmq_max_json_depth", default=64,
+       help="Deepest JSON nesting accepted in a message body; deeper is dropped."),
+    _I("rpc_zmq_health_port", default=9503,
+       help="Port of the receiver's text health/metrics page (HAProxy httpchk, "
+            "Pacemaker); 0 disables it."),
+    _S("control_exchange", default="nova",
+       help="Exchange name of this project's topics (kept for AMQP-driver compatibility)."),
+    _S("servicegroup_driver", default="db",
+       help="Liveness back end: db (SQL database, [database] connection), zk "
+            "(ZooKeeper, [zookeeper] address) or mc (memcached, memcached_servers)."),
+    _F("service_down_time", default=60,
+       help="Seconds without a heartbeat after which a host counts as down; keep it "
+            "above 2.5 x report_interval."),
+    _F("report_interval", default=10,
+       help="Seconds between two heartbeats of a service."),
+    _L("memcached_servers", default=None,
+       help="host:port of the memcached servers for servicegroup_driver=mc; unset = "
+            "in-process cache (one process only)."),
+    _S("rpc_zmq_receiver_group", default="rpc_zmq_receiver",
+       help="Service group the receivers join, so senders skip hosts whose receiver "
+            "is down."),
+    _B("rpc_zmq_curve", default=False,
+       help="Encrypt and authenticate all TCP traffic with CURVE; needs "
+            "rpc_zmq_curve_key_file and rpc_zmq_curve_keys_dir on every host."),
+    _S("rpc_zmq_curve_key_file", default="/etc/nova/zmq/host.key",
+       help="This host's CURVE secret key file (keep it mode 0600)."),
+    _S("rpc_zmq_curve_keys_dir", default="/etc/nova/zmq/keys",
+       help="Public CURVE keys of all hosts, one file <host>.key each: the receiver's "
+            "allow list and where senders find each server's key."),
 ]
 
-_RINGFILE_HELP = ("Path of the JSON ring file: an object mapping each bare "
-                  "topic to the list of hosts that serve it.")
 GROUP_OPTS: dict[str, list[cfg.Opt]] = {
     "matchmaker_ring": [
-        cfg.StrOpt("ringfile", default="/etc/oslo/matchmaker_ring.json",
-                   deprecated_opts=[
-                       cfg.DeprecatedOpt("matchmaker_ringfile", group="DEFAULT"),
-                       cfg.DeprecatedOpt("rpc_zmq_matchmaker_ringfile",
-                                         group="DEFAULT")],
-                   help=_RINGFILE_HELP),
+        _S("ringfile", default="/etc/oslo/matchmaker_ring.json",
+           deprecated_opts=[cfg.DeprecatedOpt("matchmaker_ringfile", group="DEFAULT"),
+                            cfg.DeprecatedOpt("rpc_zmq_matchmaker_ringfile",
+                                              group="DEFAULT")],
+           help="Path of the JSON ring file: an object mapping each bare topic to the "
+                "list of hosts serving it. Check it with nova-rpc-zmq ring check."),
     ],
     "zookeeper": [
-        cfg.StrOpt("address", default=None,
-                   help="ZooKeeper servers for servicegroup_driver=zk, as "
-                        "host:port[,host:port...]."),
-        cfg.IntOpt("recv_timeout", default=4000,
-                   help="ZooKeeper session timeout in milliseconds."),
-        cfg.StrOpt("sg_prefix", default="/servicegroups",
-                   help="ZooKeeper path under which service groups live."),
-        cfg.FloatOpt("sg_retry_interval", default=5,
-                     help="Seconds between attempts to rejoin a group after "
-                          "the ZooKeeper session was lost."),
+        _S("address", default=None,
+           help="ZooKeeper servers for servicegroup_driver=zk: host:port[,host:port]."),
+        _I("recv_timeout", default=4000,
+           help="ZooKeeper session timeout in milliseconds."),
+        _S("sg_prefix", default="/servicegroups",
+           help="ZooKeeper path under which the service groups live."),
+        _F("sg_retry_interval", default=5,
+           help="Seconds between attempts to rejoin a group after the ZooKeeper session "
+                "was lost."),
     ],
     "database": [
-        cfg.StrOpt("connection",
-                   default="sqlite:////var/lib/nova/nova_rpc_zmq_servicegroup"
-                           ".sqlite",
-                   deprecated_opts=[cfg.DeprecatedOpt("sql_connection",
-                                                      group="DEFAULT")],
-                   secret=True,
-                   help="SQLAlchemy URL of the database of "
-                        "servicegroup_driver=db."),
+        _S("connection", default="sqlite:////var/lib/nova/nova_rpc_zmq_servicegroup.sqlite",
+           deprecated_opts=[cfg.DeprecatedOpt("sql_connection", group="DEFAULT")],
+           secret=True,
+           help="SQLAlchemy URL of the database of servicegroup_driver=db."),
     ],
 }
 
 # Settings field -> (group or None for DEFAULT, option name).
-FIELDS: dict[str, tuple[str | None, str]] = {
-    opt.dest: (None, opt.dest) for opt in DEFAULT_OPTS}
+FIELDS: dict[str, tuple[str | None, str]] = {opt.dest: (None, opt.dest) for opt in DEFAULT_OPTS}
 FIELDS.update({
     "matchmaker_ringfile": ("matchmaker_ring", "ringfile"),
     "zookeeper_address": ("zookeeper", "address"),
@@ -175,37 +150,28 @@ FIELDS.update({
     "zookeeper_sg_retry_interval": ("zookeeper", "sg_retry_interval"),
     "database_connection": ("database", "connection"),
 })
-_OPTS: dict[tuple[str | None, str], cfg.Opt] = {
-    (None, opt.dest): opt for opt in DEFAULT_OPTS}
-_OPTS.update({(group, opt.dest): opt
-              for group, opts in GROUP_OPTS.items() for opt in opts})
+_OPTS: dict[tuple[str | None, str], cfg.Opt] = {(None, opt.dest): opt for opt in DEFAULT_OPTS}
+_OPTS.update({(g, opt.dest): opt for g, opts in GROUP_OPTS.items() for opt in opts})
 
-# Flag name in a flagfile -> (group or None, option name): every DEFAULT
-# option, each group option by its flattened name, and DEFAULT-group
-# deprecated names.
+# Flag name in a flagfile -> (group or None, option name): the Settings field
+# names (group options flattened) and the DEFAULT-group deprecated names.
 _FLAGS: dict[str, tuple[str | None, str]] = dict(FIELDS)
 for (_g, _n), _opt in _OPTS.items():
     for _dep in getattr(_opt, "deprecated_opts", []):
         if _dep.group in (None, "DEFAULT") and _dep.name:
             _FLAGS[_dep.name] = (_g, _n)
 
-BACKENDS = {name: "impl_zmq" for name in (
-    "impl_zmq", "zmq", "nova.rpc.impl_zmq",
-    "nova.openstack.common.rpc.impl_zmq", "nova_rpc_zmq.impl_zmq",
-    "nova_rpc_zmq.rpc.impl_zmq")}
-BACKENDS.update({name: "impl_fake" for name in (
-    "impl_fake", "fake", "nova.rpc.impl_fake",
-    "nova.openstack.common.rpc.impl_fake", "nova_rpc_zmq.impl_fake",
-    "nova_rpc_zmq.rpc.impl_fake")})
+BACKENDS = {"%s%s" % (prefix, impl): impl
+            for impl in ("impl_zmq", "impl_fake")
+            for prefix in ("", "nova.rpc.", "nova.openstack.common.rpc.", "nova_rpc_zmq.",
+                           "nova_rpc_zmq.rpc.")}
+BACKENDS.update({"zmq": "impl_zmq", "fake": "impl_fake"})    # oslo.messaging names
 
 MATCHMAKER_ALIASES: dict[str, str] = {"local": "localhost"}
 for _prefix in ("nova.rpc.matchmaker", "nova.openstack.common.rpc.matchmaker",
-                "oslo_messaging._drivers.matchmaker",
-                "oslo.messaging._drivers.matchmaker"):
-    for _cls, _short in (("MatchMakerRing", "ring"),
-                         ("MatchMakerLocalhost", "localhost"),
-                         ("MatchMakerStub", "stub")):
-        MATCHMAKER_ALIASES["%s.%s" % (_prefix, _cls)] = _short
+                "oslo_messaging._drivers.matchmaker", "oslo.messaging._drivers.matchmaker"):
+    for _cls, _short in (("Ring", "ring"), ("Localhost", "localhost"), ("Stub", "stub")):
+        MATCHMAKER_ALIASES["%s.MatchMaker%s" % (_prefix, _cls)] = _short
     if _prefix != "nova.rpc.matchmaker":
         MATCHMAKER_ALIASES[_prefix + "_ring.MatchMakerRing"] = "ring"
 
@@ -219,8 +185,8 @@ SERVICEGROUP_DRIVERS = {
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _FLAG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_INCLUDE_DEPTH = 8
-# An ipc:// path is at most ~107 bytes; the shortest path the receiver
-# makes is "<dir>/zmq_topic_" plus a topic of at least one character.
+# An ipc:// path holds ~107 bytes; the shortest the receiver makes is
+# "<dir>/zmq_topic_" plus a one-character topic.
 _MAX_IPC_DIR = 107 - len("/zmq_topic_x")
 
 
@@ -248,48 +214,36 @@ class NovaConfigOpts(cfg.ConfigOpts):
     def __call__(self, args: Sequence[str] | None = None,  # type: ignore[override]
                  project: str | None = None, prog: str | None = None,
                  version: str | None = None, usage: str | None = None,
-                 default_config_files: list[str] | None = None,
-                 **kwargs: Any) -> None:
+                 default_config_files: list[str] | None = None, **kwargs: Any) -> None:
         self.forget_flagfiles()
-        argv = list(args) if args is not None else None
-        if argv is not None:
-            for i, arg in enumerate(argv):
-                if arg.startswith("--config-file="):
-                    argv[i] = "--config-file=" + self._as_ini(arg.split("=", 1)[1])
-                elif arg == "--config-file" and i + 1 < len(argv):
-                    argv[i + 1] = self._as_ini(argv[i + 1])
+        argv = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(argv):
+            if arg.startswith("--config-file="):
+                argv[i] = "--config-file=" + self._as_ini(arg.split("=", 1)[1])
+            elif arg == "--config-file" and i + 1 < len(argv):
+                argv[i + 1] = self._as_ini(argv[i + 1])
         if default_config_files is None:
             default_config_files = cfg.find_config_files(project, prog)
         default_config_files = [self._as_ini(p) for p in default_config_files]
         try:
-            super().__call__(argv, project=project, prog=prog, version=version,
-                             usage=usage,
-                             default_config_files=default_config_files,
-                             **kwargs)
+            super().__call__(argv, project=project, prog=prog, version=version, usage=usage,
+                             default_config_files=default_config_files, **kwargs)
         except cfg.ConfigFilesNotFoundError as exc:
-            raise ConfigurationError(
-                "config file(s) not found: %s; fix the --config-file path"
-                % ", ".join(self.original_path(p) for p in exc.config_files)
-            ) from exc
+            raise ConfigurationError("config file(s) not found: %s; fix the --config-file path"
+                                     % ", ".join(map(self.original_path, exc.config_files))
+                                     ) from exc
         except cfg.ConfigFilesPermissionDeniedError as exc:
-            raise ConfigurationError(
-                "config file(s) not readable: %s; make them readable by this "
-                "user" % ", ".join(self.original_path(p)
-                                   for p in exc.config_files)) from exc
+            raise ConfigurationError("config file(s) not readable: %s; make them readable "
+                                     "by this user"
+                                     % ", ".join(map(self.original_path, exc.config_files))
+                                     ) from exc
         except cfg.ConfigFileParseError as exc:
-            raise ConfigurationError(
-                "%s: %s; fix the file's INI syntax"
-                % (self.original_path(exc.config_file), exc.msg)) from exc
+            raise ConfigurationError("%s: %s; fix the file's INI syntax"
+                                     % (self.original_path(exc.config_file), exc.msg)) from exc
 
     def original_path(self, path: str) -> str:
         """The file the operator named, for a path we may have translated."""
         return self._translated.get(path, path)
-
-    def explain(self, text: str) -> str:
-        """``text`` with translated file paths replaced by the originals."""
-        for ini, orig in self._translated.items():
-            text = text.replace(ini, orig)
-        return text
 
     def forget_flagfiles(self) -> None:
         """Delete the translated flagfiles of the previous call."""
@@ -313,8 +267,7 @@ class NovaConfigOpts(cfg.ConfigOpts):
             out.write("# translated from the flagfile %s\n" % path)
             for group, values in sections.items():
                 out.write("[%s]\n" % (group or "DEFAULT"))
-                for name, value in values.items():
-                    out.write("%s = %s\n" % (name, value))
+                out.writelines("%s = %s\n" % item for item in values.items())
         self._translated[ini] = path
         return ini
 
@@ -337,13 +290,10 @@ def _looks_like_ours(name: str) -> str | None:
     close = difflib.get_close_matches(name, list(_FLAGS), n=1, cutoff=0.85)
     if close:
         return "did you mean --%s?" % close[0]
-    if name.startswith("rpc_zmq_"):
-        return "no such rpc_zmq_ option exists"
-    return None
+    return "no such rpc_zmq_ option exists" if name.startswith("rpc_zmq_") else None
 
 
-def translate_flagfile(path: str, _depth: int = 0,
-                       _seen: tuple[str, ...] = ()
+def translate_flagfile(path: str, _depth: int = 0, _seen: tuple[str, ...] = ()
                        ) -> dict[str | None, dict[str, str]]:
     """Read an Essex flagfile: {group or None: {option: INI value text}}.
 
@@ -352,16 +302,14 @@ def translate_flagfile(path: str, _depth: int = 0,
     """
     real = os.path.realpath(path)
     if real in _seen or _depth > _MAX_INCLUDE_DEPTH:
-        raise ConfigurationError("%s: --flagfile includes nest too deep or "
-                                 "loop back to this file; remove the loop"
-                                 % path)
+        raise ConfigurationError("%s: --flagfile includes nest too deep or loop back to this "
+                                 "file; remove the loop" % path)
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError("cannot read flagfile %s: %s; fix the path "
-                                 "or the file's encoding (UTF-8)"
-                                 % (path, exc)) from exc
+        raise ConfigurationError("cannot read flagfile %s: %s; fix the path or the file's "
+                                 "encoding (UTF-8)" % (path, exc)) from exc
     sections: dict[str | None, dict[str, str]] = {}
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -369,13 +317,11 @@ def translate_flagfile(path: str, _depth: int = 0,
             continue
 
         def fail(what: str, fix: str) -> ConfigurationError:
-            return ConfigurationError("%s line %d: %s; %s"
-                                      % (path, number, what, fix))
+            return ConfigurationError("%s line %d: %s; %s" % (path, number, what, fix))
 
         if not line.startswith("--"):
-            raise fail("%r is not a flag" % line,
-                       "write one flag per line as --name=value (--name or "
-                       "--noname for booleans), or comment the line out with #")
+            raise fail("%r is not a flag" % line, "write one flag per line as --name=value "
+                       "(--name or --noname for booleans), or comment the line out with #")
         name, eq, value = line[2:].partition("=")
         name, value = name.strip(), value.strip()
         if not _FLAG_NAME_RE.match(name):
@@ -385,14 +331,13 @@ def translate_flagfile(path: str, _depth: int = 0,
             if not value:
                 raise fail("--flagfile needs a path", "write --flagfile=PATH")
             include = os.path.join(os.path.dirname(path), value)
-            for group, values in translate_flagfile(
-                    include, _depth + 1, _seen + (real,)).items():
+            for group, values in translate_flagfile(include, _depth + 1,
+                                                    _seen + (real,)).items():
                 sections.setdefault(group, {}).update(values)
             continue
-        negated = False
-        if not eq and name not in _FLAGS and name.startswith("no") \
-                and name[2:] in _FLAGS:
-            name, negated = name[2:], True
+        negated = not eq and name not in _FLAGS and name[:2] == "no" and name[2:] in _FLAGS
+        if negated:
+            name = name[2:]
         if name not in _FLAGS:
             why = _looks_like_ours(name)
             if why:
@@ -407,8 +352,7 @@ def translate_flagfile(path: str, _depth: int = 0,
                        "write --%s=VALUE" % name)
         if not eq:
             if not is_bool:
-                raise fail("--%s needs a value" % name,
-                           "write --%s=VALUE" % name)
+                raise fail("--%s needs a value" % name, "write --%s=VALUE" % name)
             value = "false" if negated else "true"
         try:
             opt.type(value)
@@ -434,10 +378,10 @@ def reset(conf: cfg.ConfigOpts = CONF) -> None:
 class Settings:
     """Every option as a validated value; group options flattened.
 
-    Built by ``load_settings``; immutable, so it can be shared freely
-    between threads.  Legacy spellings are normalised: ``rpc_backend`` is
-    'impl_zmq' or 'impl_fake', ``rpc_zmq_matchmaker`` a short matchmaker
-    name, ``servicegroup_driver`` one of db, zk, mc.
+    Built by ``load_settings``; immutable, so threads share it freely.  Legacy
+    spellings are normalised: ``rpc_backend`` is 'impl_zmq' or 'impl_fake',
+    ``rpc_zmq_matchmaker`` a matchmaker short name, ``servicegroup_driver``
+    one of db, zk, mc.
     """
 
     rpc_backend: str
@@ -478,8 +422,7 @@ class Settings:
     def limits(self) -> Any:
         """The inbound message limits as a ``wire.Limits``."""
         from nova_rpc_zmq.wire import Limits
-        return Limits(max_msg_size=self.rpc_zmq_max_msg_size,
-                      max_frames=self.rpc_zmq_max_frames,
+        return Limits(max_msg_size=self.rpc_zmq_max_msg_size, max_frames=self.rpc_zmq_max_frames,
                       max_topic_length=self.rpc_zmq_max_topic_length,
                       max_json_depth=self.rpc_zmq_max_json_depth)
 
@@ -488,6 +431,10 @@ def option_name(field: str) -> str:
     """How an operator writes a Settings field in nova.conf."""
     group, name = FIELDS[field]
     return name if group is None else "[%s] %s" % (group, name)
+
+
+def _original_path(conf: cfg.ConfigOpts, path: str) -> str:
+    return conf.original_path(path) if isinstance(conf, NovaConfigOpts) else path
 
 
 def _where(conf: cfg.ConfigOpts, field: str) -> str:
@@ -499,49 +446,37 @@ def _where(conf: cfg.ConfigOpts, field: str) -> str:
     if loc is None or loc.location == cfg.Locations.opt_default:
         return " (the default)"
     if loc.location == cfg.Locations.user and loc.detail:
-        detail = loc.detail
-        if isinstance(conf, NovaConfigOpts):
-            detail = conf.original_path(detail)
-        return " (set in %s)" % detail
+        return " (set in %s)" % _original_path(conf, loc.detail)
     return " (set by %s)" % loc.location.name.replace("_", " ")
 
 
 def _read(conf: cfg.ConfigOpts, field: str) -> Any:
     group, name = FIELDS[field]
     try:
-        return getattr(conf, name) if group is None \
-            else getattr(getattr(conf, group), name)
+        return getattr(conf if group is None else getattr(conf, group), name)
     except cfg.ConfigFileValueError as exc:
         # oslo.config words this "Value for option X from LocationInfo(...,
         # detail='FILE') is not valid: WHY"; keep only FILE and WHY.
         text = str(exc)
         found = re.search(r"detail='([^']*)'", text)
-        origin = found.group(1) if found else "a config file"
-        if isinstance(conf, NovaConfigOpts):
-            origin = conf.original_path(origin)
+        origin = _original_path(conf, found.group(1) if found else "a config file")
         why = text.split("is not valid:", 1)[-1].strip()
-        raise ConfigurationError("%s (set in %s) is not valid: %s; fix its "
-                                 "value" % (option_name(field), origin, why)
-                                 ) from exc
+        raise ConfigurationError("%s (set in %s) is not valid: %s; fix its value"
+                                 % (option_name(field), origin, why)) from exc
 
 
 def _coerce(field: str, value: Any) -> Any:
-    opt = _OPTS[FIELDS[field]]
-    if value is None:
-        return None
     try:
-        return opt.type(value)
+        return None if value is None else _OPTS[FIELDS[field]].type(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            "%s = %r (passed to load_settings) is not valid: %s"
-            % (option_name(field), value, exc)) from exc
+        raise ConfigurationError("%s = %r (passed to load_settings) is not valid: %s"
+                                 % (option_name(field), value, exc)) from exc
 
 
 class _Checker:
-    """Validates raw values; every error names option, value, origin, fix."""
+    """Validates raw values in place; every error names option, value, origin, fix."""
 
-    def __init__(self, values: dict[str, Any],
-                 where: dict[str, str]) -> None:
+    def __init__(self, values: dict[str, Any], where: dict[str, str]) -> None:
         self.v = values
         self.where = where
 
@@ -556,33 +491,24 @@ class _Checker:
             short = sorted(set(table.values()))
             legacy = sorted(k for k in table if k not in short)
             raise self.fail(field, "is not supported",
-                            "accepted values: %s (legacy spellings also "
-                            "accepted: %s)" % (", ".join(short),
-                                               ", ".join(legacy)))
+                            "accepted values: %s (legacy spellings also accepted: %s)"
+                            % (", ".join(short), ", ".join(legacy)))
         self.v[field] = table[key]
 
     def number(self, field: str, low: float, high: float | None = None,
-               nullable: bool = False) -> None:
+               nullable: bool = False, positive: bool = False) -> None:
         value = self.v[field]
         if value is None and nullable:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or value < low or (high is not None and value > high):
-            rng = ("between %s and %s" % (low, high)) if high is not None \
-                else ("at least %s" % low if low > 0 else "greater than 0")
+                or (value <= 0 if positive else value < low) \
+                or (high is not None and value > high):
+            rng = ("greater than 0" if positive else "at least %s" % low) \
+                if high is None else "between %s and %s" % (low, high)
             if field.endswith("port"):
-                raise self.fail(field, "is not a valid port",
-                                "use a TCP port number %s" % rng)
-            raise self.fail(field, "is out of range",
-                            "use a number %s%s" % (
-                                rng, " or leave it unset" if nullable else ""))
-
-    def positive(self, field: str) -> None:
-        value = self.v[field]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not value > 0:
-            raise self.fail(field, "is not positive",
-                            "use a number greater than 0")
+                raise self.fail(field, "is not a valid port", "use a TCP port number " + rng)
+            raise self.fail(field, "is out of range", "use a number %s%s"
+                            % (rng, " or leave it unset" if nullable else ""))
 
     def text(self, field: str) -> None:
         value = self.v[field]
@@ -590,19 +516,18 @@ class _Checker:
             raise self.fail(field, "is empty", "set a value")
         self.v[field] = value.strip()
 
-    def host_ports(self, field: str, example: str) -> None:
-        for item in self.v[field] or ():
+    def host_ports(self, field: str, items: Sequence[str], example: str) -> None:
+        for item in items:
             host, _, port = item.strip().rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise self.fail(field, "has the entry %r that is not "
-                                "host:port" % item, "write e.g. %s" % example)
+                raise self.fail(field, "has the entry %r that is not host:port" % item,
+                                "write e.g. %s" % example)
 
 
 def _matchmaker_table() -> dict[str, str]:
     from nova_rpc_zmq.matchmaker import MATCHMAKERS
     table = {name: name for name in MATCHMAKERS}
-    for name, path in MATCHMAKERS.items():
-        table[path.replace(":", ".")] = name
+    table.update({path.replace(":", "."): name for name, path in MATCHMAKERS.items()})
     table.update({k: v for k, v in MATCHMAKER_ALIASES.items() if v in table})
     return table
 
@@ -615,20 +540,16 @@ def _validate(c: _Checker) -> None:
     for field in ("rpc_zmq_port", "rpc_zmq_start_port"):
         c.number(field, 1, 65535)
     c.number("rpc_zmq_health_port", 0, 65535)
-    for field in ("rpc_zmq_contexts", "rpc_thread_pool_size",
-                  "rpc_zmq_max_msg_size", "rpc_zmq_max_frames",
-                  "rpc_zmq_max_topic_length", "rpc_zmq_max_json_depth"):
+    for field in ("rpc_zmq_contexts", "rpc_thread_pool_size", "rpc_zmq_max_msg_size",
+                  "rpc_zmq_max_frames", "rpc_zmq_max_topic_length", "rpc_zmq_max_json_depth"):
         c.number(field, 1)
     c.number("rpc_zmq_topic_backlog", 1, nullable=True)
-    for field in ("rpc_response_timeout", "rpc_cast_timeout",
-                  "service_down_time", "report_interval",
-                  "zookeeper_recv_timeout", "zookeeper_sg_retry_interval"):
-        c.positive(field)
-    for field in ("rpc_zmq_bind_address", "rpc_zmq_ipc_dir", "rpc_zmq_host",
-                  "control_exchange", "rpc_zmq_receiver_group",
-                  "rpc_zmq_curve_key_file", "rpc_zmq_curve_keys_dir",
-                  "matchmaker_ringfile", "zookeeper_sg_prefix",
-                  "database_connection"):
+    for field in ("rpc_response_timeout", "rpc_cast_timeout", "service_down_time",
+                  "report_interval", "zookeeper_recv_timeout", "zookeeper_sg_retry_interval"):
+        c.number(field, 0, positive=True)
+    for field in ("rpc_zmq_bind_address", "rpc_zmq_ipc_dir", "rpc_zmq_host", "control_exchange",
+                  "rpc_zmq_receiver_group", "rpc_zmq_curve_key_file", "rpc_zmq_curve_keys_dir",
+                  "matchmaker_ringfile", "zookeeper_sg_prefix", "database_connection"):
         c.text(field)
     if not _HOST_RE.match(v["rpc_zmq_host"]):
         raise c.fail("rpc_zmq_host", "is not a host name",
@@ -637,33 +558,25 @@ def _validate(c: _Checker) -> None:
         raise c.fail("rpc_zmq_ipc_dir", "is too long for IPC socket paths",
                      "use a directory of at most %d bytes" % _MAX_IPC_DIR)
     if v["service_down_time"] <= v["report_interval"]:
-        raise c.fail("service_down_time", "is not above report_interval "
-                     "(%s), so live hosts would look down"
-                     % v["report_interval"],
+        raise c.fail("service_down_time", "is not above report_interval (%s), so live hosts "
+                     "would look down" % v["report_interval"],
                      "set it to at least 2.5 x report_interval")
     if not v["zookeeper_sg_prefix"].startswith("/"):
         raise c.fail("zookeeper_sg_prefix", "is not an absolute path",
                      "start it with '/', e.g. /servicegroups")
     if "://" not in v["database_connection"]:
-        raise c.fail("database_connection", "is not a database URL",
-                     "write e.g. sqlite:////var/lib/nova/sg.sqlite or "
-                     "postgresql://user:pass@host/db")
-    zk = v["zookeeper_address"]
-    if zk is not None:
+        raise c.fail("database_connection", "is not a database URL", "write e.g. "
+                     "sqlite:////var/lib/nova/sg.sqlite or postgresql://user:pass@host/db")
+    if v["zookeeper_address"] is not None:
         c.text("zookeeper_address")
-        c.v["zookeeper_address"] = zk = ",".join(
-            part.strip() for part in v["zookeeper_address"].split(","))
-        for part in zk.split(","):
-            host, _, port = part.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise c.fail("zookeeper_address", "has the entry %r that is "
-                             "not host:port" % part,
-                             "write host:port[,host:port...], e.g. "
-                             "192.168.2.1:2181,192.168.2.2:2181")
+        parts = [p.strip() for p in v["zookeeper_address"].split(",")]
+        c.host_ports("zookeeper_address", parts, "192.168.2.1:2181,192.168.2.2:2181")
+        v["zookeeper_address"] = ",".join(parts)
     elif v["servicegroup_driver"] == "zk":
-        raise c.fail("zookeeper_address", "is unset but servicegroup_driver "
-                     "is zk", "set [zookeeper] address = host:port[,...]")
-    c.host_ports("memcached_servers", "memcached_servers = 10.0.0.1:11211")
+        raise c.fail("zookeeper_address", "is unset but servicegroup_driver is zk",
+                     "set [zookeeper] address = host:port[,host:port...]")
+    c.host_ports("memcached_servers", v["memcached_servers"] or (),
+                 "memcached_servers = 10.0.0.1:11211,10.0.0.2:11211")
     for field in ("allowed_rpc_exception_modules", "memcached_servers"):
         if v[field] is not None:
             v[field] = tuple(str(x).strip() for x in v[field] if str(x).strip())
@@ -680,8 +593,8 @@ def load_settings(conf: cfg.ConfigOpts = CONF, **overrides: Any) -> Settings:
     """
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
-        raise TypeError("load_settings() got unknown option(s) %s; valid "
-                        "names are the Settings fields" % ", ".join(unknown))
+        raise TypeError("load_settings() got unknown option(s) %s; valid names are the "
+                        "Settings fields" % ", ".join(unknown))
     register_opts(conf)
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
@@ -696,11 +609,9 @@ def load_settings(conf: cfg.ConfigOpts = CONF, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def parse_args(argv: Sequence[str],
-               default_config_files: list[str] | None = None) -> Settings:
+def parse_args(argv: Sequence[str], default_config_files: list[str] | None = None) -> Settings:
     """Parse ``argv`` (without the program name) into the global CONF and
     return its Settings.  Raises ConfigurationError on any bad file or value.
     """
-    CONF(list(argv), project="nova",
-         default_config_files=default_config_files)
+    CONF(list(argv), project="nova", default_config_files=default_config_files)
     return load_settings(CONF)

@@ -79,22 +79,22 @@ REASONS = ("too_few_frames", "too_many_frames", "too_large", "bad_frame",
            "bad_msg_id", "bad_topic", "unknown_style", "bad_json", "too_deep",
            "bad_context", "bad_body", "bad_envelope", "bad_envelope_version")
 
-_TOPIC_CHARSET = "[A-Za-z0-9_.~:@-]"
+_TOPIC_CHARSET = "[A-Za-z0-9_.~:@-]"        # also the charset of msg ids
 _ID_PATTERN = _TOPIC_CHARSET + "+"
 # Every topic rule in one match: dot-separated non-empty parts (so no
 # leading, trailing or double '.'), and a fanout prefix followed by a name.
-_TOPIC_PATTERN = (r"(?!fanout~(?:\.|\Z))[A-Za-z0-9_~:@-]+"
-                  r"(?:\.[A-Za-z0-9_~:@-]+)*")
+_TOPIC_PATTERN = (r"(?!%s(?:\.|\Z))[A-Za-z0-9_~:@-]+(?:\.[A-Za-z0-9_~:@-]+)*"
+                  % re.escape(FANOUT_PREFIX))
 _ID_RE = re.compile(_ID_PATTERN.encode("ascii"))
 _ID_STR_RE = re.compile(_ID_PATTERN, re.ASCII)
 _TOPIC_RE = re.compile(_TOPIC_PATTERN.encode("ascii"))
 _TOPIC_STR_RE = re.compile(_TOPIC_PATTERN, re.ASCII)
-_CHARSET_RE = re.compile(_ID_PATTERN.encode("ascii"))
 _DOT = ord(".")
 _EMPTY_ARGS: dict = {}         # never mutated; stands for absent args
 _REPLIES_DOT = REPLIES_PREFIX + TOPIC_SEPARATOR
+_STREAMS = CALLER_STREAMS.decode("ascii")
+_STREAMS_DOT = _STREAMS + TOPIC_SEPARATOR
 _FANOUT_PREFIX_B = FANOUT_PREFIX.encode("ascii")
-_REPLIES_B = REPLIES_PREFIX.encode("ascii")
 _ENVELOPE_VERSION_KEY_B = ENVELOPE_VERSION_KEY.encode("ascii")
 _ENVELOPE_VERSION_B = ENVELOPE_VERSION.encode("ascii")
 _ENVELOPE_MESSAGE_KEY_B = ENVELOPE_MESSAGE_KEY.encode("ascii")
@@ -159,8 +159,9 @@ class Message:
 
     @property
     def caller_streams(self) -> bool:
-        """True when frame 0 says the caller accepts streamed replies."""
-        return self.msg_id == "stream"
+        """True when frame 0 (``stream`` or ``stream.<token>``) says the
+        caller accepts streamed replies."""
+        return self.msg_id == _STREAMS or self.msg_id.startswith(_STREAMS_DOT)
 
 
 @dataclass(slots=True)
@@ -279,7 +280,7 @@ def _topic_problem(raw: bytes, limits: Limits) -> str:
     if size > limits.max_topic_length:
         return "topic of %d characters, the limit is %d" % (
             size, limits.max_topic_length)
-    if _CHARSET_RE.fullmatch(raw) is None:
+    if _ID_RE.fullmatch(raw) is None:
         why = "characters outside %s" % _TOPIC_CHARSET
     elif raw[0] == _DOT or raw[-1] == _DOT:
         why = "leading or trailing '.'"

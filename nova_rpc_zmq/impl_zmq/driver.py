@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from nova_rpc_zmq import wire
 from nova_rpc_zmq.concurrency import Handler, get_handler
 from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Timeout
-from nova_rpc_zmq.impl_zmq.replies import ReplyWaiter
+from nova_rpc_zmq.impl_zmq.replies import DirectReplies, ReplyWaiter, caller_mark
 from nova_rpc_zmq.impl_zmq.sockets import Outbound
 from nova_rpc_zmq.metrics import Counters
 
@@ -61,6 +61,8 @@ class Driver:
                                  configure=self.security.configure
                                  if self.security else None)
         self.replies = ReplyWaiter(self)
+        self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
+        self.direct = DirectReplies(self)
         self.pool = self.handler.Pool(settings.rpc_thread_pool_size)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
@@ -85,6 +87,10 @@ class Driver:
     # -- paths ------------------------------------------------------------
     def ipc_path(self, topic: str) -> str:
         return os.path.join(self.settings.rpc_zmq_ipc_dir, "zmq_topic_" + topic)
+
+    def direct_reply_path(self, token: str) -> str:
+        """The reply socket a caller process binds for servers on its host."""
+        return os.path.join(self.settings.rpc_zmq_ipc_dir, "zmq_direct_" + token)
 
     # -- sending ----------------------------------------------------------
     def _queues(self, topic: str) -> list[tuple[str, str]]:
@@ -143,7 +149,7 @@ class Driver:
         replies.ensure_ready(timeout)
         msg_id = replies.new_msg_id()
         body = wire.call_request(msg_id, replies.reply_topic, ctx, msg)
-        frames = wire.encode(wire.CALLER_STREAMS, dtopic, ctx, body, envelope)
+        frames = wire.encode(replies.caller_mark, dtopic, ctx, body, envelope)
         queue = replies.register(msg_id)
         empty = self.handler.Empty
         method = msg.get("method") if isinstance(msg, dict) else None
@@ -230,12 +236,16 @@ class Driver:
                         "reply topic", msg.topic)
             return
         payload = inner[-1] if isinstance(inner, list) and inner else inner
-        stream = msg.msg_id == wire.CALLER_STREAMS.decode()
+        stream, token = caller_mark(msg.msg_id)
+        if token and reply_topic != self.own_reply_topic:
+            token = None  # the caller is on another host: via its receiver
         ctx_dict = msg.context
 
         def send(response: list, more: bool | None) -> None:
             frames = wire.encode(msg_id, reply_topic, ctx_dict,
                                  wire.reply_body(msg_id, response, more))
+            if token and self.direct.send(token, frames):
+                return
             for dtopic, host in self._queues(reply_topic):
                 self._send(host, frames, dtopic)
 
@@ -297,6 +307,7 @@ class Driver:
         for conn in list(self.connections):
             conn.close()
         self.replies.close()
+        self.direct.close()
         if self.security is not None:
             self.security.close()
         self.outbound.close()

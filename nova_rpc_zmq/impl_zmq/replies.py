@@ -49,7 +49,7 @@ class ReplyWaiter:
         self._closing = False
         self._probe_id = ""
         self._sock: Any = None
-        self._thread: Any = None
+        self._threads: list[Any] = []
         self.counters: Counters = driver.counters
 
     @property
@@ -60,6 +60,12 @@ class ReplyWaiter:
         """32 hex digits, starting with this process's token."""
         return "%s%016x" % (self.token, next(self._ids))
 
+    @property
+    def caller_mark(self) -> bytes:
+        """Frame 0 of our call requests: "streaming accepted" plus the token
+        naming our direct reply socket (old servers ignore frame 0)."""
+        return wire.CALLER_STREAMS + b"." + self.token.encode()
+
     def _start(self) -> None:
         zmq = self.handler.zmq
         sock = self.driver.ctx.socket(zmq.SUB)
@@ -69,8 +75,17 @@ class ReplyWaiter:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         sock.setsockopt(zmq.SUBSCRIBE, self.token.encode())
         sock.connect("ipc://" + self.driver.ipc_path(self.reply_topic))
+        # Servers on this host skip the receiver and push replies straight
+        # here (one process hop less); replies from other hosts, and from
+        # old servers, come through the receiver's publisher above.
+        direct = self.driver.ctx.socket(zmq.PULL)
+        direct.setsockopt(zmq.LINGER, 0)
+        direct.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        direct.setsockopt(zmq.MAXMSGSIZE, self.driver.settings.limits.max_msg_size)
+        direct.bind("ipc://" + self.driver.direct_reply_path(self.token))
         self._sock = sock
-        self._thread = self.handler.spawn(self._loop)
+        self._threads = [self.handler.spawn(self._loop, sock),
+                         self.handler.spawn(self._loop, direct)]
 
     def ensure_ready(self, timeout: float) -> None:
         """Start the listener if needed and prove the reply path works.
@@ -119,9 +134,8 @@ class ReplyWaiter:
     def unregister(self, msg_id: str) -> None:
         self._waiters.pop(msg_id, None)
 
-    def _loop(self) -> None:
+    def _loop(self, sock: Any) -> None:
         zmq = self.handler.zmq
-        sock = self._sock
         limits = self.driver.settings.limits
         while not self._closing:
             try:
@@ -169,8 +183,75 @@ class ReplyWaiter:
     def close(self) -> None:
         """Stop the listener; returns once its socket is closed (<0.5 s)."""
         self._closing = True
-        thread = self._thread
-        if thread is not None:
+        for thread in self._threads:
             join = getattr(thread, "join", None) or getattr(thread, "wait")
             join()
-            self._thread = None
+        self._threads = []
+
+
+_TOKEN_LEN = 16
+_HEX = frozenset("0123456789abcdef")
+
+
+def caller_mark(msg_id: str) -> tuple[bool, str | None]:
+    """Read frame 0 of a call: (caller accepts streaming, its token or None).
+
+    ``"stream"`` or ``"stream.<16 hex>"`` from our callers; anything else
+    (``"0"`` from old ones) means one complete reply, no token.
+    """
+    mark = wire.CALLER_STREAMS.decode()
+    if msg_id == mark:
+        return True, None
+    if msg_id.startswith(mark + "."):
+        token = msg_id[len(mark) + 1:]
+        if len(token) == _TOKEN_LEN and set(token) <= _HEX:
+            return True, token
+        return True, None
+    return False, None
+
+
+class DirectReplies:
+    """PUSH sockets to the direct reply sockets of callers on this host.
+
+    Bounded: at most ``MAX_SOCKETS`` callers are remembered (least recently
+    used closed first). ``send`` never blocks: when a caller's queue is full
+    it returns False and the reply takes the receiver's path instead.
+    """
+
+    MAX_SOCKETS = 256
+    HWM = 1000
+
+    def __init__(self, driver: Any) -> None:
+        import collections
+        self.driver = driver
+        self.handler = driver.handler
+        self._socks: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+        self._lock = self.handler.Lock()
+
+    def send(self, token: str, frames: list[bytes]) -> bool:
+        zmq = self.handler.zmq
+        with self._lock:
+            sock = self._socks.get(token)
+            if sock is None:
+                sock = self.driver.ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, self.HWM)
+                sock.connect("ipc://" + self.driver.direct_reply_path(token))
+                self._socks[token] = sock
+                if len(self._socks) > self.MAX_SOCKETS:
+                    _old, victim = self._socks.popitem(last=False)
+                    victim.close(0)
+            else:
+                self._socks.move_to_end(token)
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.driver.counters.incr("replies.direct_full")
+                return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            socks, self._socks = self._socks, type(self._socks)()
+        for sock in socks.values():
+            sock.close(0)

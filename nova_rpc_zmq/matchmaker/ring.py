@@ -129,7 +129,8 @@ class _Walker:
     def items(self) -> list[tuple[str, int, Any, int, list[tuple[Any, int]] | None]]:
         """[(key, key offset, value, value offset, [(element, offset)] or
         None when the value is not a list)]."""
-        text, out = self.text, []
+        text = self.text
+        out: list[tuple[str, int, Any, int, list[tuple[Any, int]] | None]] = []
         i = self.skip(0) + 1          # past '{' (checked by the caller)
         i = self.skip(i)
         if text[i] == "}":

@@ -81,6 +81,9 @@ def prepare_ipc_dir(ipc_dir: str) -> None:
     if not os.path.isdir(ipc_dir):
         try:
             os.makedirs(ipc_dir, mode=0o750, exist_ok=True)
+            # makedirs' mode is masked by the umask (077 would lock the
+            # services' group out): set it as documented
+            os.chmod(ipc_dir, 0o750)
         except OSError as exc:
             raise ReceiverError(
                 "cannot create rpc_zmq_ipc_dir %s (%s): create it with mode "
@@ -118,6 +121,7 @@ class Receiver:
         self.backlogged = 0
         self.paused = False
         self._stopping = False
+        self._peer_frame: Any = None
         self._authenticator_factory = authenticator_factory
         self._server_keypair = server_keypair
         self.authenticator: Any = None
@@ -171,17 +175,20 @@ class Receiver:
             self.ctx = None
 
     # -- topic sockets ----------------------------------------------------
-    def _topic_socket(self, name: str, kind: str) -> _Topic | None:
+    def _topic_socket(self, name: str, kind: str,
+                      frames: Any = None) -> _Topic | None:
+        """The topic's socket, made on first use; None (dropped, logged with
+        the sender from ``frames``) when it cannot be made."""
         topic = self.topics.get(name)
         if topic is not None:
             return topic
         if len(self.topics) >= MAX_TOPICS:
-            self._drop("too_many_topics", name, None,
+            self._drop("too_many_topics", name, frames,
                        "%d topic sockets open" % MAX_TOPICS)
             return None
         path = ipc_path(self.ipc_dir, name)
         if len(path) > IPC_PATH_MAX:
-            self._drop("topic_too_long_for_ipc", name, None,
+            self._drop("topic_too_long_for_ipc", name, frames,
                        "ipc path would be %d bytes" % len(path))
             return None
         assert self.ctx is not None
@@ -198,7 +205,7 @@ class Receiver:
             sock.bind("ipc://" + path)
         except (OSError, zmq.ZMQError) as exc:
             sock.close(0)
-            self._drop("ipc_bind_failed", name, None, str(exc))
+            self._drop("ipc_bind_failed", name, frames, str(exc))
             return None
         topic = _Topic(name, kind, sock, hold_until=hold)
         self.topics[name] = topic
@@ -211,9 +218,9 @@ class Receiver:
               detail: str = "") -> None:
         self.counters.incr("dropped." + reason)
         peer = "?"
-        if frames:
+        if frames is not None and self._peer_frame is not None:
             try:
-                peer = frames[0].get("Peer-Address")
+                peer = self._peer_frame.get("Peer-Address")
             except (AttributeError, zmq.ZMQError):
                 pass
         LOG.warning("dropped a message from %s (topic %r): %s%s", peer,
@@ -227,18 +234,18 @@ class Receiver:
         except RemoteProtocolError as exc:
             topic = None
             if len(frames) > 1 and len(frames[1]) <= 300:
-                topic = bytes(frames[1].buffer).decode("utf-8", "replace")
+                topic = frames[1].decode("utf-8", "replace")
             self._drop(exc.reason, topic, frames, exc.detail)
             return
         name, kind = wire.route(msg.topic)
-        topic = self._topic_socket(name, kind)
+        topic = self._topic_socket(name, kind, frames)
         if topic is None:
             return
         if topic.backlog or topic.hold_until:
             self._enqueue(topic, frames)
             return
         try:
-            topic.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            topic.sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             self._enqueue(topic, frames)
         else:
@@ -267,8 +274,7 @@ class Receiver:
         backlog = topic.backlog
         try:
             while backlog:
-                topic.sock.send_multipart(backlog[0], flags=zmq.NOBLOCK,
-                                          copy=False)
+                topic.sock.send_multipart(backlog[0], flags=zmq.NOBLOCK)
                 backlog.popleft()
                 sent += 1
         except zmq.Again:
@@ -342,11 +348,24 @@ class Receiver:
             self._shutdown()
 
     def _read_batch(self, inbound: zmq.Socket) -> None:
+        nonblock = zmq.NOBLOCK
         for _ in range(BATCH):
             try:
-                frames = inbound.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                # the first part as a Frame keeps the peer's address for
+                # the log of a drop; the rest as bytes (cheapest for small)
+                first = inbound.recv(nonblock, copy=False)
             except zmq.Again:
                 return
+            frames = [first.bytes]
+            more = first.more
+            while more and len(frames) <= self.limits.max_frames:
+                frames.append(inbound.recv())
+                more = inbound.rcvmore
+            if more:  # too many parts: drain the rest without keeping them
+                while inbound.rcvmore:
+                    inbound.recv()
+                frames.append(b"")
+            self._peer_frame = first
             try:
                 self._accept(frames)
             except Exception:  # noqa: BLE001 - one message must not kill the loop

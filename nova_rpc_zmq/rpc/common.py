@@ -439,22 +439,23 @@ def _local_module_name(module: str) -> str:
     return _PY3_BUILTINS if module == _PY2_BUILTINS else module
 
 
-_remote_classes: dict[type, type] = {}
+_remote_classes: dict[type[Exception], type[Exception]] = {}
 _remote_classes_lock = threading.Lock()
 
 
-def _remote_class(klass: type, module_name: str) -> type:
+def _remote_class(klass: type[Exception], module_name: str) -> type[Exception]:
     """The ``<Name>_Remote`` subclass of ``klass`` (made once, then reused)."""
     with _remote_classes_lock:
         cls = _remote_classes.get(klass)
         if cls is not None:
             return cls
+        base_str = klass.__str__
 
-        def __str__(self: BaseException) -> str:  # noqa: N807
+        def __str__(self: Exception) -> str:  # noqa: N807
             text = self.__dict__.get("_remote_message")
-            if text is None:
-                return klass.__str__(self)  # type: ignore[arg-type]
-            return text
+            if isinstance(text, str):
+                return text
+            return base_str(self)
 
         name = klass.__name__ + _REMOTE_POSTFIX
         cls = type(name, (klass,), {

@@ -101,11 +101,12 @@ def _context_dict(context: Any) -> dict[str, Any]:
         return {}
     if isinstance(context, dict):
         return context
-    to_dict = getattr(context, "to_dict", None)
+    to_dict: Any = getattr(context, "to_dict", None)
     if not callable(to_dict):
         raise errors.LocalError("an RPC context must be a dict or have "
                                 "to_dict(); got %s" % type(context).__name__)
-    return to_dict()
+    values: dict[str, Any] = to_dict()
+    return values
 
 
 def _checked_msg(msg: Any) -> str:
@@ -115,11 +116,12 @@ def _checked_msg(msg: Any) -> str:
         raise errors.LocalError("an RPC message is a dict with a non-empty "
                                 "'method' (build it with RpcProxy.make_msg); "
                                 "got %r" % (msg,))
+    method: str = msg["method"]
     args = msg.get("args")
     if args is not None and not isinstance(args, dict):
         raise errors.LocalError("the 'args' of RPC message %r must be a dict"
-                                % msg["method"])
-    return msg["method"]
+                                % method)
+    return method
 
 
 # -- the consumer side --------------------------------------------------------
@@ -145,7 +147,7 @@ class _ReplyChannel:
     def __init__(self, topic: str, method: str) -> None:
         self.topic = topic
         self.method = method
-        self.queue: queue.Queue = queue.Queue()
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
         self.finished = False    # END or a failure was sent
         self.cancelled = False   # the caller stopped listening
@@ -307,7 +309,7 @@ class _Registry:
         self.consumers: list[_Consumer] = []
         self.connections: set[Connection] = set()
         self.next_index: dict[str, int] = {}
-        self.notifications: collections.deque = collections.deque(
+        self.notifications: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=MAX_NOTIFICATIONS)
         self.idle = threading.Condition(threading.Lock())
         self.running = 0
@@ -390,7 +392,7 @@ def _replies(channel: _ReplyChannel, timeout: float,
         channel.cancel()
 
 
-def multicall(conf: Any, context: Any, topic: str, msg: dict,
+def multicall(conf: Any, context: Any, topic: str, msg: dict[str, Any],
               timeout: float | None = None) -> Iterator[Any]:
     """Send now; the iterator yields each value the method produces.
 
@@ -414,7 +416,7 @@ def multicall(conf: Any, context: Any, topic: str, msg: dict,
     return _replies(channel, wait, _allowed_modules(conf))
 
 
-def call(conf: Any, context: Any, topic: str, msg: dict,
+def call(conf: Any, context: Any, topic: str, msg: dict[str, Any],
          timeout: float | None = None) -> Any:
     """Send and wait for the method's result (the last value it streamed)."""
     last = None
@@ -423,7 +425,7 @@ def call(conf: Any, context: Any, topic: str, msg: dict,
     return last
 
 
-def cast(conf: Any, context: Any, topic: str, msg: dict) -> None:
+def cast(conf: Any, context: Any, topic: str, msg: dict[str, Any]) -> None:
     """Queue the message for one consumer of ``topic``; returns at once.
 
     With no consumer the message is dropped with an error log and the
@@ -440,7 +442,7 @@ def cast(conf: Any, context: Any, topic: str, msg: dict) -> None:
         LOG.error("cast of %s to topic %r dropped: no consumer", method, topic)
 
 
-def fanout_cast(conf: Any, context: Any, topic: str, msg: dict) -> None:
+def fanout_cast(conf: Any, context: Any, topic: str, msg: dict[str, Any]) -> None:
     """Queue a copy of the message for every fanout consumer of ``topic``."""
     topic = _checked_topic(topic)
     method = _checked_msg(msg)
@@ -456,14 +458,14 @@ def fanout_cast(conf: Any, context: Any, topic: str, msg: dict) -> None:
         LOG.debug("fanout of %s to topic %r reached no consumer", method, topic)
 
 
-def cast_to_server(conf: Any, server_params: Any, context: Any, topic: str,
-                   msg: dict) -> None:
+def cast_to_server(conf: Any, context: Any, server_params: Any, topic: str,
+                   msg: dict[str, Any]) -> None:
     """``cast``; ``server_params`` is ignored, as by the ZeroMQ driver."""
     cast(conf, context, topic, msg)
 
 
-def fanout_cast_to_server(conf: Any, server_params: Any, context: Any,
-                          topic: str, msg: dict) -> None:
+def fanout_cast_to_server(conf: Any, context: Any, server_params: Any,
+                          topic: str, msg: dict[str, Any]) -> None:
     """``fanout_cast``; ``server_params`` is ignored."""
     fanout_cast(conf, context, topic, msg)
 

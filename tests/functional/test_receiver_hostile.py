@@ -1,0 +1,382 @@
+"""The receiver daemon facing hostile peers, as a real process.
+
+One host (a receiver process with a small ``rpc_zmq_max_msg_size`` and
+``rpc_zmq_topic_backlog = 10``, plus one demo service) is shared by the
+module. Each hostile case sends raw frames from a plain pyzmq PUSH socket
+bound to its own loopback source address (127.0.9.N), so the receiver's log
+line for that drop can be told apart from every other; then it checks that
+the drop was counted on ``/metrics``, logged with the reason and the peer,
+that nothing appeared on the filesystem, that a normal call still works
+and that the receiver is still running.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+import zmq
+import zmq.utils.monitor
+
+from nova_rpc_zmq import metrics, rpc
+from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from tests.support import scaled, wait_for
+
+MAX_MSG_SIZE = 65536
+TOPIC_BACKLOG = 10
+TOPIC = b"demo.localhost"          # the shared service's directed topic
+_sources = itertools.count(1)
+
+
+class HostileHost:
+    """The shared host plus the tools every hostile case needs."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.health_port = free_port()
+        self.local = LocalHost(base_dir=base, extra={
+            "rpc_zmq_health_port": self.health_port,
+            "rpc_zmq_max_msg_size": MAX_MSG_SIZE,
+            "rpc_zmq_topic_backlog": TOPIC_BACKLOG,
+            "rpc_response_timeout": 20,
+        })
+        self.ctx = zmq.Context()
+        self.receiver: Any = None
+        self.log_path = os.path.join(self.local.dir, "receiver.log")
+
+    # -- reading the receiver ---------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """The receiver's counters from its health port."""
+        url = "http://127.0.0.1:%d/metrics" % self.health_port
+        with urllib.request.urlopen(url, timeout=scaled(5)) as resp:
+            return metrics.parse(resp.read().decode())
+
+    def counter(self, name: str) -> int:
+        return self.counters().get("receiver." + name, 0)
+
+    def wait_counter(self, name: str, value: int, timeout: float = 10.0) -> int:
+        """Wait until ``receiver.<name>`` is at least ``value``."""
+        def reached() -> int:
+            have = self.counter(name)
+            return have if have >= value else 0
+        return wait_for(reached, timeout,
+                        what="receiver.%s >= %d" % (name, value))
+
+    def log_size(self) -> int:
+        return os.path.getsize(self.log_path)
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+
+    def tree(self) -> set[str]:
+        """Every path under the base directory (files, sockets, dirs)."""
+        found = set()
+        for root, dirs, files in os.walk(self.base):
+            for name in dirs + files:
+                found.add(os.path.relpath(os.path.join(root, name), self.base))
+        return found
+
+    def alive(self) -> bool:
+        return self.receiver.popen.poll() is None
+
+    # -- talking to it ----------------------------------------------------
+    def push(self, source: str) -> zmq.Socket:
+        """A raw PUSH socket to the receiver, from loopback address ``source``."""
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, int(scaled(5) * 1000))
+        sock.connect("tcp://%s:0;127.0.0.1:%d" % (source, self.local.port))
+        return sock
+
+    def echo(self) -> None:
+        """A normal call through the receiver must still work."""
+        value = uuid.uuid4().hex
+        assert rpc.call({}, "demo", {"method": "echo", "args": {"value": value}},
+                        timeout=scaled(20)) == value
+
+    def recorded(self, topic: str = "demo") -> dict:
+        return rpc.call({}, topic, {"method": "stats"}, timeout=scaled(20))
+
+    def stop(self) -> None:
+        self.ctx.destroy(0)
+        self.local.stop()
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[HostileHost]:
+    base = tempfile.mkdtemp(prefix="nrzh-")   # short: ipc paths are limited
+    h = HostileHost(base)
+    try:
+        h.receiver = h.local.start_receiver(scaled(20))
+        h.local.start_service("svc1", topic="demo", timeout=scaled(30))
+        rpc.init(h.local.settings())
+        h.echo()
+        yield h
+    finally:
+        rpc.cleanup()
+        h.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- the hostile messages ---------------------------------------------------
+
+def _legacy(topic: bytes, tag: str, msg_id: bytes = b"0") -> list[bytes]:
+    """A well-formed legacy cast of ``record(tag)`` (as old nodes send it)."""
+    body = {"method": "record", "args": {"value": tag}}
+    return [msg_id, topic, b"cast", json.dumps(["{}", body]).encode()]
+
+
+def _payload(raw: bytes) -> list[bytes]:
+    return [b"0", TOPIC, b"cast", raw]
+
+
+def _v2(tag: str, *pairs: bytes) -> list[bytes]:
+    return [b"0", TOPIC, b"impl_zmq_v2", b"{}", *pairs]
+
+
+def _body(tag: str) -> bytes:
+    return json.dumps({"method": "record", "args": {"value": tag}}).encode()
+
+
+def _ipc_too_long(host: HostileHost, tag: str) -> list[list[bytes]]:
+    room = 107 - len(os.path.join(host.local.ipc_dir, "zmq_topic_"))
+    topic = ("t%s" % tag).ljust(room + 5, "x").encode()
+    assert len(topic) <= 255  # a valid topic, only its ipc path is too long
+    return [_legacy(topic, tag)]
+
+
+Case = Callable[[HostileHost, str], list[list[bytes]]]
+
+CASES: list[Any] = [
+    # topics that must never become file names
+    pytest.param(lambda h, t: [_legacy(b"../../tmp/evil-" + t.encode(), t),
+                               _legacy(b"demo/../../evil-" + t.encode(), t)],
+                 "bad_topic", id="topic-slash"),
+    pytest.param(lambda h, t: [_legacy(b"..", t), _legacy(b"demo..evil", t),
+                               _legacy(b".demo", t)],
+                 "bad_topic", id="topic-dotdot"),
+    pytest.param(lambda h, t: [_legacy(b"demo\x00evil-" + t.encode(), t)],
+                 "bad_topic", id="topic-nul"),
+    pytest.param(lambda h, t: [_legacy(b"demo evil " + t.encode(), t)],
+                 "bad_topic", id="topic-space"),
+    pytest.param(lambda h, t: [_legacy(b"demo\xff\xfe\xc3(" + t.encode(), t)],
+                 "bad_topic", id="topic-not-utf8"),
+    pytest.param(lambda h, t: [_legacy(b"", t)], "bad_topic", id="topic-empty"),
+    pytest.param(lambda h, t: [_legacy(b"a" * 10000, t)], "bad_topic",
+                 id="topic-10000-bytes"),
+    pytest.param(_ipc_too_long, "topic_too_long_for_ipc", id="topic-ipc-path"),
+    pytest.param(lambda h, t: [_legacy(TOPIC, t, msg_id=b"../../evil-" + t.encode())],
+                 "bad_msg_id", id="msg-id-slash"),
+    # frame lists
+    pytest.param(lambda h, t: [[b"0"]], "too_few_frames", id="1-frame"),
+    pytest.param(lambda h, t: [[b"0", TOPIC]], "too_few_frames", id="2-frames"),
+    pytest.param(lambda h, t: [_legacy(TOPIC, t) + [b"x"] * 96],
+                 "too_many_frames", id="100-frames"),
+    pytest.param(lambda h, t: [[b"0", TOPIC, b"pickle", b"\x80\x04K\x01."]],
+                 "unknown_style", id="unknown-style"),
+    # bodies
+    pytest.param(lambda h, t: [_payload(b'["{}", {"method": "record", '),
+                               _payload(b"\xff\xfe[]")],
+                 "bad_json", id="bad-json"),
+    pytest.param(lambda h, t: [_payload(b"[" * 10000 + b"]" * 10000)],
+                 "too_deep", id="json-10000-deep"),
+    pytest.param(lambda h, t: [
+        _payload(json.dumps([json.dumps([1, 2]),
+                             {"method": "record"}]).encode()),
+        _payload(json.dumps([5, {"method": "record"}]).encode())],
+        "bad_context", id="context-not-dict"),
+    pytest.param(lambda h, t: [
+        _payload(json.dumps(["{}", {"args": {"value": t}}]).encode()),
+        _payload(json.dumps(["{}", {"method": "", "args": {}}]).encode())],
+        "bad_body", id="body-without-method"),
+    # impl_zmq_v2 envelopes
+    pytest.param(lambda h, t: [_v2(t, b"oslo.version", b"3.0",
+                                   b"oslo.message", _body(t))],
+                 "bad_envelope_version", id="v2-version-3.0"),
+    pytest.param(lambda h, t: [_v2(t, b"oslo.version", b"2.0", b"oslo.message"),
+                               _v2(t, b"oslo.message")],
+                 "bad_envelope", id="v2-odd-key-value-frames"),
+    # over rpc_zmq_max_msg_size in total, each frame under it
+    pytest.param(lambda h, t: [_v2(t, b"oslo.version", b"2.0",
+                                   b"oslo.message", _body(t),
+                                   b"pad1", b"x" * 40000, b"pad2", b"y" * 40000)],
+                 "too_large", id="frames-total-too-large"),
+]
+
+
+def _escape_targets(host: HostileHost, messages: list[list[bytes]]) -> list[str]:
+    """Paths a topic (or msg_id) of these messages would reach if used as a
+    file name (the shared service's own topic aside): none may exist."""
+    targets = []
+    for frames in messages:
+        for raw in frames[:2]:
+            if raw == TOPIC:
+                continue
+            text = raw.decode("utf-8", "replace").replace("\x00", "")
+            path = os.path.normpath(os.path.join(host.local.ipc_dir,
+                                                 "zmq_topic_" + text))
+            targets.append(path)
+            if "evil" in text:
+                targets.append("/tmp/" + text.rsplit("/", 1)[-1])
+    return targets
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("build, reason", CASES)
+def test_hostile_message_is_counted_logged_and_dropped(
+        host: HostileHost, build: Case, reason: str) -> None:
+    tag = uuid.uuid4().hex[:12]
+    source = "127.0.9.%d" % next(_sources)
+    messages = build(host, tag)
+    before = host.counters()
+    tree = host.tree()
+    targets = _escape_targets(host, messages)
+    assert not any(os.path.lexists(path) for path in targets)
+    offset = host.log_size()
+    sock = host.push(source)
+    try:
+        for frames in messages:
+            sock.send_multipart(frames)
+        # (a) counted
+        name = "dropped." + reason
+        host.wait_counter(name, before.get("receiver." + name, 0) + len(messages))
+    finally:
+        sock.close(0)
+    after = host.counters()
+    assert (after["receiver.received"] - before["receiver.received"]
+            >= len(messages))
+    # (b) logged: one line per message naming the reason and this peer
+    marker = "dropped a message from %s " % source
+
+    def logged() -> list[str]:
+        return [line for line in host.log_since(offset).splitlines()
+                if marker in line and ": " + reason in line]
+    try:
+        wait_for(lambda: len(logged()) >= len(messages), 10)
+    except AssertionError:
+        raise AssertionError("expected %d log lines with %r and %s in:\n%s"
+                             % (len(messages), reason, source,
+                                host.log_since(offset)[-3000:])) from None
+    # (c) the host still serves, and the bad message reached no service
+    host.echo()
+    assert tag not in host.recorded()["values"]
+    # (d) nothing created anywhere: not in the base dir, not where it pointed
+    assert host.tree() == tree
+    for path in targets:
+        assert not os.path.lexists(path), path
+    # (e) still running
+    assert host.alive()
+
+
+@pytest.mark.timeout(60)
+def test_single_frame_over_max_msg_size_drops_the_connection(
+        host: HostileHost) -> None:
+    """libzmq's MAXMSGSIZE closes the sender's connection: the message never
+    reaches the receiver's loop, and the same peer can send again after."""
+    tag = uuid.uuid4().hex[:12]
+    source = "127.0.9.%d" % next(_sources)
+    body = {"method": "record", "args": {"value": tag, "pad": "z" * MAX_MSG_SIZE}}
+    big = [b"0", TOPIC, b"cast", json.dumps(["{}", body]).encode()]
+    before = host.counters()
+    tree = host.tree()
+    sock = host.push(source)
+    monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED
+                                      | zmq.EVENT_DISCONNECTED)
+    try:
+        events: list[int] = []
+
+        def saw(event: int) -> bool:
+            while monitor.poll(50):
+                events.append(zmq.utils.monitor.recv_monitor_message(
+                    monitor)["event"])
+            return event in events
+        wait_for(lambda: saw(zmq.EVENT_CONNECTED), 10, what="connected")
+        sock.send_multipart(big)
+        wait_for(lambda: saw(zmq.EVENT_DISCONNECTED), 10,
+                 what="the receiver to close the connection")
+        # nothing of it was received, routed or delivered
+        after = host.counters()
+        assert after["receiver.received"] == before["receiver.received"]
+        assert after.get("receiver.forwarded") == before.get("receiver.forwarded")
+        host.echo()
+        assert tag not in host.recorded()["values"]
+        # the same peer reconnects and a good message goes through
+        good = uuid.uuid4().hex[:12]
+        sock.send_multipart(_legacy(TOPIC, good))
+        wait_for(lambda: good in host.recorded()["values"], 15,
+                 what="the good message after the oversized one")
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+    assert host.tree() == tree
+    assert host.alive()
+
+
+@pytest.mark.timeout(90)
+def test_backlog_of_a_topic_without_consumer_is_bounded(host: HostileHost) -> None:
+    """50 casts to a directed topic nobody consumes: 10 wait, 40 are dropped
+    and counted; a consumer started afterwards gets exactly the first 10."""
+    before = host.counters()
+    offset = host.log_size()
+    for i in range(50):
+        rpc.cast({}, "backlog", {"method": "record", "args": {"value": i}})
+    host.wait_counter("received", before["receiver.received"] + 50)
+    full = before.get("receiver.dropped.backlog_full", 0)
+    host.wait_counter("dropped.backlog_full", full + 40)
+    assert host.counter("dropped.backlog_full") == full + 40
+    lines = [line for line in host.log_since(offset).splitlines()
+             if "dropped a message from 127.0.0.1 " in line
+             and "'backlog.localhost'" in line and ": backlog_full" in line]
+    assert len(lines) == 40
+
+    proc = host.local.start_service("bk", topic="backlog", timeout=scaled(30))
+    try:
+        stats = wait_for(lambda: (lambda s: s["record"] >= 10 and s)(
+            host.recorded("backlog_bk")), 20, what="the 10 backlogged casts")
+        assert stats["values"] == list(range(10))
+        # the pipe is FIFO: anything beyond 10 would be in by now
+        assert host.recorded("backlog_bk")["record"] == 10
+    finally:
+        proc.stop()
+        host.local.procs.remove(proc)
+    host.echo()
+    assert host.alive()
+
+
+@pytest.mark.timeout(120)
+def test_fanout_burst_reaches_every_consumer(host: HostileHost) -> None:
+    """5,000 fanout casts to a topic with two consumer processes: each one
+    gets all of them (no loss at a publisher's high-water mark)."""
+    burst = 5000
+    procs = [host.local.start_service(name, topic="burst", timeout=scaled(30))
+             for name in ("fa", "fb")]
+    try:
+        before = host.counters()
+        for i in range(burst):
+            rpc.fanout_cast({}, "burst", {"method": "announce",
+                                          "args": {"value": i}})
+
+        def counts() -> list[int]:
+            return [host.recorded("burst_" + n)["fanout"] for n in ("fa", "fb")]
+        wait_for(lambda: counts() == [burst, burst], 90, interval=0.25,
+                 what="%d fanouts at each consumer" % burst)
+        after = host.counters()
+        drops = {k: v - before.get(k, 0) for k, v in after.items()
+                 if k.startswith("receiver.dropped.") and v != before.get(k, 0)}
+        assert drops == {}
+        assert counts() == [burst, burst]
+    finally:
+        for proc in procs:
+            proc.stop()
+            host.local.procs.remove(proc)
+    assert host.alive()

@@ -1,0 +1,35 @@
+"""Fixtures of the multi-host tests: skip without namespaces, clean up
+earlier leftovers once, and build clusters that are always torn down."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from tests.multihost import netns
+
+
+@pytest.fixture(scope="session")
+def netns_support() -> None:
+    """Skip (with the reason) when network namespaces cannot be used here;
+    otherwise delete what earlier, dead runs left behind."""
+    reason = netns.netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    netns.remove_leftovers()
+
+
+@pytest.fixture(scope="module")
+def netns_cluster_factory(request: pytest.FixtureRequest,
+                          netns_support: None) -> Callable[..., netns.NetnsCluster]:
+    """``factory(**NetnsCluster kwargs)`` -> a started cluster.
+
+    Each cluster is closed when the module ends, even when a test failed
+    (a test may close it sooner; closing twice is harmless).
+    """
+    def factory(**kwargs: Any) -> netns.NetnsCluster:
+        cluster = netns.NetnsCluster(**kwargs)
+        request.addfinalizer(cluster.close)
+        return cluster.start()
+    return factory
