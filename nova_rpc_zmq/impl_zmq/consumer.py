@@ -62,11 +62,87 @@ class _Consumer:
         self.thread: Any = None
 
     def run(self) -> None:
+        if self.conn.driver.handler.name == "threading":
+            self._lead_and_follow()
+        else:
+            self._read_and_spawn()
+
+    # Native threads: leader/follower. The thread that receives a message
+    # runs it itself, after handing the socket to a waiting follower; a
+    # hand-off between threads costs more than the work of a small call.
+    def _lead_and_follow(self) -> None:
+        import threading
+        self._leader = threading.Lock()
+        self._state = threading.Lock()
+        self._followers = 0
+        self._workers = 1
+        self._limit = max(1, self.conn.driver.settings.rpc_thread_pool_size)
+        self._worker()
+
+    def _worker(self) -> None:
         conn = self.conn
         driver = conn.driver
         zmq = driver.handler.zmq
-        limits = driver.settings.limits
-        counters = driver.counters
+        sock = self.sock
+        leader, state = self._leader, self._state
+        while not conn.closed:
+            with state:
+                self._followers += 1
+            got = leader.acquire(timeout=POLL_MS / 1000.0)
+            with state:
+                self._followers -= 1
+            if not got:
+                continue
+            try:
+                if conn.closed:
+                    break
+                try:
+                    frames = sock.recv_multipart()
+                except zmq.Again:
+                    continue
+                except zmq.ZMQError:
+                    if not conn.closed:
+                        LOG.exception("consumer socket for %s failed",
+                                      self.ipc_topic)
+                    break
+                with state:
+                    grow = self._followers == 0 and self._workers < self._limit
+                    if grow:
+                        self._workers += 1
+                if grow:
+                    driver.handler.spawn(self._worker)
+            finally:
+                leader.release()
+            msg = self._decode(frames)
+            if msg is not None:
+                driver.process(self.proxy, msg)
+        with state:
+            self._workers -= 1
+            last = self._workers == 0
+        if last:
+            sock.close(0)
+
+    def _decode(self, frames: list) -> Any:
+        driver = self.conn.driver
+        try:
+            msg = wire.decode(frames, driver.settings.limits)
+        except RemoteProtocolError as exc:
+            driver.counters.incr("consumer.dropped." + exc.reason)
+            LOG.warning("dropped a malformed message on %s: %s",
+                        self.ipc_topic, exc)
+            return None
+        if isinstance(msg, wire.Probe):
+            if msg.probe_id.startswith(self.probe_prefix):
+                self.ready.set()
+            return None
+        driver.counters.incr("consumer.received")
+        return msg
+
+    # Green threads: one reader, a green thread per message from the pool.
+    def _read_and_spawn(self) -> None:
+        conn = self.conn
+        driver = conn.driver
+        zmq = driver.handler.zmq
         pool = driver.pool
         sock = self.sock
         while not conn.closed:
@@ -79,19 +155,9 @@ class _Consumer:
                     break
                 LOG.exception("consumer socket for %s failed", self.ipc_topic)
                 break
-            try:
-                msg = wire.decode(frames, limits)
-            except RemoteProtocolError as exc:
-                counters.incr("consumer.dropped." + exc.reason)
-                LOG.warning("dropped a malformed message on %s: %s",
-                            self.ipc_topic, exc)
-                continue
-            if isinstance(msg, wire.Probe):
-                if msg.probe_id.startswith(self.probe_prefix):
-                    self.ready.set()
-                continue
-            counters.incr("consumer.received")
-            pool.spawn_n(driver.process, self.proxy, msg)
+            msg = self._decode(frames)
+            if msg is not None:
+                pool.spawn_n(driver.process, self.proxy, msg)
         sock.close(0)
 
 
