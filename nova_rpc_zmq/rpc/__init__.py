@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any, Iterator
 
 from nova_rpc_zmq.errors import ConfigurationError
+from nova_rpc_zmq.rpc import common  # noqa: F401 - rpc.common.Timeout, as in Nova
 
 _BACKENDS = {
     "impl_zmq": "nova_rpc_zmq.impl_zmq",

@@ -29,21 +29,11 @@ import threading
 import traceback
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from nova_rpc_zmq.errors import (
-    AuthenticationError,
-    ClientException,
-    DuplicateMessageError,
-    InvalidRPCConnectionReuse,
-    NoHostsError,
-    NoLiveHostsError,
-    RemoteError,
-    RemoteProtocolError,
-    RPCException,
-    RpcVersionCapError,
-    Timeout,
-    UnsupportedRpcEnvelopeVersion,
-    UnsupportedRpcVersion,
-)
+from nova_rpc_zmq.errors import (  # re-exported: the legacy names
+    AuthenticationError, ClientException, DuplicateMessageError,
+    InvalidRPCConnectionReuse, NoHostsError, NoLiveHostsError, RemoteError,
+    RemoteProtocolError, RPCException, RpcVersionCapError, Timeout,
+    UnsupportedRpcEnvelopeVersion, UnsupportedRpcVersion)
 
 __all__ = [
     "AuthenticationError", "ClientException", "CommonRpcContext", "Connection",
@@ -73,8 +63,7 @@ _REMOTE_POSTFIX = "_Remote"
 #: ``exceptions``.  We read that name as ``builtins`` and we also write
 #: builtins as ``exceptions``, so an old node with the stock allow-list
 #: still rebuilds a ValueError we send.
-_PY2_BUILTINS = "exceptions"
-_PY3_BUILTINS = "builtins"
+_PY2_BUILTINS, _PY3_BUILTINS = "exceptions", "builtins"
 
 _VERSION_RE = re.compile(r"\d+(?:\.\d+){0,2}", re.ASCII)
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
@@ -536,7 +525,6 @@ def deserialize_remote_exception(data: Any, allowed_modules: Iterable[str]
 
     def remote_error() -> RemoteError:
         return RemoteError(exc_type=name, value=message, traceback=tb_text)
-
     if name is None or module is None:
         return remote_error()
     # Grizzly nodes did not strip the suffix when re-raising through cells.

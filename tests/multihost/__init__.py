@@ -1,0 +1,1 @@
+"""Multi-host tests: RPC hosts as Linux network namespaces (needs root)."""
