@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from nova_rpc_zmq import errors
 
@@ -565,7 +565,8 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS
 
 # -- topics --------------------------------------------------------------------
 
-def check_topic(topic: bytes | str, limits: Limits = DEFAULT_LIMITS) -> str:
+def check_topic(topic: str | bytes | bytearray | memoryview,
+                limits: Limits = DEFAULT_LIMITS) -> str:
     """The topic as str if it is safe (charset, length, no '..').
 
     Raises ``RemoteProtocolError("bad_topic", why)``.
@@ -600,14 +601,14 @@ def _local_topic(topic: str, what: str = "topic") -> bytes:
 
 def is_fanout(topic: str | bytes) -> bool:
     """True for ``fanout~...`` topics."""
-    if type(topic) is str:
+    if isinstance(topic, str):
         return topic.startswith(FANOUT_PREFIX)
     return bytes(topic).startswith(_FANOUT_PREFIX_B)
 
 
 def is_reply_topic(topic: str | bytes) -> bool:
     """True for ``zmq_replies`` and ``zmq_replies.<host>``."""
-    if type(topic) is not str:
+    if not isinstance(topic, str):
         topic = bytes(topic).decode("ascii", "replace")
     return topic == REPLIES_PREFIX or topic.startswith(_REPLIES_DOT)
 
@@ -806,7 +807,8 @@ def call_request(msg_id: str, reply_topic: str, context: dict, msg: dict
                        REPLY_MSG_KEY: [_json_text(context, "context"), msg]}}
 
 
-def reply_body(msg_id: str, response: list, more: bool | None = None) -> dict:
+def reply_body(msg_id: str, response: Iterable[Any],
+               more: bool | None = None) -> dict:
     """The ``-process_reply`` body answering call ``msg_id``.
 
     ``more`` None writes no flag (a complete legacy reply); True/False mark

@@ -73,7 +73,10 @@ def near_valid_frames(draw: st.DrawFn) -> list[bytes]:
     frames = wire.encode(draw(msg_ids), draw(topics), draw(contexts),
                          draw(bodies), envelope=draw(st.booleans()))
     for _ in range(draw(st.integers(1, 3))):
-        index = draw(st.integers(0, len(frames) - 1))
+        if len(frames) > 3 and draw(st.integers(0, 4)):
+            index = draw(st.integers(3, len(frames) - 1))   # a JSON frame
+        else:
+            index = draw(st.integers(0, len(frames) - 1))
         data = bytearray(frames[index])
         action = draw(st.sampled_from(["flip", "cut", "insert", "drop",
                                        "duplicate"]))
@@ -100,17 +103,34 @@ def near_valid_frames(draw: st.DrawFn) -> list[bytes]:
 def odd_shapes(draw: st.DrawFn) -> list[bytes]:
     """Valid headers and JSON of the wrong shape where a message goes."""
     value = draw(json_values)
+    method = draw(st.sampled_from(["m", "-reply", "-process_reply"]))
+    msg = draw(st.sampled_from([
+        value, {"method": value}, {"method": method, "args": value},
+        {"method": method, "args": {"msg_id": value, "topic": value,
+                                    "msg": value, "response": value,
+                                    "more": value}},
+        {"method": method, "args": {"msg_id": "1", "topic": "zmq_replies.h",
+                                    "msg": ["{}", value], "response": [],
+                                    "more": True}},
+        {"method": "m", "version": value, "namespace": value}]))
     if draw(st.booleans()):
-        payload = json.dumps([draw(json_values | contexts.map(json.dumps)),
-                              draw(st.sampled_from([value, {"method": value},
-                                                    {"oslo.version": value,
-                                                     "oslo.message": "{}"}]))])
-        return [b"0", b"compute", b"cast", payload.encode()]
-    pairs = draw(st.lists(st.sampled_from(
-        [b"oslo.version", b"2.0", b"oslo.message", b"3.1",
-         json.dumps({"method": value}).encode(), json.dumps(value).encode()]),
-        max_size=6))
-    return [b"0", b"compute", b"impl_zmq_v2", json.dumps(value).encode(), *pairs]
+        if draw(st.booleans()):
+            msg = {"oslo.version": draw(st.sampled_from(["2.0", "2.7", value])),
+                   "oslo.message": json.dumps(msg)}
+        ctx = draw(contexts | contexts.map(json.dumps) | json_values)
+        payload = json.dumps([ctx, msg]).encode()
+        return [b"0", b"compute", b"cast", payload]
+    values = st.sampled_from([b"2.0", b"2.1", b"3.0", json.dumps(msg).encode(),
+                              json.dumps(value).encode()])
+    keys = st.sampled_from([b"oslo.version", b"oslo.message", b"other"])
+    pairs = draw(st.lists(st.tuples(keys, values), max_size=3,
+                          unique_by=lambda pair: pair[0])
+                 | st.permutations([(b"oslo.version", b"2.0"),
+                                    (b"oslo.message",
+                                     json.dumps(msg).encode())]))
+    ctx_frame = json.dumps(draw(contexts | json_values)).encode()
+    return [b"0", b"compute", b"impl_zmq_v2", ctx_frame,
+            *[frame for pair in pairs for frame in pair]]
 
 
 limits_choices = st.sampled_from([
@@ -177,6 +197,7 @@ def test_call_request_round_trip(msg_id: str, host_topic: str, context: dict,
     request = wire.call_request(msg_id, reply_to, context, body)
     msg = wire.decode(wire.encode(wire.CALLER_STREAMS, "compute", context,
                                   request))
+    assert isinstance(msg, wire.Message)
     assert wire.parse_call_request(msg.body) == wire.CallRequest(
         msg_id, reply_to, body)
     assert json.loads(msg.args["msg"][0]) == context
@@ -189,7 +210,9 @@ def test_reply_round_trip(msg_id: str, response: list, more: bool | None
                           ) -> None:
     frames = wire.encode(msg_id, "zmq_replies.h", {},
                          wire.reply_body(msg_id, response, more))
-    reply = wire.parse_reply(wire.decode(frames).body)
+    msg = wire.decode(frames)
+    assert isinstance(msg, wire.Message)
+    reply = wire.parse_reply(msg.body)
     assert reply == wire.Reply(msg_id, response, bool(more))
 
 
