@@ -15,7 +15,6 @@ INI files, so an unchanged Essex nova.conf is read.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import difflib
 import functools
@@ -202,8 +201,9 @@ class NovaConfigOpts(cfg.ConfigOpts):
 
     Each ``--config-file`` (and default config file) whose first significant
     line starts with ``--`` is translated into an INI file in a private 0700
-    directory before oslo.config reads it.  Raises ConfigurationError for a
-    bad flagfile, a missing or unparsable config file.
+    directory, removed once oslo.config has read it (so reload_config_files()
+    cannot re-read flagfiles).  Raises ConfigurationError for a bad flagfile,
+    a missing or unparsable config file.
     """
 
     def __init__(self) -> None:
@@ -216,18 +216,13 @@ class NovaConfigOpts(cfg.ConfigOpts):
                  version: str | None = None, usage: str | None = None,
                  default_config_files: list[str] | None = None, **kwargs: Any) -> None:
         self.forget_flagfiles()
-        argv = list(sys.argv[1:] if args is None else args)
-        for i, arg in enumerate(argv):
-            if arg.startswith("--config-file="):
-                argv[i] = "--config-file=" + self._as_ini(arg.split("=", 1)[1])
-            elif arg == "--config-file" and i + 1 < len(argv):
-                argv[i + 1] = self._as_ini(argv[i + 1])
-        if default_config_files is None:
-            default_config_files = cfg.find_config_files(project, prog)
-        default_config_files = [self._as_ini(p) for p in default_config_files]
         try:
+            argv, defaults = self._translate(
+                list(sys.argv[1:] if args is None else args),
+                cfg.find_config_files(project, prog) if default_config_files is None
+                else default_config_files)
             super().__call__(argv, project=project, prog=prog, version=version, usage=usage,
-                             default_config_files=default_config_files, **kwargs)
+                             default_config_files=defaults, **kwargs)
         except cfg.ConfigFilesNotFoundError as exc:
             raise ConfigurationError("config file(s) not found: %s; fix the --config-file path"
                                      % ", ".join(map(self.original_path, exc.config_files))
@@ -240,19 +235,37 @@ class NovaConfigOpts(cfg.ConfigOpts):
         except cfg.ConfigFileParseError as exc:
             raise ConfigurationError("%s: %s; fix the file's INI syntax"
                                      % (self.original_path(exc.config_file), exc.msg)) from exc
+        finally:
+            # oslo.config has read every file into its namespace by now, so
+            # the translations go at once: nothing lingers if we are killed.
+            self._remove_flag_dir()
+
+    def _translate(self, argv: list[str], defaults: list[str]) -> tuple[list[str], list[str]]:
+        given = False
+        for i, arg in enumerate(argv):
+            if arg.startswith("--config-file="):
+                argv[i] = "--config-file=" + self._as_ini(arg.split("=", 1)[1])
+                given = True
+            elif arg == "--config-file" and i + 1 < len(argv):
+                argv[i + 1] = self._as_ini(argv[i + 1])
+                given = True
+        if not given:   # oslo.config reads the default files only then
+            defaults = [self._as_ini(p) for p in defaults]
+        return argv, defaults
 
     def original_path(self, path: str) -> str:
         """The file the operator named, for a path we may have translated."""
         return self._translated.get(path, path)
 
     def forget_flagfiles(self) -> None:
-        """Delete the translated flagfiles of the previous call."""
-        for path in self._translated:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass  # already gone; nothing of value is lost
+        """Forget which translated file came from which flagfile."""
+        self._remove_flag_dir()
         self._translated.clear()
+
+    def _remove_flag_dir(self) -> None:
+        if self._flag_dir is not None:
+            shutil.rmtree(self._flag_dir, ignore_errors=True)
+            self._flag_dir = None
 
     def _as_ini(self, path: str) -> str:
         if not _is_flagfile(path):
@@ -261,7 +274,6 @@ class NovaConfigOpts(cfg.ConfigOpts):
         if self._flag_dir is None:
             self._flag_dir = tempfile.mkdtemp(prefix="nova-rpc-zmq-flags-")
             os.chmod(self._flag_dir, 0o700)
-            atexit.register(shutil.rmtree, self._flag_dir, True)
         fd, ini = tempfile.mkstemp(suffix=".conf", dir=self._flag_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write("# translated from the flagfile %s\n" % path)
@@ -583,25 +595,33 @@ def _validate(c: _Checker) -> None:
     v["rpc_zmq_curve"] = bool(v["rpc_zmq_curve"])
 
 
-def load_settings(conf: cfg.ConfigOpts = CONF, **overrides: Any) -> Settings:
+def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
+                  **overrides: Any) -> Settings:
     """Validated, normalised ``Settings`` from ``conf`` plus ``overrides``.
 
-    ``overrides`` use Settings field names (``rpc_zmq_port=9601``,
-    ``matchmaker_ringfile=path``) and are validated like file values.
-    Raises ConfigurationError naming the option, the value, where it was
-    set and the accepted values; TypeError for an unknown field name.
+    ``conf`` is a ConfigOpts (None means ``CONF``) or an existing Settings
+    to which ``overrides`` are applied.  ``overrides`` use Settings field
+    names (``rpc_zmq_port=9601``, ``matchmaker_ringfile=path``) and are
+    validated like file values.  Raises ConfigurationError naming the
+    option, the value, where it was set and the accepted values; TypeError
+    for an unknown field name.
     """
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise TypeError("load_settings() got unknown option(s) %s; valid names are the "
                         "Settings fields" % ", ".join(unknown))
-    register_opts(conf)
+    conf = CONF if conf is None else conf
+    if not isinstance(conf, Settings):
+        register_opts(conf)
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
     for field in FIELDS:
         if field in overrides:
             values[field] = _coerce(field, overrides[field])
             where[field] = " (passed to load_settings)"
+        elif isinstance(conf, Settings):
+            values[field] = getattr(conf, field)
+            where[field] = ""
         else:
             values[field] = _read(conf, field)
             where[field] = _where(conf, field)

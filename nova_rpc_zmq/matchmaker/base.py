@@ -10,9 +10,10 @@ Topic kinds (the names come from ``nova_rpc_zmq.wire``):
 
 A matchmaker is a plain policy object: no sockets, no threads.  The
 optional *liveness* object it may consult has ``is_up(host, topic) -> bool``
-(cheap, cached by its owner) and may have ``dead_hosts``: either a
-container of down host names or a callable ``dead_hosts(topic)`` returning
-them, used only to word the ``NoLiveHostsError``.
+(cheap, cached by its owner) and may have ``dead_hosts(hosts, topic)`` (the
+down ones among ``hosts``, used to word ``NoLiveHostsError``) and
+``watch_topics(topics)`` (told the ring's topics on every load), as
+``servicegroup.liveness.LivenessView`` does.
 """
 
 from __future__ import annotations

@@ -313,7 +313,8 @@ class RingMatchMaker(MatchMaker):
 
     ``liveness`` (optional) has ``is_up(host, topic)``; down hosts are
     skipped.  ``resolve=True`` requires every host to resolve (at start and
-    on reload; hosts already resolved are not looked up again).
+    on reload; only hosts new to the ring are looked up, in the thread whose
+    ``queues()`` call notices the change).
     ``check_interval`` is how often ``queues()`` may stat the file.
 
     Raises ConfigurationError when the file is missing or invalid at
@@ -364,6 +365,15 @@ class RingMatchMaker(MatchMaker):
             problems = unresolved_hosts(ring, self._resolver, self._resolved)
             if problems:
                 _raise(self.path, problems)
+        watch = getattr(self.liveness, "watch_topics", None)
+        if watch is not None:
+            # so the liveness source reads each topic's group before the
+            # topic's first message
+            try:
+                watch([entry.topic for entry in ring.entries])
+            except Exception:
+                LOG.exception("liveness.watch_topics failed; topics of %s are "
+                              "filtered once it has read them", self.path)
         return _Ring(ring)
 
     def _check_reload(self, now: float) -> None:
@@ -437,8 +447,8 @@ class RingMatchMaker(MatchMaker):
     def _fanout(self, topic: str) -> list[tuple[str, str]]:
         bare = topic[len(FANOUT_PREFIX):].partition(TOPIC_SEPARATOR)[0]
         pairs = self._ring.fanout.get(bare)
-        if not pairs:
-            raise errors.NoHostsError(topic, source=self.source)
+        if not pairs:    # name the bare topic: that is what the ring lacks
+            raise errors.NoHostsError(bare, source=self.source)
         liveness = self.liveness
         if liveness is None:
             return list(pairs)
@@ -467,14 +477,15 @@ class RingMatchMaker(MatchMaker):
         dead = getattr(liveness, "dead_hosts", None)
         try:
             if callable(dead):
-                dead = dead(topic)
-            if dead is not None:
-                dead_set = set(dead)
-                listed = [h for h in hosts if h in dead_set]
-                return listed or hosts
+                listed = list(dead(hosts, topic))
+            elif dead is not None:           # a container of down hosts
+                listed = [h for h in hosts if h in dead]
+            else:
+                listed = []
         except Exception:
             LOG.exception("liveness.dead_hosts failed for topic %s", topic)
-        return hosts
+            listed = []
+        return listed or hosts
 
     def topics(self) -> list[str]:
         """The bare topics of the current ring."""

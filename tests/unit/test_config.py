@@ -117,6 +117,16 @@ def test_overrides_are_coerced_and_validated(tmp_path):
         config.load_settings(config.CONF, rpc_zmq_prot=1)
 
 
+def test_overrides_on_top_of_existing_settings():
+    base = config.load_settings(config.CONF, rpc_zmq_matchmaker="nova.rpc.matchmaker.MatchMakerStub")
+    s = config.load_settings(base, rpc_zmq_port=9602)
+    assert (s.rpc_zmq_matchmaker, s.rpc_zmq_port) == ("stub", 9602)
+    assert dataclasses.replace(s, rpc_zmq_port=base.rpc_zmq_port) == base
+    assert config.load_settings(None) == config.load_settings()
+    with pytest.raises(ConfigurationError):
+        config.load_settings(base, rpc_zmq_port=0)
+
+
 def test_reset_forgets_overrides_and_files(tmp_path):
     config.CONF.set_override("rpc_zmq_port", 9999)
     assert config.load_settings().rpc_zmq_port == 9999
@@ -302,15 +312,21 @@ def test_bad_flagfile_line_names_original_file_and_line(tmp_path, line, words):
 
 
 def test_flagfile_translation_is_private_and_cleaned(tmp_path):
-    read(write(tmp_path, "nova.conf", "--rpc_zmq_port=9601\n"))
-    translated = list(config.CONF._translated)
-    assert len(translated) == 1
-    directory = os.path.dirname(translated[0])
-    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
-    assert config.CONF.original_path(translated[0]) == \
-        str(tmp_path / "nova.conf")
+    flags = write(tmp_path, "nova.conf", "--rpc_zmq_port=9601\n")
+    ini = config.CONF._as_ini(str(flags))
+    assert stat.S_IMODE(os.stat(os.path.dirname(ini)).st_mode) == 0o700
+    assert "rpc_zmq_port = 9601" in Path(ini).read_text()
+    assert config.CONF.original_path(ini) == str(flags)
     config.reset()
-    assert not os.path.exists(translated[0])
+    assert not os.path.exists(os.path.dirname(ini))
+    # a full parse leaves no translated file behind, not even until exit
+    assert read(flags).rpc_zmq_port == 9601
+    (translated,) = config.CONF._translated
+    assert not os.path.exists(translated)
+    assert config.CONF.original_path(translated) == str(flags)
+    with pytest.raises(ConfigurationError):
+        read(write(tmp_path, "bad.conf", "--rpc_zmq_port=1\n--rpc_zmq_prot=2\n"))
+    assert config.CONF._flag_dir is None
 
 
 def test_file_starting_with_comment_then_flags_is_a_flagfile(tmp_path):
@@ -435,6 +451,15 @@ def test_parse_args(tmp_path):
                              ).rpc_zmq_port == 9444
     assert config.parse_args(["--config-file", str(path)],
                              default_config_files=[]).rpc_zmq_port == 9444
+
+
+def test_default_files_are_not_read_when_a_file_is_given(tmp_path):
+    broken = write(tmp_path, "default.conf", "--rpc_zmq_prot=1\n")
+    given = write(tmp_path, "given.conf", "[DEFAULT]\nrpc_zmq_port = 9446\n")
+    assert config.parse_args(["--config-file", str(given)],
+                             default_config_files=[str(broken)]).rpc_zmq_port == 9446
+    with pytest.raises(ConfigurationError, match="rpc_zmq_prot"):
+        config.parse_args([], default_config_files=[str(broken)])
 
 
 def test_default_config_file_may_be_a_flagfile(tmp_path):

@@ -125,7 +125,8 @@ def test_missing_topic(tmp_path, topic):
     with pytest.raises(errors.NoHostsError) as err:
         mm.queues(topic)
     assert isinstance(err.value, errors.Timeout)    # legacy callers catch it
-    assert path in str(err.value) and topic in str(err.value)
+    bare = topic.replace("fanout~", "")
+    assert path in str(err.value) and "topic %r" % bare in str(err.value)
 
 
 def test_duplicate_hosts_are_dropped_with_a_warning(tmp_path, caplog):
@@ -357,7 +358,8 @@ def test_all_dead_raises_at_once(tmp_path, topic):
 
 def test_dead_hosts_of_the_liveness_source_word_the_error(tmp_path):
     class WithDeadHosts(Liveness):
-        def dead_hosts(self, topic):
+        def dead_hosts(self, hosts, topic):
+            assert (list(hosts), topic) == (["a", "b"], "compute")
             return ["b"]
 
     live = WithDeadHosts(down={"a", "b"})
@@ -366,6 +368,45 @@ def test_dead_hosts_of_the_liveness_source_word_the_error(tmp_path):
     with pytest.raises(errors.NoLiveHostsError) as err:
         mm.queues("compute")
     assert err.value.dead_hosts == ["b"]
+
+
+def test_ring_topics_are_announced_to_the_liveness_source(tmp_path):
+    class Watching(Liveness):
+        watched: list[list[str]] = []
+
+        def watch_topics(self, topics):
+            self.watched.append(list(topics))
+
+    live = Watching()
+    path = ring_file(tmp_path, {"compute": ["a"], "cert": ["b"]})
+    mm = RingMatchMaker(path, liveness=live, resolve=False, check_interval=0.01)
+    assert live.watched == [["compute", "cert"]]
+    os.replace(ring_file(tmp_path, {"volume": ["a"]}, "t"), path)
+    wait_for(lambda: mm.queues("zmq_replies.a") and mm.topics() == ["volume"],
+             timeout=5, what="reload")
+    assert live.watched[-1] == ["volume"]
+
+
+def test_with_the_real_liveness_view(tmp_path):
+    """The servicegroup LivenessView fed by a static member list."""
+    from nova_rpc_zmq.servicegroup.drivers.base import MemberRecord
+    from nova_rpc_zmq.servicegroup.liveness import LivenessView
+
+    class StaticMembers:
+        report_interval = 3600.0
+
+        def members(self, groups):
+            return {g: [MemberRecord(group=g, member="b", up=False)] if g == "rpc_zmq_receiver"
+                    else [] for g in groups}
+
+    view = LivenessView(StaticMembers())
+    try:
+        mm = RingMatchMaker(ring_file(tmp_path, {"compute": ["a", "b", "c"]}),
+                            liveness=view, resolve=False)
+        assert {mm.queues("compute")[0][1] for _ in range(6)} == {"a", "c"}
+        assert [h for _, h in mm.queues("fanout~compute")] == ["a", "c"]
+    finally:
+        view.close()
 
 
 def test_directed_topics_ignore_liveness(tmp_path):
@@ -401,12 +442,13 @@ def _lines_executed(fn, calls: int) -> int:
             count += 1
         return tracer
 
+    previous = sys.gettrace()         # e.g. a coverage tracer
     sys.settrace(tracer)
     try:
         for _ in range(calls):
             fn()
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
     return count
 
 
