@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     receiver = None
     health = None
     try:
-        from nova_rpc_zmq import config
+        from nova_rpc_zmq import config, netaddr
         cli = []
         for path in args.config_file:
             cli += ["--config-file", path]
@@ -51,9 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         receiver.start()
         if settings.rpc_zmq_health_port:
             from nova_rpc_zmq.receiver.health import HealthServer
-            health = HealthServer(settings.rpc_zmq_bind_address
-                                  if settings.rpc_zmq_bind_address != "*"
-                                  else "127.0.0.1",
+            health_host = settings.rpc_zmq_bind_address
+            if health_host == "*":
+                health_host = "127.0.0.1"
+            elif not netaddr.is_ip(health_host):
+                # an interface name (eth0): serve on the address it has,
+                # as the receiver does
+                health_host = netaddr.resolve_bind_address(health_host)
+            health = HealthServer(health_host,
                                   settings.rpc_zmq_health_port,
                                   status=lambda: not receiver._stopping,
                                   metrics=receiver.counters.render)

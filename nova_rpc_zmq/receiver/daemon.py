@@ -51,6 +51,8 @@ MAX_TOPICS = 10000
 TOPIC_HWM = 10000
 #: Milliseconds a closing socket may keep trying to deliver.
 LINGER_MS = 1000
+#: Milliseconds a TCP peer has to complete the ZMTP (and CURVE) handshake.
+HANDSHAKE_MS = 5000
 
 
 class ReceiverError(ConfigurationError):
@@ -78,6 +80,13 @@ def prepare_ipc_dir(ipc_dir: str) -> None:
 
     Raises ReceiverError naming the directory and the fix.
     """
+    # checked first, so that a refused directory is not left behind
+    longest = len(ipc_path(ipc_dir, "zmq_replies.")) + 20
+    if longest > IPC_PATH_MAX:
+        raise ReceiverError(
+            "rpc_zmq_ipc_dir %s is too long (%d bytes) for ipc:// socket paths "
+            "(at most %d bytes in all): choose a shorter directory such as "
+            "/var/run/openstack" % (ipc_dir, len(ipc_dir), IPC_PATH_MAX))
     if not os.path.isdir(ipc_dir):
         try:
             os.makedirs(ipc_dir, mode=0o750, exist_ok=True)
@@ -95,12 +104,6 @@ def prepare_ipc_dir(ipc_dir: str) -> None:
             "rpc_zmq_ipc_dir %s is not writable by uid %d: chown it to the "
             "user running the receiver and the services, mode 0750"
             % (ipc_dir, os.getuid()))
-    longest = len(ipc_path(ipc_dir, "zmq_replies.")) + 20
-    if longest > IPC_PATH_MAX:
-        raise ReceiverError(
-            "rpc_zmq_ipc_dir %s is too long (%d bytes) for ipc:// socket paths "
-            "(at most %d bytes in all): choose a shorter directory such as "
-            "/var/run/openstack" % (ipc_dir, len(ipc_dir), IPC_PATH_MAX))
 
 
 class Receiver:
@@ -143,6 +146,8 @@ class Receiver:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_msg_size)
         sock.setsockopt(zmq.RCVHWM, TOPIC_HWM)
+        # a peer that does not finish the ZMTP handshake is cut off soon
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if ":" in bind:
             sock.setsockopt(zmq.IPV6, 1)
         if self._server_keypair is not None:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
 import uuid
 from typing import Any, Callable, Iterator
@@ -58,6 +59,14 @@ class HostileHost:
         with urllib.request.urlopen(url, timeout=scaled(5)) as resp:
             return metrics.parse(resp.read().decode())
 
+    def healthy(self) -> bool:
+        url = "http://127.0.0.1:%d/health" % self.health_port
+        try:
+            with urllib.request.urlopen(url, timeout=scaled(5)) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
     def counter(self, name: str) -> int:
         return self.counters().get("receiver." + name, 0)
 
@@ -89,13 +98,18 @@ class HostileHost:
         return self.receiver.popen.poll() is None
 
     # -- talking to it ----------------------------------------------------
-    def push(self, source: str) -> zmq.Socket:
-        """A raw PUSH socket to the receiver, from loopback address ``source``."""
+    def push(self, source: str, connect: bool = True) -> zmq.Socket:
+        """A raw PUSH socket to the receiver, from loopback address ``source``
+        (``connect(sock, source)`` later when ``connect`` is False)."""
         sock = self.ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDTIMEO, int(scaled(5) * 1000))
-        sock.connect("tcp://%s:0;127.0.0.1:%d" % (source, self.local.port))
+        if connect:
+            self.connect(sock, source)
         return sock
+
+    def connect(self, sock: zmq.Socket, source: str) -> None:
+        sock.connect("tcp://%s:0;127.0.0.1:%d" % (source, self.local.port))
 
     def echo(self) -> None:
         """A normal call through the receiver must still work."""
@@ -117,6 +131,9 @@ def host() -> Iterator[HostileHost]:
     h = HostileHost(base)
     try:
         h.receiver = h.local.start_receiver(scaled(20))
+        # "listening on" is logged before the health page is up
+        wait_for(lambda: h.healthy() or not h.alive(), 20, what="health page")
+        assert h.alive(), h.receiver.output()
         h.local.start_service("svc1", topic="demo", timeout=scaled(30))
         rpc.init(h.local.settings())
         h.echo()
@@ -234,6 +251,8 @@ def _escape_targets(host: HostileHost, messages: list[list[bytes]]) -> list[str]
 @pytest.mark.parametrize("build, reason", CASES)
 def test_hostile_message_is_counted_logged_and_dropped(
         host: HostileHost, build: Case, reason: str) -> None:
+    """(a) counted, (b) logged with reason and peer, (c) calls still work,
+    (d) no file appears anywhere, (e) the receiver keeps running."""
     tag = uuid.uuid4().hex[:12]
     source = "127.0.9.%d" % next(_sources)
     messages = build(host, tag)
@@ -288,9 +307,11 @@ def test_single_frame_over_max_msg_size_drops_the_connection(
     big = [b"0", TOPIC, b"cast", json.dumps(["{}", body]).encode()]
     before = host.counters()
     tree = host.tree()
-    sock = host.push(source)
+    sock = host.push(source, connect=False)
+    # watch before connecting, so no event can be missed
     monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED
                                       | zmq.EVENT_DISCONNECTED)
+    host.connect(sock, source)
     try:
         events: list[int] = []
 
@@ -303,10 +324,8 @@ def test_single_frame_over_max_msg_size_drops_the_connection(
         sock.send_multipart(big)
         wait_for(lambda: saw(zmq.EVENT_DISCONNECTED), 10,
                  what="the receiver to close the connection")
-        # nothing of it was received, routed or delivered
-        after = host.counters()
-        assert after["receiver.received"] == before["receiver.received"]
-        assert after.get("receiver.forwarded") == before.get("receiver.forwarded")
+        # nothing of it reached the receiver's loop or a service
+        assert host.counter("received") == before["receiver.received"]
         host.echo()
         assert tag not in host.recorded()["values"]
         # the same peer reconnects and a good message goes through
@@ -358,8 +377,10 @@ def test_fanout_burst_reaches_every_consumer(host: HostileHost) -> None:
     """5,000 fanout casts to a topic with two consumer processes: each one
     gets all of them (no loss at a publisher's high-water mark)."""
     burst = 5000
-    procs = [host.local.start_service(name, topic="burst", timeout=scaled(30))
-             for name in ("fa", "fb")]
+    # one consumer on native threads, one monkey-patched with eventlet
+    procs = [host.local.start_service(name, topic="burst", eventlet=green,
+                                      timeout=scaled(30))
+             for name, green in (("fa", False), ("fb", True))]
     try:
         before = host.counters()
         for i in range(burst):
@@ -368,8 +389,16 @@ def test_fanout_burst_reaches_every_consumer(host: HostileHost) -> None:
 
         def counts() -> list[int]:
             return [host.recorded("burst_" + n)["fanout"] for n in ("fa", "fb")]
-        wait_for(lambda: counts() == [burst, burst], 90, interval=0.25,
-                 what="%d fanouts at each consumer" % burst)
+        # wait for all, but give up early once the counts stop moving
+        deadline = time.monotonic() + scaled(60)
+        seen, moved = counts(), time.monotonic()
+        while seen != [burst, burst] and time.monotonic() < deadline \
+                and time.monotonic() - moved < scaled(5):
+            time.sleep(0.25)
+            now = counts()
+            if now != seen:
+                seen, moved = now, time.monotonic()
+        assert seen == [burst, burst]
         after = host.counters()
         drops = {k: v - before.get(k, 0) for k, v in after.items()
                  if k.startswith("receiver.dropped.") and v != before.get(k, 0)}
