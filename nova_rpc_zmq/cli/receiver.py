@@ -18,14 +18,9 @@ LOG = logging.getLogger("nova-rpc-zmq-receiver")
 
 
 def build_receiver(settings: Any) -> Any:
-    """A Receiver for ``settings``, with CURVE when ``rpc_zmq_curve`` is on."""
+    """A Receiver for ``settings`` (CURVE when ``rpc_zmq_curve`` is on)."""
     from nova_rpc_zmq.receiver import Receiver
-    if not getattr(settings, "rpc_zmq_curve", False):
-        return Receiver(settings)
-    from nova_rpc_zmq.security import curve_server_parts
-    factory, keypair = curve_server_parts(settings)
-    return Receiver(settings, authenticator_factory=factory,
-                    server_keypair=keypair)
+    return Receiver(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             health = HealthServer(health_host,
                                   settings.rpc_zmq_health_port,
                                   status=lambda: not receiver._stopping,
-                                  metrics=receiver.counters.render)
+                                  metrics=receiver.metrics)
             health.start()
     except ConfigurationError as exc:
         sys.stderr.write("nova-rpc-zmq-receiver: error: %s\n" % exc)

@@ -25,7 +25,7 @@ import uuid
 from typing import Any
 
 from nova_rpc_zmq import wire
-from nova_rpc_zmq.errors import RemoteProtocolError, Timeout
+from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
 from nova_rpc_zmq.metrics import Counters
 
 LOG = logging.getLogger(__name__)
@@ -201,9 +201,9 @@ class Connection:
         frames = wire.encode_probe("%s%d" % (consumer.probe_prefix, n),
                                    consumer.ipc_topic)
         try:
-            self.driver.outbound.send(self.driver.settings.rpc_zmq_host,
-                                      frames, topic=consumer.ipc_topic)
-        except Timeout:
+            self.driver._send(self.driver.settings.rpc_zmq_host, frames,
+                              consumer.ipc_topic)
+        except RPCException:
             LOG.warning("could not probe %s through the local receiver",
                         consumer.ipc_topic)
 

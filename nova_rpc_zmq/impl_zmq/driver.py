@@ -60,6 +60,8 @@ class Driver:
         self.outbound = Outbound(self.handler, self.ctx, settings,
                                  configure=self.security.configure
                                  if self.security else None)
+        if self.security is not None:
+            self.security.forget = self.outbound.forget
         self.replies = ReplyWaiter(self)
         self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
         self.direct = DirectReplies(self)
@@ -72,9 +74,7 @@ class Driver:
         return None
 
     def _client_security(self) -> Any:
-        if not getattr(self.settings, "rpc_zmq_curve", False):
-            return None
-        from nova_rpc_zmq.security import ClientSecurity
+        from nova_rpc_zmq.impl_zmq.curve import ClientSecurity
         return ClientSecurity.from_settings(self.settings, self.handler)
 
     def joined_topic(self, bare_topic: str) -> None:
@@ -157,12 +157,9 @@ class Driver:
             self._send(host, frames, dtopic)
             while True:
                 try:
-                    response, more = queue.get(timeout=timeout)
+                    response, more = self._wait(queue, host, timeout)
                 except empty:
                     self.counters.incr("call_timeouts")
-                    failure = self.security.failure(host) if self.security else None
-                    if failure is not None:
-                        raise failure from None
                     raise Timeout(info="no reply from host %s within %.1fs"
                                        % (host, timeout),
                                   topic=topic, method=method) from None
@@ -174,6 +171,26 @@ class Driver:
                     return
         finally:
             replies.unregister(msg_id)
+
+    def _wait(self, queue: Any, host: str, timeout: float) -> Any:
+        """The next reply part; with CURVE, a refusal by ``host`` ends the
+        wait at once with its AuthenticationError."""
+        security = self.security
+        if security is None:
+            return queue.get(timeout=timeout)
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return queue.get(timeout=max(0.0, min(left, 0.1)))
+            except self.handler.Empty:
+                failure = security.failure(host)
+                if failure is not None:
+                    self.counters.incr("refused_by_peer")
+                    raise failure from None
+                if left <= 0.1:
+                    raise
 
     def call(self, context: Any, topic: str, msg: dict,
              timeout: float | None = None, envelope: bool = False) -> Any:

@@ -104,17 +104,21 @@ class ReplyWaiter:
         while not self._ready.is_set():
             n += 1
             self._probe_id = "%sprobe%d" % (self.token, n)
+            own = self.driver.settings.rpc_zmq_host
             try:
-                self.driver.outbound.send(
-                    self.driver.settings.rpc_zmq_host,
-                    wire.encode_probe(self._probe_id, self.reply_topic),
-                    topic=self.reply_topic)
+                self.driver._send(own, wire.encode_probe(self._probe_id,
+                                                         self.reply_topic),
+                                  self.reply_topic)
             except Timeout:
                 pass
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._ready.wait(min(PROBE_INTERVAL * min(n, 10), left))
+            security = self.driver.security
+            failure = security.failure(own) if security is not None else None
+            if failure is not None and not self._ready.is_set():
+                raise failure
         if not self._ready.is_set():
             raise Timeout(
                 info="no reply path: nothing came back through the local "

@@ -100,6 +100,18 @@ class Outbound:
                      % (host, self.endpoint(host), self.send_timeout),
                 topic=topic) from exc
 
+    def forget(self, host: str) -> None:
+        """Close ``host``'s socket (it was refused); the next send makes a new one."""
+        with self._create_lock:
+            entry = self._socks.pop(host, None)
+        if entry is not None:
+            sock, lock = entry
+            if lock is None:
+                sock.close(0)
+            else:
+                with lock:  # not while another thread sends on it
+                    sock.close(0)
+
     def hosts(self) -> list[str]:
         return list(self._socks)
 

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -110,9 +110,7 @@ class Receiver:
     """The per-host routing daemon. ``start()`` then ``run()``; ``stop()``
     from any thread or a signal handler ends ``run()`` within ~0.2 s."""
 
-    def __init__(self, settings: Any,
-                 authenticator_factory: Callable[[zmq.Context], Any] | None = None,
-                 server_keypair: Any = None) -> None:
+    def __init__(self, settings: Any) -> None:
         self.settings = settings
         self.ipc_dir = settings.rpc_zmq_ipc_dir
         self.limits = settings.limits
@@ -125,8 +123,7 @@ class Receiver:
         self.paused = False
         self._stopping = False
         self._peer_frame: Any = None
-        self._authenticator_factory = authenticator_factory
-        self._server_keypair = server_keypair
+        self.curve = bool(getattr(settings, "rpc_zmq_curve", False))
         self.authenticator: Any = None
         self.endpoint = ""
 
@@ -136,11 +133,17 @@ class Receiver:
         prepare_ipc_dir(self.ipc_dir)
         bind = netaddr.resolve_bind_address(self.settings.rpc_zmq_bind_address)
         self.endpoint = netaddr.tcp_endpoint(bind, self.settings.rpc_zmq_port)
+        keypair = None
+        if self.curve:
+            from nova_rpc_zmq.security import KeyPair
+            keypair = KeyPair.from_settings(self.settings)  # ConfigurationError
         self.ctx = zmq.Context(self.settings.rpc_zmq_contexts)
-        if self._authenticator_factory is not None:
+        if self.curve:
             # ZAP must answer before the first peer connects: without a
             # handler a CURVE server lets every key in.
-            self.authenticator = self._authenticator_factory(self.ctx)
+            from nova_rpc_zmq.security import ZapAuthenticator
+            self.authenticator = ZapAuthenticator.from_settings(self.ctx,
+                                                                self.settings)
             self.authenticator.start()
         sock = self.ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
@@ -150,9 +153,10 @@ class Receiver:
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if ":" in bind:
             sock.setsockopt(zmq.IPV6, 1)
-        if self._server_keypair is not None:
-            from nova_rpc_zmq.security import zap
-            zap.configure_server(sock, self._server_keypair)
+        if keypair is not None:
+            from nova_rpc_zmq.security import configure_server
+            configure_server(sock, keypair)
+            self.authenticator.watch_server(sock)
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
@@ -300,6 +304,18 @@ class Receiver:
         except zmq.Again:
             pass
         topic.hold_until = 0.0
+
+    def metrics(self) -> str:
+        """Counters as text: routing, and CURVE refusals when on."""
+        text = self.counters.render()
+        auth = self.authenticator
+        if auth is not None:
+            lines = ["receiver.curve.accepted %d" % auth.accepted]
+            for reason, n in sorted(auth.refused.items()):
+                lines.append("receiver.curve.refused.%s %d"
+                             % (reason.replace(" ", "_"), n))
+            text += "\n".join(lines) + "\n"
+        return text
 
     def stop(self) -> None:
         """Ask ``run()`` to return; safe from signal handlers and threads."""

@@ -36,10 +36,15 @@ What the receiver sees of each refusal (libzmq 4.3.5, measured):
   HANDSHAKE_FAILED_PROTOCOL 0x11000001 (cryptographic error), counted by
   ``watch_server`` as 'bad handshake';
 * client without CURVE (NULL or PLAIN): no ZAP request; the greeting
-  already fails with HANDSHAKE_FAILED_PROTOCOL 0x11000002, counted by
-  ``watch_server`` as 'mechanism mismatch'.  ZAP only sees NULL/PLAIN when
-  a server socket was left without CURVE but with a ZAP domain; the policy
-  then refuses it (400 'mechanism mismatch'), a second line of defence.
+  fails.  The two greetings cross, so which side detects the mismatch is
+  a race (about half each, measured): the server socket sees either
+  HANDSHAKE_FAILED_PROTOCOL 0x11000002, counted by ``watch_server`` as
+  'mechanism mismatch', or HANDSHAKE_FAILED_NO_DETAIL (EPIPE), counted as
+  'handshake aborted' (logged at debug level only, since a bare TCP probe
+  such as a load balancer's check looks the same).  ZAP only sees
+  NULL/PLAIN when a server socket was left without CURVE but with a ZAP
+  domain; the policy then refuses it (400 'mechanism mismatch'), a second
+  line of defence.
 
 The accepted peer's host name is the ZAP user id, so a receiver may read
 it from each message: ``frame.get('User-Id')`` (``recv(copy=False)``).
