@@ -429,6 +429,9 @@ class Settings:
     zookeeper_sg_prefix: str
     zookeeper_sg_retry_interval: float
     database_connection: str
+    #: Derived, not an option: liveness is on when ``servicegroup_driver``
+    #: was set explicitly (its default alone keeps the all-in-one simple).
+    servicegroup_enabled: bool = False
 
     @functools.cached_property
     def limits(self) -> Any:
@@ -606,6 +609,7 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
     option, the value, where it was set and the accepted values; TypeError
     for an unknown field name.
     """
+    enabled = overrides.pop("servicegroup_enabled", None)
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise TypeError("load_settings() got unknown option(s) %s; valid names are the "
@@ -626,7 +630,13 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
             values[field] = _read(conf, field)
             where[field] = _where(conf, field)
     _validate(_Checker(values, where))
-    return Settings(**values)
+    if enabled is None:
+        if isinstance(conf, Settings):
+            enabled = conf.servicegroup_enabled
+        else:
+            enabled = where["servicegroup_driver"] != " (the default)"
+        enabled = enabled or "servicegroup_driver" in overrides
+    return Settings(servicegroup_enabled=bool(enabled), **values)
 
 
 def parse_args(argv: Sequence[str], default_config_files: list[str] | None = None) -> Settings:

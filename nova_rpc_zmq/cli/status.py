@@ -16,11 +16,9 @@ or the configuration is wrong (the reason goes to stderr).
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import sys
 import time
-import types
 from typing import Any
 
 from nova_rpc_zmq import errors
@@ -70,62 +68,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _settings_from_ini(paths: list[str]) -> dict[str, Any]:
-    """Minimal reading of the options this command needs, used only when
-    ``nova_rpc_zmq.config`` offers no ``parse_args``."""
-    cp = configparser.ConfigParser(interpolation=None)
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                cp.read_file(fh, source=path)
-        except (OSError, configparser.Error) as exc:
-            raise errors.ConfigurationError("cannot read --config-file %s: %s"
-                                            % (path, exc)) from exc
-    d = cp.defaults()
-    out: dict[str, Any] = {}
-
-    def take(field: str, value: str | None) -> None:
-        if value not in (None, "", "<None>"):
-            out[field] = value.strip().strip('"')
-
-    take("servicegroup_driver", d.get("servicegroup_driver"))
-    take("service_down_time", d.get("service_down_time"))
-    take("report_interval", d.get("report_interval"))
-    take("memcached_servers", d.get("memcached_servers"))
-    take("database_connection", d.get("sql_connection"))
-    if cp.has_section("database"):
-        take("database_connection", cp.get("database", "connection", fallback=None))
-    if cp.has_section("zookeeper"):
-        take("zookeeper_address", cp.get("zookeeper", "address", fallback=None))
-        take("zookeeper_sg_prefix", cp.get("zookeeper", "sg_prefix", fallback=None))
-    for num in ("service_down_time", "report_interval"):
-        if num in out:
-            out[num] = float(out[num])
-    if isinstance(out.get("memcached_servers"), str):
-        out["memcached_servers"] = [s.strip() for s in
-                                    out["memcached_servers"].split(",") if s.strip()]
-    return out
-
-
 def load(args: argparse.Namespace) -> Any:
-    """Settings for this command: the config files, then the flags."""
+    """Settings for this command: the config files (or the default nova.conf
+    search), then the flags.  Raises ConfigurationError naming the option."""
+    from nova_rpc_zmq import config
+    argv: list[str] = []
+    for path in args.config_file:
+        argv += ["--config-file", path]
+    settings = config.parse_args(argv)
     overrides = _overrides(args)
-    try:
-        from nova_rpc_zmq import config  # written alongside; may be absent
-    except ImportError:
-        config = None
-    if config is not None and hasattr(config, "load_settings"):
-        conf = None
-        if hasattr(config, "parse_args"):
-            argv = []
-            for path in args.config_file:
-                argv += ["--config-file", path]
-            conf = config.parse_args(argv)
-        if conf is not None or not args.config_file:
-            return config.load_settings(conf, **overrides)
-    values = _settings_from_ini(args.config_file) if args.config_file else {}
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
+    return config.load_settings(settings, **overrides) if overrides else settings
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,11 @@ While the back end is away (after a good start) nothing raises:
   declare every host dead and stop all routing, turning a monitoring
   outage into a full one.  Calls keep flowing to hosts known live; a host
   that dies meanwhile costs timeouts, as it did before liveness existed.
+* when the back end returns after an outage longer than
+  ``service_down_time``, every heartbeat in it is stale: for one
+  ``service_down_time`` after recovery the ``db`` and ``mc`` drivers count
+  a member up if it was alive when the outage began, so members are not
+  all declared dead in the moment before their next heartbeat lands.
 * per driver: ``db`` and ``mc`` raise inside and fall back here; ``zk``
   keeps its watched sets unchanged while SUSPENDED (its own members drop
   out locally when the session is declared expired, and re-join on the

@@ -115,13 +115,15 @@ class BackendHealth:
         self.available = True
         self.since = time.time()
         self.failures = 0
+        self.lost_at: float | None = None
+        self.restored_at: float | None = None
 
     def lost(self, reason: object) -> None:
         """Record a failed operation; logs only the up -> down change."""
         self.failures += 1
         if self.available:
             self.available = False
-            self.since = time.time()
+            self.since = self.lost_at = time.time()
             self._log.warning(
                 "servicegroup %s: back end at %s lost (%s); answering from "
                 "the last known view and retrying with back-off",
@@ -132,9 +134,22 @@ class BackendHealth:
         if not self.available:
             down_for = time.time() - self.since
             self.available = True
-            self.since = time.time()
+            self.since = self.restored_at = time.time()
             self._log.warning("servicegroup %s: back end at %s restored after "
                               "%.1fs", self.driver, self.address, down_for)
+
+    def grace_cutoff(self, now: float, down_time: float) -> float | None:
+        """After an outage of the back end, heartbeats could not land: for
+        ``down_time`` after recovery a member counts as up if it was heard
+        from within ``down_time`` before the outage began.  Returns that
+        oldest acceptable ``last_seen``, or None outside the grace period.
+        Without it every member would look dead from the recovery until
+        its next heartbeat, and routing would drop every host."""
+        if self.lost_at is None or self.restored_at is None or not self.available:
+            return None
+        if now - self.restored_at > down_time:
+            return None
+        return self.lost_at - down_time
 
     def unavailable(self, reason: object) -> ServiceGroupUnavailable:
         """Record a failure and return the error to raise."""

@@ -125,8 +125,13 @@ class _Pulse:
         self.health = health
         self.refs = 0
         self.lock = threading.Lock()
-        # (group, member) -> service json; what this process keeps alive
+        # held across a heartbeat and a leave, so that a heartbeat cannot
+        # revive a member that left while it was running
+        self.beat_lock = threading.Lock()
+        # (group, member) -> service json; what this process keeps alive,
+        # with how many driver instances keep each one
         self.members: dict[tuple[str, str], str | None] = {}
+        self.holders: dict[tuple[str, str], int] = {}
         self.intervals: dict[int, float] = {}
         self.wake = handler.Event()
         self.stopped = False
@@ -174,15 +179,24 @@ class _Pulse:
     def interval(self) -> float:
         return min(self.intervals.values(), default=10.0)
 
-    def add(self, key: tuple[str, str], service_json: str | None) -> None:
+    def add(self, key: tuple[str, str], service_json: str | None,
+            new_holder: bool) -> None:
         with self.lock:
             self.members[key] = service_json
+            if new_holder:
+                self.holders[key] = self.holders.get(key, 0) + 1
             if self.task is None:
                 self.task = self.handler.spawn(self._run)
 
     def discard(self, key: tuple[str, str]) -> None:
+        """One holder less; the heartbeat stops when none is left."""
         with self.lock:
-            self.members.pop(key, None)
+            left = self.holders.get(key, 0) - 1
+            if left > 0:
+                self.holders[key] = left
+            else:
+                self.holders.pop(key, None)
+                self.members.pop(key, None)
 
     def _run(self) -> None:
         backoff = base.Backoff(min(0.5, self.interval), self.interval)
@@ -203,6 +217,10 @@ class _Pulse:
 
     def beat(self) -> None:
         """One heartbeat for every member: one transaction."""
+        with self.beat_lock:
+            self._beat_locked()
+
+    def _beat_locked(self) -> None:
         with self.lock:
             items = list(self.members.items())
         if not items:
@@ -227,7 +245,7 @@ class _Pulse:
                    now: float) -> None:
         with self.engine.begin() as conn:
             res = conn.execute(stmt, params)
-            if res.supports_sane_multi_rowcount and res.rowcount == len(params):
+            if res.supports_sane_multi_rowcount() and res.rowcount == len(params):
                 return
             # some rows are missing (a fresh database): insert those
             groups = sorted({g for (g, _m), _ in items})
@@ -321,28 +339,39 @@ class DbDriver(base.Driver):
             pass
         except sa_exc.SQLAlchemyError as exc:
             self.health.lost(_short(exc))
+        self._pulse.add(key, svc, new_holder=key not in self._mine)
         self._mine.add(key)
-        self._pulse.add(key, svc)
 
     def leave(self, member_id: str, group_id: str) -> None:
         """Stop the heartbeat and mark the row left (best effort)."""
-        key = (group_id, member_id)
-        self._mine.discard(key)
-        self._pulse.discard(key)
+        self._leave([(group_id, member_id)])
+
+    def _leave(self, keys: list[tuple[str, str]]) -> None:
+        """Mark ``keys`` left in one transaction."""
+        stmt = (sa.update(heartbeats)
+                .where(heartbeats.c.group_id == sa.bindparam("g"),
+                       heartbeats.c.member_id == sa.bindparam("m"))
+                .values(left_at=sa.bindparam("now")))
         try:
-            with self.engine.begin() as conn:
-                conn.execute(sa.update(heartbeats)
-                             .where(heartbeats.c.group_id == group_id,
-                                    heartbeats.c.member_id == member_id)
-                             .values(left_at=time.time()))
+            with self._pulse.beat_lock:
+                for key in keys:
+                    if key in self._mine:
+                        self._mine.discard(key)
+                        self._pulse.discard(key)
+                now = time.time()
+                with self.engine.begin() as conn:
+                    conn.execute(stmt, [{"g": g, "m": m, "now": now} for g, m in keys])
         except sa_exc.SQLAlchemyError as exc:
             self.health.lost(_short(exc))
-            LOG.warning("servicegroup db: could not mark %s/%s as left (%s); "
-                        "it will be seen down after service_down_time",
-                        group_id, member_id, _short(exc))
+            LOG.warning("servicegroup db: could not mark %s as left (%s); "
+                        "seen down after service_down_time instead",
+                        ", ".join("%s/%s" % k for k in keys), _short(exc))
 
     def _record(self, row: Any, now: float) -> base.MemberRecord:
         up = row.left_at is None and now - row.last_seen <= self.service_down_time
+        if not up and row.left_at is None:
+            cutoff = self.health.grace_cutoff(now, self.service_down_time)
+            up = cutoff is not None and row.last_seen >= cutoff
         service = None
         if row.service:
             try:
@@ -370,21 +399,6 @@ class DbDriver(base.Driver):
             out[row.group_id].append(self._record(row, now))
         return out
 
-    def get_all(self, group_id: str) -> list[str]:
-        """Members up now: one SELECT of the live rows."""
-        cutoff = time.time() - self.service_down_time
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    sa.select(heartbeats.c.member_id)
-                    .where(heartbeats.c.group_id == group_id,
-                           heartbeats.c.left_at.is_(None),
-                           heartbeats.c.last_seen >= cutoff)).all()
-        except sa_exc.SQLAlchemyError as exc:
-            raise self.health.unavailable(_short(exc)) from exc
-        self.health.restored()
-        return sorted(r.member_id for r in rows)
-
     def is_up(self, group_id: str, member_id: str) -> bool:
         try:
             with self.engine.connect() as conn:
@@ -410,10 +424,11 @@ class DbDriver(base.Driver):
         if self._stopped:
             return
         self._stopped = True
-        for group_id, member_id in sorted(self._mine):
-            if leave:
-                self.leave(member_id, group_id)
-            else:
-                self._pulse.discard((group_id, member_id))
+        mine = sorted(self._mine)
+        if leave and mine:
+            self._leave(mine)
+        else:
+            for key in mine:
+                self._pulse.discard(key)
         self._mine.clear()
         self._pulse.release(self)

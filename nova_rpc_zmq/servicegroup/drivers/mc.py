@@ -219,6 +219,9 @@ class McDriver(base.Driver):
                 "check memcached_servers and that memcached runs")
         self._ttl = int(math.ceil(self.service_down_time))
         self._lock = threading.Lock()
+        # held across a heartbeat and a leave, so that a heartbeat cannot
+        # rewrite a member that left while it was running
+        self._beat_lock = threading.Lock()
         self._mine: dict[tuple[str, str], Any] = {}
         # (group, member) -> (newest heartbeat time seen, left_at, service)
         self._seen: dict[tuple[str, str], tuple[float, float | None, Any]] = {}
@@ -254,7 +257,7 @@ class McDriver(base.Driver):
             if self._task is None:
                 self._task = self.handler.spawn(self._run)
         try:
-            self._beat({key: service})
+            self._beat([key])
             self.health.restored()
         except base.ServiceGroupUnavailable:
             pass  # logged by health; the heartbeat task retries
@@ -263,14 +266,15 @@ class McDriver(base.Driver):
         """Stop the heartbeat and write a 'left' mark so readers see the
         member down at once (the index keeps it known)."""
         key = (group_id, member_id)
-        with self._lock:
-            self._mine.pop(key, None)
-        now = time.time()
-        last = self._seen.get(key, (now, None, None))[0]
-        self._seen[key] = (last, now, None)
-        failed = self.store.set_multi(
-            {member_key(group_id, member_id): json.dumps({"t": last, "left": now})},
-            self._ttl)
+        with self._beat_lock:
+            with self._lock:
+                self._mine.pop(key, None)
+            now = time.time()
+            last = self._seen.get(key, (now, None, None))[0]
+            self._seen[key] = (last, now, None)
+            failed = self.store.set_multi(
+                {member_key(group_id, member_id): json.dumps({"t": last, "left": now})},
+                self._ttl)
         if failed:
             LOG.warning("servicegroup mc: could not mark %s/%s as left; it "
                         "will be seen down after service_down_time",
@@ -280,11 +284,8 @@ class McDriver(base.Driver):
         backoff = base.Backoff(min(0.5, self.report_interval), self.report_interval)
         while not self._stopped:
             delay = self.report_interval
-            with self._lock:
-                members = dict(self._mine)
             try:
-                if members:
-                    self._beat(members)
+                self._beat(None)
                 self.health.restored()
                 backoff.reset()
             except base.ServiceGroupUnavailable:
@@ -295,9 +296,18 @@ class McDriver(base.Driver):
             self._wake.wait(delay)
             self._wake.clear()
 
-    def _beat(self, members: dict[tuple[str, str], Any]) -> None:
-        """Refresh the given members' keys and make sure the indexes list
-        them.  Raises ServiceGroupUnavailable when no server takes them."""
+    def _beat(self, only: list[tuple[str, str]] | None) -> None:
+        """Refresh the keys of this process's members (or of ``only``) and
+        make sure the indexes list them.  Raises ServiceGroupUnavailable
+        when no server takes them."""
+        with self._beat_lock:
+            with self._lock:
+                members = {k: v for k, v in self._mine.items()
+                           if only is None or k in only}
+            if members:
+                self._beat_locked(members)
+
+    def _beat_locked(self, members: dict[tuple[str, str], Any]) -> None:
         if not self.store.alive():
             raise self.health.unavailable("no memcached server answers")
         now = time.time()
@@ -334,6 +344,9 @@ class McDriver(base.Driver):
         t, left, svc = self._seen.get(key, (None, None, None))
         up = (t is not None and left is None
               and now - t <= self.service_down_time)
+        if not up and t is not None and left is None:
+            cutoff = self.health.grace_cutoff(now, self.service_down_time)
+            up = cutoff is not None and t >= cutoff
         return base.MemberRecord(key[0], key[1], up, t, svc)
 
     def _observe(self, key: tuple[str, str], raw: Any) -> None:
@@ -359,7 +372,7 @@ class McDriver(base.Driver):
         names: dict[str, set[str]] = {}
         for g in groups:
             listed = (_loads(indexes.get(index_key(g))) or {}).get("m", {})
-            names[g] = set(listed) | {m for (gg, m) in self._seen if gg == g}
+            names[g] = set(listed) | {m for (gg, m) in list(self._seen) if gg == g}
         wanted = {member_key(g, m): (g, m) for g in groups for m in names[g]}
         values = self.store.get_multi(list(wanted))
         for k, raw in values.items():

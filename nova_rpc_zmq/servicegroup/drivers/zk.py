@@ -26,7 +26,9 @@ declare the session expired (LOST) the ephemeral nodes of this process
 are gone: they are dropped from the local view too, and re-created as
 soon as a new session is CONNECTED - members re-join by themselves.
 Note that a ZooKeeper server restarted with its data directory restores
-open sessions, so a short server outage expires nothing.
+open sessions, so a short server outage expires nothing; and that servers
+rebuilt with empty data refuse clients that have seen a newer transaction
+id (ZooKeeper's own rule): restart the services after such a rebuild.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ KNOWN = ".known"
 # change of state once (BackendHealth) and keep its chatter for debug
 _KAZOO_CHATTER = ("Connection dropped", "Connection time-out",
                   "Transition to CONNECTING", "Session has expired",
-                  "Connecting to", "Zookeeper connection lost")
+                  "Connecting to", "Zookeeper connection lost",
+                  "Failed connecting to Zookeeper")
 
 
 class _QuietKazooLog(logging.LoggerAdapter):
@@ -205,6 +208,11 @@ class ZkDriver(base.Driver):
                 for key, svc in todo:
                     try:
                         self._register(key[0], key[1], svc)
+                        with self._lock:
+                            still_mine = key in self._mine
+                        if not still_mine:  # left while we re-created it
+                            self.client.delete(self._path(key[0], key[1]))
+                            continue
                         with self._lock:
                             self._pending.discard(key)
                             # the watch may not fire if the children list

@@ -1,0 +1,145 @@
+"""Processes of a benchmark run: bench hosts and caller processes.
+
+``BenchHost`` is a ``LocalHost`` (a temp dir, a nova.conf, a receiver) whose
+services are ``benchmarks.service`` processes.  ``run_python`` starts any
+module of this checkout as a child process with a plan in a JSON file and
+reads back the JSON result it writes, killing it when it overstays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from nova_rpc_zmq.cli.cluster import LocalHost, Proc
+
+#: Seconds a process may take to print READY / "listening on".
+START_TIMEOUT = 60.0
+
+
+def checkout_root() -> str:
+    """The directory holding ``benchmarks/`` and ``nova_rpc_zmq/``."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env() -> dict[str, str]:
+    """Environment of child processes: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = checkout_root() + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class BenchHost(LocalHost):
+    """A host of bench services: ``<topic>_<name>`` reaches one of them, the
+    fanout of ``<topic>`` reaches all."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("host", "localhost")
+        super().__init__(**kwargs)
+        self.receiver: Proc | None = None
+        self.services: dict[str, Proc] = {}
+
+    def start_receiver(self, timeout: float = START_TIMEOUT, *extra: str) -> Proc:
+        """Start the receiver and wait until it listens."""
+        self.receiver = super().start_receiver(timeout, *extra)
+        return self.receiver
+
+    def start_bench_services(self, topic: str, names: list[str],
+                             eventlet: bool,
+                             timeout: float = START_TIMEOUT) -> list[Proc]:
+        """Start one bench service per name (all at once), wait for READY."""
+        procs = []
+        for name in names:
+            argv = [sys.executable, "-m", "benchmarks.service",
+                    "--config-file", self.conf_path, "--name", name,
+                    "--topic", topic]
+            if eventlet:
+                argv.append("--eventlet")
+            proc = Proc("bench service %s" % name, argv,
+                        os.path.join(self.dir, "service-%s.log" % name),
+                        env=child_env())
+            self.procs.append(proc)
+            self.services[name] = proc
+            procs.append(proc)
+        for proc in procs:
+            proc.wait_for_line("READY", timeout)
+        return procs
+
+
+class ChildFailed(RuntimeError):
+    """A child process of the suite failed; the message holds its log tail."""
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_python(module: str, plan: dict, log_dir: str, name: str,
+               timeout: float, role: str | None = None,
+               tick: Callable[[], None] | None = None) -> Any:
+    """Run ``python -m module [role] --plan P --out O``; return O's JSON.
+
+    Blocks until the process exits.  It is killed after ``timeout`` seconds,
+    or when the workload it reports as ``current`` in O overstays that
+    workload's ``limit``; then the partial result is returned with an error
+    naming the workload (or ChildFailed raised when there is none).
+    ``tick`` is called about every 0.1 s while it runs (sampling).
+    Raises ChildFailed with the tail of its log when it fails.
+    """
+    fd, plan_path = tempfile.mkstemp(prefix=name + "-", suffix=".plan.json",
+                                     dir=log_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(plan, f)
+    base = plan_path[:-len(".plan.json")]
+    out_path = base + ".out.json"
+    argv = [sys.executable, "-m", module] + ([role] if role else []) + [
+        "--plan", plan_path, "--out", out_path]
+    proc = Proc(name, argv, base + ".log", env=child_env())
+    deadline = time.monotonic() + timeout
+    overstayed: dict | None = None
+    try:
+        while proc.popen.poll() is None:
+            time.sleep(0.1)
+            if tick is not None:
+                tick()
+            now = time.monotonic()
+            if now > deadline:
+                overstayed = {"workload": "(all)", "limit": timeout}
+                break
+            progress = _read_json(out_path)
+            current = (progress or {}).get("current")
+            if current and current.get("limit") and \
+                    time.time() - current["started"] > current["limit"]:
+                overstayed = current
+                break
+        if overstayed is not None:
+            proc.kill()
+            result = _read_json(out_path)
+            if result is None:
+                raise ChildFailed("%s did not finish within %.0fs:\n%s"
+                                  % (name, timeout, proc.output()[-4000:]))
+            result.setdefault("errors", []).append({
+                "workload": overstayed.get("workload"),
+                "mode": plan.get("mode"),
+                "error": "did not finish within %.0fs; the process was "
+                         "killed (its log tail is in the JSON)"
+                         % (overstayed.get("limit") or 0),
+                "traceback": proc.output()[-2000:]})
+            return result
+        code = proc.stop()
+        result = _read_json(out_path)
+        if code != 0 or result is None:
+            raise ChildFailed("%s exited with %s:\n%s"
+                              % (name, code, proc.output()[-4000:]))
+        return result
+    finally:
+        if proc.popen.poll() is None:
+            proc.kill()

@@ -1,0 +1,142 @@
+"""Small measuring tools shared by every workload.
+
+A workload's result is a list of *figures*: plain dicts that survive JSON
+unchanged, so a caller process can hand them to the suite through a file.
+
+    {"system": "ours", "mode": "eventlet", "workload": "call_latency",
+     "metric": "p50", "unit": "us", "value": 512.3, "better": "lower",
+     "extra": {...}}
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Iterable, Sequence
+
+#: the systems measured; "ours" is nova-rpc-zmq
+OURS = "ours"
+PYZMQ = "pyzmq"
+RABBIT = "rabbit"
+
+MIB = 1024 * 1024
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values`` (nearest rank).
+
+    Raises ValueError on an empty sequence.
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = int(round(q / 100.0 * (len(ordered) - 1)))
+    return float(ordered[max(0, min(len(ordered) - 1, rank))])
+
+
+def median(values: Iterable[float]) -> float:
+    """The median of ``values`` (mean of the middle two for an even count)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("median of no values")
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[mid])
+    return (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def figure(system: str, mode: str, workload: str, metric: str, value: float,
+           unit: str, better: str = "higher", **extra: Any) -> dict:
+    """One measured number, with what it is and which way is better."""
+    return {"system": system, "mode": mode, "workload": workload,
+            "metric": metric, "unit": unit, "value": float(value),
+            "better": better, "extra": extra}
+
+
+def key(fig: dict) -> tuple[str, str, str, str]:
+    """What identifies a figure across repeats."""
+    return (fig["system"], fig["mode"], fig["workload"], fig["metric"])
+
+
+def latency_figures(system: str, mode: str, workload: str,
+                    samples_us: Sequence[float], elapsed: float,
+                    **extra: Any) -> list[dict]:
+    """p50, p99 (µs) and the rate of one caller from per-call durations."""
+    n = len(samples_us)
+    rate = n / elapsed if elapsed > 0 else 0.0
+    return [
+        figure(system, mode, workload, "p50", percentile(samples_us, 50), "us",
+               "lower", count=n, **extra),
+        figure(system, mode, workload, "p99", percentile(samples_us, 99), "us",
+               "lower", count=n, **extra),
+        figure(system, mode, workload, "rate", rate, "1/s", "higher",
+               count=n, **extra),
+    ]
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of process ``pid`` (this one by default), from
+    /proc; 0 when the process is gone."""
+    path = "/proc/%s/status" % (pid if pid is not None else "self")
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    """Open file descriptors of ``pid`` (0 when unreadable)."""
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return 0
+
+
+def threads_of(pid: int) -> int:
+    """Threads of ``pid`` (0 when unreadable)."""
+    try:
+        return len(os.listdir("/proc/%d/task" % pid))
+    except OSError:
+        return 0
+
+
+class Window:
+    """A measuring window bounded in time and in count.
+
+    ``take()`` is true until ``seconds`` have passed or ``count`` items were
+    taken; ``elapsed`` is the time from start to the first ``take()`` that
+    said no (or to now).  Safe from several threads or green threads.
+    """
+
+    def __init__(self, seconds: float, count: int) -> None:
+        self.seconds = seconds
+        self.count = count
+        self.taken = 0
+        self.start = time.perf_counter()
+        self.end: float | None = None
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Claim one item; False once the window is closed."""
+        with self._lock:
+            if self.end is not None:
+                return False
+            if self.taken >= self.count or \
+                    time.perf_counter() - self.start >= self.seconds:
+                self._close()
+                return False
+            self.taken += 1
+            return True
+
+    def _close(self) -> None:
+        if self.end is None:
+            self.end = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return (self.end or time.perf_counter()) - self.start

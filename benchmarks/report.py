@@ -1,0 +1,226 @@
+"""The report of a run: a table for people, JSON for machines, a PNG chart.
+
+``finish(doc, output_dir)`` adds the machine and the versions to the result
+document of ``benchmarks.suite``, writes ``bench-<time>.json``, ``.txt``
+(the table) and ``.png`` (when matplotlib is installed) into
+``output_dir``, and returns the paths with the table text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any
+
+from benchmarks.measure import OURS, PYZMQ, RABBIT
+
+NAMES = {OURS: "nova-rpc-zmq", PYZMQ: "pyzmq", RABBIT: "rabbit"}
+
+
+def machine() -> dict:
+    """What ran the suite: CPU, cores, memory, kernel, Python, load."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
+            "kernel": platform.release(), "system": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg": list(os.getloadavg())}
+
+
+def versions() -> dict:
+    """Versions of everything measured (missing packages left out)."""
+    from importlib import metadata
+    out: dict[str, str] = {}
+    for dist in ("nova-rpc-zmq", "pyzmq", "eventlet", "oslo.messaging",
+                 "kombu", "matplotlib"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import zmq
+        out["libzmq"] = zmq.zmq_version()
+    except ImportError:
+        pass
+    from benchmarks.rabbit import rabbit_version
+    rv = rabbit_version()
+    if rv:
+        out["rabbitmq-server"] = rv
+    return out
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit in ("msgs", "calls") or abs(value) >= 1000:
+        return "{:,.0f}".format(value)
+    if abs(value) >= 10:
+        return "%.1f" % value
+    return "%.2f" % value
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else "%.2fx" % value
+
+
+def figures_table(medians: list[dict]) -> str:
+    """One line per figure: median, spread over repeats, ratios."""
+    head = "%-18s %-12s %-8s %-16s %12s %-5s %19s %9s %9s" % (
+        "workload", "system", "mode", "metric", "median", "unit",
+        "min .. max", "vs pyzmq", "vs green")
+    lines = [head, "-" * len(head)]
+    for f in medians:
+        spread = "%s .. %s" % (_num(f["min"], f["unit"]),
+                               _num(f["max"], f["unit"]))
+        lines.append("%-18s %-12s %-8s %-16s %12s %-5s %19s %9s %9s" % (
+            f["workload"], NAMES.get(f["system"], f["system"]), f["mode"],
+            f["metric"], _num(f["value"], f["unit"]), f["unit"], spread,
+            _ratio(f.get("ratio")), _ratio(f.get("ratio_green"))))
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict]) -> str:
+    """One line per target and mode: value, threshold, ratio, verdict."""
+    head = "%-44s %-8s %14s  %-38s %8s  %s" % (
+        "target", "mode", "value", "threshold", "ratio", "status")
+    lines = [head, "-" * len(head)]
+    for t in targets:
+        value = "%s %s" % (_num(t["value"], t["unit"]), t["unit"]) \
+            if t["value"] is not None else "-"
+        line = "%-44s %-8s %14s  %-38s %8s  %s" % (
+            t["target"], t["mode"], value, t["threshold"],
+            _ratio(t["ratio"]), t["status"])
+        if t["status"] in ("SKIPPED", "MISSING") and t["detail"]:
+            line += " (%s)" % t["detail"]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def render(doc: dict) -> str:
+    """The whole text report of a run."""
+    m = doc.get("machine", {})
+    v = doc.get("versions", {})
+    parts = [
+        "nova-rpc-zmq bench: %s%d repeat(s), medians; %s"
+        % ("SMOKE, " if doc.get("smoke") else "", doc.get("repeat", 0),
+           doc.get("started", "")),
+        "machine: %s, %s cores, %.1f GiB, Linux %s, Python %s; load %s"
+        % (m.get("cpu", "?"), m.get("cores", "?"),
+           m.get("memory_bytes", 0) / 2 ** 30, m.get("kernel", "?"),
+           m.get("python", "?"),
+           " ".join("%.2f" % x for x in m.get("loadavg", []))),
+        "versions: " + ", ".join("%s %s" % kv for kv in sorted(v.items())),
+        "peers: " + (", ".join("%s %s" % kv for kv in doc.get("peers", {}).items())
+                     or "none asked (--peer rabbit adds oslo.messaging+RabbitMQ)"),
+        "ratio = value / baseline of the same run: latency 3.00x = three "
+        "times slower; rate 0.25x = a quarter of the baseline's rate.",
+        "",
+        figures_table(doc.get("medians", [])),
+        "",
+        targets_table(doc.get("targets", [])),
+    ]
+    errors = doc.get("errors", [])
+    if errors:
+        parts += ["", "errors (%d):" % len(errors)]
+        for e in errors:
+            parts.append("  %s [%s]: %s" % (e.get("workload"), e.get("mode"),
+                                            str(e.get("error")).splitlines()[0]
+                                            if e.get("error") else "?"))
+    if doc.get("duration_s") is not None:
+        parts += ["", "run time %.0f s" % doc["duration_s"]]
+    return "\n".join(parts)
+
+
+def chart(doc: dict, path: str) -> str | None:
+    """Write the PNG (latency and throughput against the baselines);
+    returns None, or why there is no chart."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib)"
+    index = {(f["system"], f["mode"], f["workload"], f["metric"]): f["value"]
+             for f in doc.get("medians", [])}
+    series = [("pyzmq", (PYZMQ, "plain")), ("pyzmq green", (PYZMQ, "green")),
+              ("ours threads", (OURS, "threads")),
+              ("ours eventlet", (OURS, "eventlet")),
+              ("oslo.msg rabbit", (RABBIT, "threads"))]
+    colors = ["#7f7f7f", "#bcbd22", "#1f77b4", "#2ca02c", "#d62728"]
+    lat_rows = [("call p50", "call_latency", "rt_1", "p50"),
+                ("call p99", "call_latency", "rt_1", "p99")]
+    tput_rows = [("calls/s 1 caller", "call_throughput_1", "rt_1"),
+                 ("calls/s 16 callers", "call_throughput_16", "rt_16"),
+                 ("casts/s", "cast", "push"),
+                 ("fanout-3 deliveries/s", "fanout_3", "push")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    width = 0.8 / len(series)
+    for i, (label, (system, mode)) in enumerate(series):
+        lat = [index.get((system, mode, raw if system == PYZMQ else ours, m))
+               for _, ours, raw, m in lat_rows]
+        tput = [index.get((system, mode, raw if system == PYZMQ else ours,
+                           "rate")) for _, ours, raw in tput_rows]
+        if not any(lat + tput):
+            continue
+        for ax, values in ((ax1, lat), (ax2, tput)):
+            xs = [j + i * width for j in range(len(values))]
+            ax.bar(xs, [v or 0 for v in values], width, label=label,
+                   color=colors[i])
+            for x, v in zip(xs, values):
+                if v:
+                    ax.text(x, v, "{:,.0f}".format(v), ha="center",
+                            va="bottom", fontsize=6, rotation=90)
+    ax1.set_title("latency, one call in flight (µs, lower is better)")
+    ax1.set_xticks([j + 0.4 - width / 2 for j in range(len(lat_rows))])
+    ax1.set_xticklabels([r[0] for r in lat_rows])
+    ax2.set_title("throughput (per second, higher is better; log scale)")
+    ax2.set_yscale("log")
+    ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(tput_rows))])
+    ax2.set_xticklabels([r[0] for r in tput_rows], fontsize=8)
+    ax1.legend(fontsize=8)
+    fig.suptitle("nova-rpc-zmq bench %s (medians of %d; pyzmq = raw sockets "
+                 "baseline)" % (doc.get("started", ""), doc.get("repeat", 0)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def finish(doc: dict, output_dir: str, png: bool = True) -> dict[str, Any]:
+    """Add machine and versions, write JSON, text and PNG; return paths."""
+    doc.setdefault("machine", machine())
+    doc.setdefault("versions", versions())
+    os.makedirs(output_dir, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(output_dir, "bench-%s%s" % (
+        stamp, "-smoke" if doc.get("smoke") else ""))
+    text = render(doc)
+    out: dict[str, Any] = {"table": text, "json": base + ".json",
+                           "txt": base + ".txt", "png": None,
+                           "png_problem": None}
+    if png:
+        problem = chart(doc, base + ".png")
+        if problem is None:
+            out["png"] = base + ".png"
+        out["png_problem"] = problem
+    doc["files"] = {k: out[k] for k in ("json", "txt", "png")}
+    with open(base + ".json", "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+    with open(base + ".txt", "w") as f:
+        f.write(text + "\n")
+    return out

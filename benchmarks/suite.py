@@ -1,0 +1,394 @@
+"""The whole benchmark run: processes, repeats, medians and ratios.
+
+``run_suite(options)`` starts a bench host (receiver plus three eventlet and
+three threaded bench services), the raw pyzmq peers and, when asked and
+possible, a private RabbitMQ with three oslo.messaging servers; then for
+each repeat runs, interleaved so drift hits every system alike: the ring
+scale, the raw baselines (plain, green), our workloads per mode, the
+RabbitMQ workloads, and the memory workload on a fresh host per mode.  It
+returns the result document that ``benchmarks.report`` prints and saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from benchmarks import measure, rawzmq, ringscale
+from benchmarks.hosts import BenchHost, ChildFailed, child_env, run_python
+from benchmarks.measure import MIB, OURS, PYZMQ, RABBIT
+
+MODES = ("eventlet", "threads")
+SERVICES = {"eventlet": ("bench_ev", ["ev1", "ev2", "ev3"]),
+            "threads": ("bench_th", ["th1", "th2", "th3"])}
+RABBIT_TOPIC = "bench_rabbit"
+RABBIT_SERVERS = ["r1", "r2", "r3"]
+
+
+@dataclasses.dataclass
+class Profile:
+    """Windows (seconds) and count bounds of every workload."""
+
+    latency: tuple[float, int] = (2.0, 20000)
+    throughput: tuple[float, int] = (2.0, 100000)
+    callers: tuple[int, ...] = (1, 16, 64)
+    cast: tuple[float, int] = (1.5, 30000)
+    fanout: tuple[float, int] = (1.5, 15000)
+    multicall: tuple[float, int] = (1.5, 2000)
+    multicall_values: int = 10
+    payload_sizes: tuple[int, ...] = (100, 10 * 1024, MIB)
+    payload_window: float = 1.5
+    payload_counts: tuple[int, ...] = (20000, 10000, 300)
+    raw: tuple[float, int] = (2.0, 200000)
+    in_flight: int = 10000
+    topics: int = 1000
+    hold: float = 12.0
+    ring_sizes: tuple[int, ...] = (10, 5000)
+    ring_calls: int = 100000
+    drain_timeout: float = 60.0
+    #: seconds a workload may run beyond its window before it is killed
+    slack: float = 45.0
+
+
+SMOKE = Profile(latency=(0.3, 300), throughput=(0.3, 2000),
+                cast=(0.3, 1000), fanout=(0.3, 300), multicall=(0.3, 50),
+                payload_window=0.3, payload_counts=(200, 100, 5),
+                raw=(0.3, 2000), in_flight=300, topics=50, hold=2.5,
+                ring_calls=5000, drain_timeout=20.0, slack=15.0)
+
+
+@dataclasses.dataclass
+class Options:
+    """What the command line asked for."""
+
+    repeat: int = 3
+    modes: tuple[str, ...] = MODES
+    peer: str | None = None
+    smoke: bool = False
+    log: Callable[[str], None] = print
+
+    @property
+    def profile(self) -> Profile:
+        return SMOKE if self.smoke else Profile()
+
+
+# -- plans ------------------------------------------------------------------
+
+def _limit(window: float, prof: Profile, drain: bool = False) -> float:
+    return window + prof.slack + (prof.drain_timeout if drain else 0.0)
+
+
+def ours_plan(mode: str, conf: str, prof: Profile) -> dict:
+    """Our workloads for one mode, against the shared bench host."""
+    topic, names = SERVICES[mode]
+    one = "%s_%s" % (topic, names[0])
+    wl: list[dict] = [dict(name="call_latency", topic=one,
+                           window=prof.latency[0], count=prof.latency[1],
+                           limit=_limit(prof.latency[0], prof))]
+    for n in prof.callers:
+        wl.append(dict(name="call_throughput", label="call_throughput_%d" % n,
+                       topic=one, callers=n,
+                       window=prof.throughput[0], count=prof.throughput[1],
+                       limit=_limit(prof.throughput[0], prof)))
+    wl += [
+        dict(name="cast", topic=one, window=prof.cast[0], count=prof.cast[1],
+             drain_timeout=prof.drain_timeout,
+             limit=_limit(prof.cast[0], prof, True)),
+        dict(name="fanout", topic=topic, services=names,
+             window=prof.fanout[0], count=prof.fanout[1],
+             drain_timeout=prof.drain_timeout,
+             limit=_limit(prof.fanout[0], prof, True)),
+        dict(name="multicall", topic=one, values=prof.multicall_values,
+             window=prof.multicall[0], count=prof.multicall[1],
+             limit=_limit(prof.multicall[0], prof)),
+    ]
+    # one entry per size: a size that hangs the caller loses only itself
+    from benchmarks.workloads import size_label
+    for size, count in zip(prof.payload_sizes, prof.payload_counts):
+        wl.append(dict(name="payload", label="payload_%s" % size_label(size),
+                       topic=one, sizes=[size],
+                       window=prof.payload_window, counts=[count],
+                       limit=_limit(prof.payload_window, prof)))
+    return {"mode": mode, "config_file": conf, "workloads": wl}
+
+
+def raw_plan(flavor: str, eps: list[str], prof: Profile) -> dict:
+    """The raw pyzmq baselines for one flavor."""
+    window, count = prof.raw
+    wl: list[dict] = [
+        dict(name="round_trip", window=window, count=count,
+             limit=_limit(window, prof)),
+        dict(name="in_flight", depth=16, window=window, count=count,
+             limit=_limit(window, prof)),
+        dict(name="one_way", window=window, count=count,
+             drain_timeout=prof.drain_timeout,
+             limit=_limit(window, prof, True)),
+    ]
+    from benchmarks.workloads import size_label
+    for size, n in zip(prof.payload_sizes, prof.payload_counts):
+        wl.append(dict(name="round_trip", label="payload_%s" % size_label(size),
+                       window=prof.payload_window,
+                       count=n, size=size,
+                       workload="payload_%s" % size_label(size),
+                       limit=_limit(prof.payload_window, prof)))
+    return {"flavor": flavor, "echo": eps[0], "sink": eps[1],
+            "control": eps[2], "workloads": wl}
+
+
+def rabbit_plan(url: str, prof: Profile) -> dict:
+    """oslo.messaging over RabbitMQ, on the workloads it can run."""
+    wl: list[dict] = [dict(name="call_latency", window=prof.latency[0],
+                           count=prof.latency[1],
+                           limit=_limit(prof.latency[0], prof))]
+    for n in prof.callers:
+        wl.append(dict(name="call_throughput", label="call_throughput_%d" % n,
+                       callers=n,
+                       window=prof.throughput[0], count=prof.throughput[1],
+                       limit=_limit(prof.throughput[0], prof)))
+    wl += [dict(name="cast", window=prof.cast[0], count=prof.cast[1],
+                drain_timeout=prof.drain_timeout,
+                limit=_limit(prof.cast[0], prof, True)),
+           dict(name="fanout", window=prof.fanout[0], count=prof.fanout[1],
+                drain_timeout=prof.drain_timeout,
+                limit=_limit(prof.fanout[0], prof, True))]
+    return {"url": url, "topic": RABBIT_TOPIC, "servers": RABBIT_SERVERS,
+            "workloads": wl}
+
+
+def _plan_timeout(plan: dict) -> float:
+    return sum(w.get("limit") or 60.0 for w in plan["workloads"]) + 60.0
+
+
+# -- the run ----------------------------------------------------------------
+
+class Suite:
+    """One benchmark run; ``run()`` returns the result document."""
+
+    def __init__(self, options: Options) -> None:
+        self.opt = options
+        self.prof = options.profile
+        self.log = options.log
+        self.dir = tempfile.mkdtemp(prefix="nrz-bench-")
+        self.host: BenchHost | None = None
+        self.peers: dict[str, tuple[Any, list[str]]] = {}
+        self.broker: Any = None
+        self.rabbit_servers: list[Any] = []
+        self.peer_status: dict[str, str] = {}
+        self.runs: list[dict] = []
+
+    # -- processes
+    def _start_host(self) -> None:
+        self.host = BenchHost(base_dir=self.dir)
+        self.host.start_receiver()
+        for mode in self.opt.modes:
+            topic, names = SERVICES[mode]
+            self.host.start_bench_services(topic, names,
+                                           eventlet=(mode == "eventlet"))
+
+    def _start_raw_peers(self) -> None:
+        from nova_rpc_zmq.cli.cluster import Proc, free_port
+        for flavor in rawzmq.FLAVORS:
+            eps = ["tcp://127.0.0.1:%d" % free_port() for _ in range(3)]
+            proc = Proc("rawzmq peer %s" % flavor,
+                        [sys.executable, "-m", "benchmarks.rawzmq", "peer",
+                         "--flavor", flavor, "--echo", eps[0], "--sink",
+                         eps[1], "--control", eps[2]],
+                        os.path.join(self.dir, "rawzmq-peer-%s.log" % flavor),
+                        env=child_env())
+            self.peers[flavor] = (proc, eps)
+        for proc, _eps in self.peers.values():
+            proc.wait_for_line("READY", 60)
+
+    def _start_rabbit(self) -> None:
+        from benchmarks import rabbit
+        from nova_rpc_zmq.cli.cluster import Proc
+        problem = rabbit.broker_problem()
+        if problem:
+            self.peer_status["rabbit"] = "skipped: " + problem
+            self.log("RabbitMQ peer skipped: %s" % problem)
+            return
+        broker = rabbit.RabbitBroker(self.dir)
+        try:
+            self.log("starting a private RabbitMQ on 127.0.0.1:%d ..."
+                     % broker.port)
+            broker.start()
+            for name in RABBIT_SERVERS:
+                proc = Proc("oslo.messaging server %s" % name,
+                            [sys.executable, "-m", "benchmarks.rabbit",
+                             "server", "--url", broker.url, "--topic",
+                             RABBIT_TOPIC, "--name", name],
+                            os.path.join(self.dir, "rabbit-%s.log" % name),
+                            env=child_env())
+                self.rabbit_servers.append(proc)
+            for proc in self.rabbit_servers:
+                proc.wait_for_line("READY", 90)
+        except (RuntimeError, OSError) as exc:
+            reason = str(exc).splitlines()[0]
+            self.peer_status["rabbit"] = "skipped: " + reason
+            self.log("RabbitMQ peer skipped: %s" % reason)
+            self._stop_rabbit(broker)
+            return
+        self.broker = broker
+        self.peer_status["rabbit"] = "used: rabbitmq-server %s, %s" % (
+            rabbit.rabbit_version(), broker.url.split("@")[-1])
+
+    def _stop_rabbit(self, broker: Any = None) -> None:
+        for proc in self.rabbit_servers:
+            proc.stop()
+        self.rabbit_servers = []
+        broker = broker or self.broker
+        if broker is not None:
+            broker.stop()
+        self.broker = None
+
+    def close(self) -> None:
+        """Stop every process this run started and remove its temp dir."""
+        self._stop_rabbit()
+        for proc, _eps in self.peers.values():
+            proc.stop()
+        self.peers.clear()
+        if self.host is not None:
+            self.host.stop()
+            self.host = None
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- one repeat
+    def _child(self, module: str, plan: dict, name: str, run: dict,
+               role: str | None = None) -> None:
+        t = time.monotonic()
+        try:
+            result = run_python(module, plan, self.dir, name,
+                                _plan_timeout(plan), role=role)
+        except ChildFailed as exc:
+            run["errors"].append({"workload": name, "mode": plan.get("mode"),
+                                  "error": str(exc)[:4000]})
+            self.log("  %-28s FAILED: %s" % (name, str(exc).splitlines()[0]))
+            return
+        run["figures"] += result.get("figures", [])
+        run["errors"] += result.get("errors", [])
+        bad = ", ".join(e["workload"] for e in result.get("errors", []))
+        self.log("  %-28s %5.1f s%s" % (name, time.monotonic() - t,
+                                        "  errors: " + bad if bad else ""))
+
+    def _memory(self, mode: str, run: dict) -> None:
+        host = BenchHost(base_dir=self.dir)
+        try:
+            receiver = host.start_receiver()
+            topic = "bench_mem"
+            host.start_bench_services(topic, ["m1"],
+                                      eventlet=(mode == "eventlet"))
+            prof = self.prof
+            plan = {"mode": mode, "config_file": host.conf_path,
+                    "workloads": [dict(
+                        name="memory", topic="%s_m1" % topic,
+                        in_flight=prof.in_flight, topics=prof.topics,
+                        receiver_pid=receiver.pid, hold=prof.hold,
+                        limit=prof.hold + prof.slack + 120)]}
+            self._child("benchmarks.client", plan, "memory-%s" % mode, run)
+        finally:
+            host.stop()
+
+    def _repeat(self, index: int) -> dict:
+        run: dict = {"repeat": index, "figures": [], "errors": [],
+                     "loadavg_start": os.getloadavg()}
+        prof = self.prof
+        t = time.monotonic()
+        try:
+            run["figures"] += ringscale.ring_scale(list(prof.ring_sizes),
+                                                   prof.ring_calls)
+            self.log("  %-28s %5.1f s" % ("ring scale",
+                                          time.monotonic() - t))
+        except Exception as exc:  # noqa: BLE001 - reported with the run
+            run["errors"].append({"workload": "ring", "mode": "-",
+                                  "error": "%s: %s" % (type(exc).__name__,
+                                                       exc)})
+        for flavor, (_proc, eps) in self.peers.items():
+            self._child("benchmarks.rawzmq", raw_plan(flavor, eps, prof),
+                        "pyzmq-%s" % flavor, run, role="client")
+        assert self.host is not None
+        for mode in self.opt.modes:
+            self._child("benchmarks.client",
+                        ours_plan(mode, self.host.conf_path, prof),
+                        "ours-%s" % mode, run)
+        if self.broker is not None:
+            self._child("benchmarks.rabbit", rabbit_plan(self.broker.url, prof),
+                        "rabbit", run, role="client")
+        for mode in self.opt.modes:
+            self._memory(mode, run)
+        run["loadavg_end"] = os.getloadavg()
+        return run
+
+    def run(self) -> dict:
+        """Start everything, run the repeats, stop everything."""
+        started = time.time()
+        t0 = time.monotonic()
+        try:
+            self.log("starting the receiver, %d bench services and the raw "
+                     "pyzmq peers ..." % (3 * len(self.opt.modes)))
+            self._start_host()
+            self._start_raw_peers()
+            if self.opt.peer == "rabbit":
+                self._start_rabbit()
+            elif self.opt.peer:
+                self.peer_status[self.opt.peer] = "skipped: unknown peer"
+            for i in range(self.opt.repeat):
+                self.log("repeat %d of %d" % (i + 1, self.opt.repeat))
+                self.runs.append(self._repeat(i + 1))
+        finally:
+            self.close()
+        from benchmarks import targets
+        medians = aggregate(self.runs)
+        return {
+            "suite": "nova-rpc-zmq bench",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
+                                     time.localtime(started)),
+            "duration_s": round(time.monotonic() - t0, 1),
+            "smoke": self.opt.smoke,
+            "repeat": self.opt.repeat,
+            "modes": list(self.opt.modes),
+            "profile": dataclasses.asdict(self.prof),
+            "peers": self.peer_status,
+            "runs": self.runs,
+            "medians": medians,
+            "targets": targets.evaluate(medians, self.peer_status),
+            "errors": [e for r in self.runs for e in r["errors"]],
+        }
+
+
+# -- aggregation ------------------------------------------------------------
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One figure per key: the median over repeats (``lost``: the sum, so
+    a loss in any repeat shows), with min, max and every value, and the
+    ratios to the baselines of the same run (``benchmarks.targets``)."""
+    from benchmarks import targets
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        for fig in run["figures"]:
+            groups.setdefault(measure.key(fig), []).append(fig)
+    out = []
+    for figs in groups.values():
+        values = [f["value"] for f in figs]
+        agg = dict(figs[0])
+        agg["values"] = values
+        agg["value"] = sum(values) if agg["metric"] == "lost" else \
+            measure.median(values)
+        agg["min"] = min(values)
+        agg["max"] = max(values)
+        out.append(agg)
+    index = {measure.key(f): f for f in out}
+    for fig in out:
+        fig["baseline"], fig["ratio"] = targets.ratio(fig, index)
+        fig["green_baseline"], fig["ratio_green"] = targets.ratio(
+            fig, index, flavor="green")
+    out.sort(key=targets.order)
+    return out
+
+
+__all__ = ["Options", "Profile", "SMOKE", "Suite", "aggregate", "MODES",
+           "OURS", "PYZMQ", "RABBIT"]

@@ -1,0 +1,231 @@
+"""Baselines of each figure, and the targets of the suite, MET or NOT MET.
+
+A figure's *ratio* is its value divided by the value of its baseline in the
+same run: for a latency 3.0 means three times slower than the baseline, for
+a rate 0.25 means a quarter of the baseline's rate.
+
+Baselines: our figures and RabbitMQ's -> the raw pyzmq figure of the same
+shape (one call in flight -> ``rt_1``; many callers -> ``rt_16``; casts and
+fanout deliveries -> ``push``; a payload -> the raw round trip of the same
+payload), plain pyzmq for ``ratio`` and ``eventlet.green.zmq`` for
+``ratio_green``; green pyzmq -> plain pyzmq; a ring of N hosts -> the
+smallest ring; RSS under load -> the same process idle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.measure import OURS, PYZMQ, RABBIT
+
+Key = tuple[str, str, str, str]
+
+#: the targets of the issue (medians of the suite, ratios in one run)
+LATENCY_X_RAW = 3.0            # call p50 <= 3x raw round trip p50
+THROUGHPUT_OF_RAW = 0.25       # 16 callers >= 25% of raw 16-in-flight
+THROUGHPUT_X_RABBIT = 7.0      # 16 callers >= 7x RabbitMQ's 16 callers
+CAST_OF_RAW = 0.20             # casts >= 20% of raw PUSH/PULL
+FANOUT_MIN = 30000.0           # deliveries/s to 3 services
+RECEIVER_RSS_MAX = 60.0        # MiB, 1,000 topics and 10,000 calls in flight
+RING_GROWTH_MAX = 1.5          # cost with 5,000 hosts / cost with 10
+
+_SYSTEMS = [OURS, PYZMQ, RABBIT]
+_WORKLOADS = ["call_latency", "call_throughput_1", "call_throughput_16",
+              "call_throughput_64", "cast", "fanout_3", "multicall_10",
+              "payload_100B", "payload_10KiB", "payload_1MiB", "memory",
+              "rt_1", "rt_16", "push", "ring_10", "ring_5000"]
+_METRICS = ["p50", "p99", "rate", "first_p50", "last_p50", "last_p99",
+            "bandwidth", "lost", "receiver_rss", "receiver_rss_idle",
+            "caller_rss", "caller_rss_idle", "in_flight", "bare", "directed",
+            "fanout_per_host"]
+
+
+def _pos(seq: list[str], item: str) -> int:
+    return seq.index(item) if item in seq else len(seq)
+
+
+def order(fig: dict) -> tuple:
+    """Sort key for tables: system, workload, mode, metric."""
+    return (_pos(_SYSTEMS, fig["system"]), _pos(_WORKLOADS, fig["workload"]),
+            fig["workload"], fig["mode"], _pos(_METRICS, fig["metric"]))
+
+
+def baseline_key(fig: dict, index: dict[Key, dict],
+                 flavor: str = "plain") -> Key | None:
+    """The key of ``fig``'s baseline (see the module docstring) or None."""
+    system, mode, workload, metric = (fig["system"], fig["mode"],
+                                      fig["workload"], fig["metric"])
+    if metric == "lost":
+        return None
+    if system == PYZMQ:
+        if flavor == "plain" and mode == "green":
+            return (PYZMQ, "plain", workload, metric)
+        return None
+    if system == OURS and workload.startswith("ring_"):
+        sizes = sorted(int(k[2][5:]) for k in index
+                       if k[0] == OURS and k[2].startswith("ring_"))
+        if not sizes or workload == "ring_%d" % sizes[0] or flavor != "plain":
+            return None
+        return (OURS, mode, "ring_%d" % sizes[0], metric)
+    if workload == "memory":
+        if flavor == "plain" and metric in ("receiver_rss", "caller_rss"):
+            return (system, mode, workload, metric + "_idle")
+        return None
+    if system == RABBIT and flavor != "plain":
+        return None
+    raw = _raw_shape(workload, metric)
+    if raw is None:
+        return None
+    return (PYZMQ, flavor, raw[0], raw[1])
+
+
+def _raw_shape(workload: str, metric: str) -> tuple[str, str] | None:
+    latency = {"p50": "p50", "p99": "p99", "first_p50": "p50",
+               "last_p50": "p50", "last_p99": "p99"}
+    if workload.startswith("payload_"):
+        return workload, metric
+    if workload == "call_latency" or workload.startswith("multicall_"):
+        return ("rt_1", latency[metric]) if metric in latency else \
+            ("rt_1", metric) if metric == "rate" else None
+    if workload.startswith("call_throughput_"):
+        callers = int(workload.rsplit("_", 1)[1])
+        if metric == "rate":
+            return ("rt_1" if callers == 1 else "rt_16"), "rate"
+        return ("rt_1", metric) if metric in latency else None
+    if workload == "cast" or workload.startswith("fanout_"):
+        return ("push", "rate") if metric == "rate" else None
+    return None
+
+
+def ratio(fig: dict, index: dict[Key, dict],
+          flavor: str = "plain") -> tuple[str | None, float | None]:
+    """(baseline label, value / baseline value) or (None, None)."""
+    if fig["workload"] == "memory" and fig["metric"] == "in_flight":
+        target = fig["extra"].get("in_flight_target")
+        if flavor == "plain" and target:
+            return "target %d" % target, fig["value"] / target
+        return None, None
+    key = baseline_key(fig, index, flavor)
+    base = index.get(key) if key else None
+    if base is None or not base["value"]:
+        return None, None
+    label = " ".join(k for k in key if k and k != "-")
+    return label, fig["value"] / base["value"]
+
+
+# -- targets ----------------------------------------------------------------
+
+def _get(index: dict[Key, dict], *key: str) -> dict | None:
+    return index.get(key)  # type: ignore[arg-type]
+
+
+def _target(name: str, mode: str, value: float | None, unit: str,
+            threshold: str, ratio_value: float | None, ok: bool | None,
+            detail: str = "") -> dict:
+    status = "MET" if ok else "NOT MET"
+    if ok is None:
+        status = "SKIPPED" if detail.startswith("skipped") else "MISSING"
+    return {"target": name, "mode": mode, "value": value, "unit": unit,
+            "threshold": threshold, "ratio": ratio_value, "status": status,
+            "detail": detail}
+
+
+def evaluate(medians: list[dict], peers: dict[str, str],
+             soak: dict | None = None) -> list[dict]:
+    """Every target of the issue for every mode measured."""
+    index = {(f["system"], f["mode"], f["workload"], f["metric"]): f
+             for f in medians}
+    modes = sorted({f["mode"] for f in medians
+                    if f["system"] == OURS and f["mode"] != "-"})
+    out: list[dict] = []
+    raw_rt = _get(index, PYZMQ, "plain", "rt_1", "p50")
+    raw_16 = _get(index, PYZMQ, "plain", "rt_16", "rate")
+    raw_push = _get(index, PYZMQ, "plain", "push", "rate")
+    rabbit_16 = _get(index, RABBIT, "threads", "call_throughput_16", "rate")
+    for mode in modes:
+        lat = _get(index, OURS, mode, "call_latency", "p50")
+        out.append(_relative("call p50, one caller", mode, lat, raw_rt, "us",
+                             "<= %.0fx raw pyzmq round trip p50"
+                             % LATENCY_X_RAW, LATENCY_X_RAW, lower=True))
+        c16 = _get(index, OURS, mode, "call_throughput_16", "rate")
+        out.append(_relative("calls/s, 16 callers", mode, c16, raw_16, "1/s",
+                             ">= %.0f%% of raw pyzmq 16 in flight"
+                             % (THROUGHPUT_OF_RAW * 100), THROUGHPUT_OF_RAW))
+        if rabbit_16 is None:
+            reason = peers.get("rabbit", "skipped: no --peer rabbit")
+            out.append(_target("calls/s, 16 callers vs RabbitMQ", mode,
+                               c16["value"] if c16 else None, "1/s",
+                               ">= %.0fx oslo.messaging+RabbitMQ"
+                               % THROUGHPUT_X_RABBIT, None, None,
+                               reason if reason.startswith("skipped")
+                               else "skipped: " + reason))
+        else:
+            out.append(_relative("calls/s, 16 callers vs RabbitMQ", mode, c16,
+                                 rabbit_16, "1/s", ">= %.0fx oslo.messaging+"
+                                 "RabbitMQ" % THROUGHPUT_X_RABBIT,
+                                 THROUGHPUT_X_RABBIT))
+        cast = _get(index, OURS, mode, "cast", "rate")
+        out.append(_relative("casts/s delivered", mode, cast, raw_push, "1/s",
+                             ">= %.0f%% of raw PUSH/PULL" % (CAST_OF_RAW * 100),
+                             CAST_OF_RAW))
+        fan = _get(index, OURS, mode, "fanout_3", "rate")
+        out.append(_absolute("fanout to 3, deliveries/s", mode, fan, "1/s",
+                             ">= %.0f" % FANOUT_MIN,
+                             lambda v: v >= FANOUT_MIN, FANOUT_MIN))
+        lost = [_get(index, OURS, mode, w, "lost") for w in ("cast", "fanout_3")]
+        if any(f is None for f in lost):
+            out.append(_target("nothing lost (casts, fanout)", mode, None,
+                               "msgs", "== 0", None, None, "missing"))
+        else:
+            total = sum(f["value"] for f in lost if f)
+            sent = sum(f["extra"].get("expected", f["extra"].get("sent", 0))
+                       for f in lost if f)
+            out.append(_target("nothing lost (casts, fanout)", mode, total,
+                               "msgs", "== 0", None, total == 0,
+                               "%d lost over every repeat (last repeat sent "
+                               "%d)" % (total, sent)))
+        rss = _get(index, OURS, mode, "memory", "receiver_rss")
+        flying = _get(index, OURS, mode, "memory", "in_flight")
+        detail = ""
+        if rss and flying:
+            detail = "%d topics, %d calls in flight at most (median)" % (
+                rss["extra"].get("topics", 0), flying["value"])
+        out.append(_absolute("receiver RSS under load", mode, rss, "MiB",
+                             "< %.0f MiB" % RECEIVER_RSS_MAX,
+                             lambda v: v < RECEIVER_RSS_MAX, RECEIVER_RSS_MAX,
+                             detail))
+    for metric in ("bare", "directed"):
+        sizes = sorted(int(k[2][5:]) for k in index
+                       if k[0] == OURS and k[2].startswith("ring_"))
+        if len(sizes) < 2:
+            continue
+        small = _get(index, OURS, "-", "ring_%d" % sizes[0], metric)
+        big = _get(index, OURS, "-", "ring_%d" % sizes[-1], metric)
+        out.append(_relative("routing cost, %s topic, ring %d vs %d hosts"
+                             % (metric, sizes[-1], sizes[0]), "-", big, small,
+                             "ns", "<= %.1fx (must not grow)"
+                             % RING_GROWTH_MAX, RING_GROWTH_MAX, lower=True))
+    if soak is not None:
+        out += soak.get("targets", [])
+    return out
+
+
+def _relative(name: str, mode: str, fig: dict | None, base: dict | None,
+              unit: str, threshold: str, bound: float,
+              lower: bool = False) -> dict:
+    if fig is None or base is None or not base["value"]:
+        return _target(name, mode, fig["value"] if fig else None, unit,
+                       threshold, None, None, "missing")
+    r = fig["value"] / base["value"]
+    ok = r <= bound if lower else r >= bound
+    return _target(name, mode, fig["value"], unit, threshold, r, ok,
+                   "baseline %.1f %s" % (base["value"], unit))
+
+
+def _absolute(name: str, mode: str, fig: dict | None, unit: str,
+              threshold: str, test: Any, bound: float,
+              detail: str = "") -> dict:
+    if fig is None:
+        return _target(name, mode, None, unit, threshold, None, None, "missing")
+    return _target(name, mode, fig["value"], unit, threshold,
+                   fig["value"] / bound, bool(test(fig["value"])), detail)
