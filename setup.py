@@ -20,7 +20,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout", "hypothesis", "atheris",
-                 "psutil", "ruff"],
+                 "psutil", "ruff", "mypy", "pg8000"],
         "bench": ["matplotlib", "psutil"],
     },
     scripts=["bin/nova-rpc-zmq-receiver"],

@@ -9,7 +9,7 @@
 # the post-install scripts from starting the services during install.
 set -euo pipefail
 
-want=(zookeeper memcached redis-server postgresql default-jre-headless)
+want=(zookeeper memcached redis-server postgresql default-jre-headless iproute2)
 missing=()
 for pkg in "${want[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

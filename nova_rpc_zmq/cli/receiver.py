@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from nova_rpc_zmq.errors import ConfigurationError
+from nova_rpc_zmq.errors import RPCException
 
 LOG = logging.getLogger("nova-rpc-zmq-receiver")
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                   status=lambda: not receiver._stopping,
                                   metrics=receiver.metrics)
             health.start()
-    except ConfigurationError as exc:
+    except RPCException as exc:  # bad config, port, ipc dir, servicegroup away
         sys.stderr.write("nova-rpc-zmq-receiver: error: %s\n" % exc)
         return 2
     except OSError as exc:

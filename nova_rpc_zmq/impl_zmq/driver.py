@@ -52,9 +52,13 @@ class Driver:
         self.counters = Counters("driver")
         zmq = self.handler.zmq
         self.ctx = zmq.Context(settings.rpc_zmq_contexts)
+        self.servicegroup: Any = None
+        self.liveness: Any = None
+        if settings.servicegroup_enabled:
+            self._start_liveness()
         if matchmaker is None:
             from nova_rpc_zmq.matchmaker import get_matchmaker
-            matchmaker = get_matchmaker(settings, liveness=self._liveness())
+            matchmaker = get_matchmaker(settings, liveness=self.liveness)
         self.matchmaker = matchmaker
         self.security = self._client_security()
         self.outbound = Outbound(self.handler, self.ctx, settings,
@@ -70,15 +74,26 @@ class Driver:
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
 
     # -- hooks for later layers ------------------------------------------
-    def _liveness(self) -> Any:
-        return None
+    def _start_liveness(self) -> None:
+        """Join the ServiceGroup (consumers heartbeat their topics) and,
+        with the ring matchmaker, route around hosts seen down. Raises
+        ServiceGroupUnavailable naming the back end when it is away."""
+        from nova_rpc_zmq.servicegroup import API, LivenessView
+        self.servicegroup = API(self.settings, handler=self.handler)
+        if self.settings.rpc_zmq_matchmaker == "ring":
+            self.liveness = LivenessView.from_settings(
+                self.servicegroup, self.settings, handler=self.handler)
 
     def _client_security(self) -> Any:
         from nova_rpc_zmq.impl_zmq.curve import ClientSecurity
         return ClientSecurity.from_settings(self.settings, self.handler)
 
     def joined_topic(self, bare_topic: str) -> None:
-        """A consumer of ``bare_topic`` started in this process."""
+        """A consumer of ``bare_topic`` started in this process: with a
+        ServiceGroup, this host joins the topic's group."""
+        if self.servicegroup is not None:
+            self.servicegroup.join(self.settings.rpc_zmq_host, bare_topic,
+                                   {"pid": os.getpid()})
 
     def left_connection(self, conn: Any) -> None:
         if conn in self.connections:
@@ -328,4 +343,10 @@ class Driver:
         if self.security is not None:
             self.security.close()
         self.outbound.close()
+        if self.liveness is not None:
+            self.liveness.close()
+        if self.servicegroup is not None:
+            # leave=False: other worker processes of this host may still
+            # serve the same topics; a crash and an exit look alike
+            self.servicegroup.stop(leave=False)
         self.ctx.term()

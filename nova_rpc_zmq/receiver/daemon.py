@@ -125,6 +125,7 @@ class Receiver:
         self._peer_frame: Any = None
         self.curve = bool(getattr(settings, "rpc_zmq_curve", False))
         self.authenticator: Any = None
+        self.servicegroup: Any = None
         self.endpoint = ""
 
     # -- start-up ---------------------------------------------------------
@@ -174,6 +175,24 @@ class Receiver:
         self.inbound = sock
         LOG.info("receiver listening on %s, routing to %s", self.endpoint,
                  self.ipc_dir)
+        if getattr(self.settings, "servicegroup_enabled", False):
+            self._join_servicegroup()
+
+    def _join_servicegroup(self) -> None:
+        """Senders skip hosts whose receiver is down: be seen alive."""
+        from nova_rpc_zmq.concurrency import get_handler
+        from nova_rpc_zmq.servicegroup import API
+        try:
+            self.servicegroup = API(self.settings,
+                                    handler=get_handler("threading"))
+            self.servicegroup.join(self.settings.rpc_zmq_host,
+                                   self.settings.rpc_zmq_receiver_group,
+                                   {"endpoint": self.endpoint})
+        except Exception:
+            self.inbound.close(0)
+            self.inbound = None
+            self._close_context()
+            raise
 
     def _close_context(self) -> None:
         if self.authenticator is not None:
@@ -406,5 +425,8 @@ class Receiver:
         for t in self.topics.values():
             t.sock.close(0 if t.backlog else LINGER_MS)
         self.topics.clear()
+        if self.servicegroup is not None:
+            self.servicegroup.stop(leave=True)  # an orderly stop: seen at once
+            self.servicegroup = None
         self._close_context()
         LOG.info("receiver stopped")

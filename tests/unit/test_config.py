@@ -81,10 +81,24 @@ def test_defaults():
 
 def test_settings_fields_match_options_and_are_frozen():
     s = config.load_settings()
-    assert {f.name for f in dataclasses.fields(s)} == set(config.FIELDS)
+    # one field per option, plus the derived servicegroup_enabled
+    assert {f.name for f in dataclasses.fields(s)} == set(config.FIELDS) | {
+        "servicegroup_enabled"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.rpc_zmq_port = 1  # type: ignore[misc]
     assert hash(s) == hash(config.load_settings())
+
+
+def test_servicegroup_enabled_only_when_the_driver_is_set(tmp_path):
+    assert config.load_settings().servicegroup_enabled is False
+    assert config.load_settings(servicegroup_driver="mc").servicegroup_enabled is True
+    conf = tmp_path / "nova.conf"
+    conf.write_text("[DEFAULT]\nservicegroup_driver = db\n")
+    config.reset()
+    try:
+        assert config.parse_args(["--config-file", str(conf)]).servicegroup_enabled is True
+    finally:
+        config.reset()
 
 
 def test_every_option_has_operator_help():
