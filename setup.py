@@ -17,6 +17,7 @@ setup(
         "python-memcached>=1.59",
         "kazoo>=2.9",
         "SQLAlchemy>=1.4",
+        "orjson>=3.9",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout", "hypothesis", "atheris",

@@ -104,6 +104,15 @@ _ENVELOPE_MESSAGE_KEY_B = ENVELOPE_MESSAGE_KEY.encode("ascii")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _DECODER = json.JSONDecoder()
+try:
+    import orjson as _orjson
+    _fast_loads: Any = _orjson.loads
+    _FastError: Any = _orjson.JSONDecodeError
+except ImportError:  # optional: the standard parser alone gives the same results
+    _fast_loads = None
+
+    class _FastError(Exception):  # type: ignore[no-redef]
+        pass
 
 
 @dataclass(frozen=True)
@@ -343,10 +352,25 @@ def _check_depth(value: Any, limit: int, what: str) -> None:
                 stack.append((child, depth + 1))
 
 
+def _slow_parse(text: str, what: str) -> Any:
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise _error("too_deep", "%s nests too deeply to parse" % what) from None
+    except (ValueError, OverflowError) as exc:
+        raise _error("bad_json", "%s: %s" % (what, _snippet(str(exc), 120))) \
+            from None
+
+
 def _parse(text: str, bound: int, limits: Limits, what: str) -> Any:
     """Parse JSON text; ``bound`` is an upper bound of its nesting depth."""
     try:
-        value = _DECODER.decode(text)
+        # orjson parses valid JSON three times faster; anything it refuses
+        # (NaN from old nodes, huge ints, errors) goes to the standard
+        # parser, which has the last word and the error message
+        value = _fast_loads(text) if _fast_loads is not None else _DECODER.decode(text)
+    except _FastError:
+        value = _slow_parse(text, what)
     except RecursionError:
         raise _error("too_deep", "%s nests too deeply to parse" % what) from None
     except (ValueError, OverflowError) as exc:

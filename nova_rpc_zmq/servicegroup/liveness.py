@@ -100,10 +100,24 @@ class LivenessView:
 
     def watch_topics(self, topics: Iterable[str]) -> None:
         """Track these bare topics from now on (e.g. every topic of the
-        ring file), so their first message is already filtered."""
+        ring file), so their first message is already filtered.
+
+        Blocks for one read of the back end when a topic is new (the ring
+        matchmaker calls this when it loads a ring); never raises for
+        back-end trouble.
+        """
         new = set(topics) - self._topics
-        if new:
-            self._topics.update(new)
+        if not new:
+            return
+        self._topics.update(new)
+        # Read now rather than wake the background task: that task may run
+        # too late for the first message (under eventlet not before the
+        # caller yields), which then goes to a host known to be dead.
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001 - the background task retries
+            LOG.exception("liveness view: reading the groups of %s failed; "
+                          "retrying in the background", ", ".join(sorted(new)))
             self._wake.set()
 
     # -- refreshing ----------------------------------------------------------------

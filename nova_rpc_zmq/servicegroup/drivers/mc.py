@@ -11,8 +11,11 @@ memcached-safe or too long):
 
 * ``nrz-sg:m:<group>:<member>`` - one per member, value JSON
   ``{"t": last heartbeat, "s": service}`` (or ``"left"`` after a graceful
-  leave), time-to-live ``service_down_time``, rewritten every
-  ``report_interval``: all members of the process in one ``set_multi``.
+  leave), rewritten every ``report_interval``: all members of the process
+  in one ``set_multi``.  Its time-to-live is ``RETAIN_SECONDS`` (a day),
+  far beyond ``service_down_time``: the verdict comes from ``"t"``, and a
+  reader that starts after a member died can still say when it was last
+  seen (``nova-rpc-zmq status``).
 * ``nrz-sg:i:<group>`` - the group index (memcached cannot list keys):
   JSON ``{"m": {member: first seen}}``, never expires, only grows (so a
   dead member stays *known*, which the liveness view relies on).  Updated
@@ -55,6 +58,10 @@ MAX_KEY_LEN = 200
 GROUPS_KEY = KEY_PREFIX + ":groups"
 #: attempts of one gets/cas merge before leaving it to the next heartbeat
 MERGE_TRIES = 8
+#: seconds a member key outlives its last write (memcached may evict it
+#: sooner under memory pressure; the verdict never depends on the key's
+#: presence, only on the heartbeat time it holds)
+RETAIN_SECONDS = 24 * 3600
 
 
 def safe_key(*parts: str) -> str:
@@ -217,7 +224,9 @@ class McDriver(base.Driver):
             raise base.ServiceGroupUnavailable(
                 "mc", self.address, "no memcached server accepts connections; "
                 "check memcached_servers and that memcached runs")
-        self._ttl = int(math.ceil(self.service_down_time))
+        # not service_down_time: a key expiring with its member would hide
+        # when a dead member was last seen from every reader started later
+        self._ttl = int(math.ceil(max(self.service_down_time, RETAIN_SECONDS)))
         self._lock = threading.Lock()
         # held across a heartbeat and a leave, so that a heartbeat cannot
         # rewrite a member that left while it was running
