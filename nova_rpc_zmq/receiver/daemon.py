@@ -119,6 +119,7 @@ class Receiver:
         self.ctx: zmq.Context | None = None
         self.inbound: zmq.Socket | None = None
         self.topics: dict[str, _Topic] = {}
+        self.waiting: dict[str, _Topic] = {}  # topics with a backlog
         self.backlogged = 0
         self.paused = False
         self._stopping = False
@@ -286,6 +287,7 @@ class Receiver:
                        "rpc_zmq_topic_backlog = %d" % limit)
             return
         topic.backlog.append(frames)
+        self.waiting[topic.name] = topic
         self.backlogged += 1
         if not self.paused and self.backlogged >= PAUSE_INPUT_AT:
             self.paused = True
@@ -307,6 +309,8 @@ class Receiver:
                 sent += 1
         except zmq.Again:
             pass
+        if not backlog:
+            self.waiting.pop(topic.name, None)
         if sent:
             self.backlogged -= sent
             self.counters.incr("forwarded", sent)
@@ -349,7 +353,9 @@ class Receiver:
         try:
             while not self._stopping:
                 now = time.monotonic()
-                waiting = [t for t in self.topics.values() if t.backlog]
+                # only the topics with a backlog: the loop's cost must not
+                # grow with the number of topics
+                waiting = list(self.waiting.values())
                 timeout = 200.0
                 want: dict[Any, int] = {}
                 if not self.paused:
@@ -425,6 +431,7 @@ class Receiver:
         for t in self.topics.values():
             t.sock.close(0 if t.backlog else LINGER_MS)
         self.topics.clear()
+        self.waiting.clear()
         if self.servicegroup is not None:
             self.servicegroup.stop(leave=True)  # an orderly stop: seen at once
             self.servicegroup = None
