@@ -47,6 +47,15 @@ class Handler:
         """The running thread or green thread (what ``spawn`` returned)."""
         raise NotImplementedError
 
+    def stop(self, thread: Any) -> None:
+        """End ``thread`` (what ``spawn`` returned) and wait for it.
+
+        Green threads are killed where they block (their ``finally`` runs);
+        native threads cannot be, so their loops must poll with a timeout
+        and notice a flag: this only joins them.
+        """
+        raise NotImplementedError
+
     def deadline(self, seconds: float | None) -> Any:
         """Context manager bounding a cooperative blocking call.
 
@@ -90,6 +99,10 @@ class ThreadingHandler(Handler):
 
     def current(self) -> Any:
         return threading.current_thread()
+
+    def stop(self, thread: Any) -> None:
+        if thread is not threading.current_thread():
+            thread.join()
 
     def deadline(self, seconds: float | None) -> Any:
         import contextlib
@@ -187,6 +200,10 @@ class EventletHandler(Handler):
 
     def current(self) -> Any:
         return self._eventlet.getcurrent()
+
+    def stop(self, thread: Any) -> None:
+        if thread is not self._eventlet.getcurrent():
+            thread.kill()
 
     def deadline(self, seconds: float | None) -> Any:
         return self._eventlet.Timeout(seconds, TimeoutError)

@@ -49,7 +49,10 @@ class _Consumer:
         self.fanout = fanout
         self.sock = driver.ctx.socket(zmq.SUB if fanout else zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        if driver.handler.name == "threading":
+            # native threads notice close() by polling; green ones are
+            # killed where they wait (a timed green recv costs a hub timer)
+            self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 20)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         self.sock.setsockopt(zmq.MAXMSGSIZE, driver.settings.limits.max_msg_size)
@@ -145,20 +148,20 @@ class _Consumer:
         zmq = driver.handler.zmq
         pool = driver.pool
         sock = self.sock
-        while not conn.closed:
-            try:
-                frames = sock.recv_multipart()
-            except zmq.Again:
-                continue
-            except zmq.ZMQError:
-                if conn.closed:
+        try:
+            while not conn.closed:
+                try:
+                    frames = sock.recv_multipart()
+                except zmq.ZMQError:
+                    if not conn.closed:
+                        LOG.exception("consumer socket for %s failed",
+                                      self.ipc_topic)
                     break
-                LOG.exception("consumer socket for %s failed", self.ipc_topic)
-                break
-            msg = self._decode(frames)
-            if msg is not None:
-                pool.spawn_n(driver.process, self.proxy, msg)
-        sock.close(0)
+                msg = self._decode(frames)
+                if msg is not None:
+                    pool.spawn_n(driver.process, self.proxy, msg)
+        finally:
+            sock.close(0)
 
 
 class Connection:
@@ -254,9 +257,7 @@ class Connection:
             if thread is None:
                 consumer.sock.close(0)
                 continue
-            join = getattr(thread, "join", None) or getattr(thread, "wait")
-            if thread is not self.driver.handler.current():
-                join()
+            self.driver.handler.stop(thread)
         self.consumers.clear()
         self.driver.left_connection(self)
         self._done.set()

@@ -70,7 +70,8 @@ class ReplyWaiter:
         zmq = self.handler.zmq
         sock = self.driver.ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        if self.handler.name == "threading":
+            sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         sock.setsockopt(zmq.SUBSCRIBE, self.token.encode())
@@ -80,7 +81,8 @@ class ReplyWaiter:
         # old servers, come through the receiver's publisher above.
         direct = self.driver.ctx.socket(zmq.PULL)
         direct.setsockopt(zmq.LINGER, 0)
-        direct.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        if self.handler.name == "threading":
+            direct.setsockopt(zmq.RCVTIMEO, POLL_MS)
         direct.setsockopt(zmq.MAXMSGSIZE, self.driver.settings.limits.max_msg_size)
         direct.bind("ipc://" + self.driver.direct_reply_path(self.token))
         self._sock = sock
@@ -140,30 +142,33 @@ class ReplyWaiter:
 
     def _loop(self, sock: Any) -> None:
         zmq = self.handler.zmq
-        limits = self.driver.settings.limits
-        while not self._closing:
-            try:
-                frames = sock.recv_multipart()
-            except zmq.Again:
-                continue
-            except zmq.ZMQError:
-                if self._closing:
+        try:
+            while not self._closing:
+                try:
+                    frames = sock.recv_multipart()
+                except zmq.Again:
+                    continue  # native threads: RCVTIMEO, to notice close()
+                except zmq.ZMQError:
+                    if not self._closing:
+                        LOG.exception("reply listener socket failed")
                     break
-                LOG.exception("reply listener socket failed")
-                break
-            try:
-                msg = wire.decode(frames, limits)
-            except RemoteProtocolError as exc:
-                self.counters.incr("replies.dropped." + exc.reason)
-                LOG.warning("dropped a malformed reply: %s", exc)
-                continue
-            if isinstance(msg, wire.Probe):
-                # any of our probes proves the path, even an earlier one
-                if msg.probe_id.startswith(self.token + "probe"):
-                    self._ready.set()
-                continue
-            self._deliver(msg)
-        sock.close(0)
+                self._handle(frames)
+        finally:
+            sock.close(0)
+
+    def _handle(self, frames: list) -> None:
+        try:
+            msg = wire.decode(frames, self.driver.settings.limits)
+        except RemoteProtocolError as exc:
+            self.counters.incr("replies.dropped." + exc.reason)
+            LOG.warning("dropped a malformed reply: %s", exc)
+            return
+        if isinstance(msg, wire.Probe):
+            # any of our probes proves the path, even an earlier one
+            if msg.probe_id.startswith(self.token + "probe"):
+                self._ready.set()
+            return
+        self._deliver(msg)
 
     def _deliver(self, msg: Any) -> None:
         args = msg.body.get("args")
@@ -188,8 +193,7 @@ class ReplyWaiter:
         """Stop the listener; returns once its socket is closed (<0.5 s)."""
         self._closing = True
         for thread in self._threads:
-            join = getattr(thread, "join", None) or getattr(thread, "wait")
-            join()
+            self.handler.stop(thread)
         self._threads = []
 
 
