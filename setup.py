@@ -23,6 +23,7 @@ setup(
         "test": ["pytest>=7", "pytest-timeout", "hypothesis", "atheris",
                  "psutil", "ruff", "mypy", "pg8000"],
         "bench": ["matplotlib", "psutil"],
+        "rabbit": ["oslo.messaging"],
     },
     scripts=["bin/nova-rpc-zmq-receiver"],
     entry_points={

@@ -29,7 +29,8 @@ import traceback
 import uuid
 from typing import Any
 
-from benchmarks.measure import RABBIT, Window, figure, latency_figures
+from benchmarks.measure import (RABBIT, CpuMeter, Window, figure,
+                                latency_figures)
 
 RABBIT_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Seconds the broker may take to accept AMQP connections.
@@ -57,10 +58,11 @@ def broker_problem() -> str | None:
                 "rabbitmq-server`" % RABBIT_SERVER)
     if _epmd() is None:
         return "epmd (Erlang) not found: install the erlang-base package"
-    try:
-        import oslo_messaging  # noqa: F401
-    except ImportError:
-        return ("oslo.messaging is not importable: `pip install "
+    import importlib.util
+    # found, not imported: importing it here would pull eventlet into the
+    # suite's own process for nothing
+    if importlib.util.find_spec("oslo_messaging") is None:
+        return ("oslo.messaging is not installed: `pip install "
                 "oslo.messaging` into this environment")
     return None
 
@@ -265,8 +267,8 @@ class RabbitClient:
         return latency_figures(RABBIT, MODE, "call_latency", samples,
                                win.elapsed)
 
-    def call_throughput(self, callers: int, window: float,
-                        count: int) -> list[dict]:
+    def call_throughput(self, callers: int, window: float, count: int,
+                        pids: dict[str, int] | None = None) -> list[dict]:
         from benchmarks.workloads import SMALL
         self._warm()
         win = Window(window, count)
@@ -285,6 +287,7 @@ class RabbitClient:
 
         threads = [threading.Thread(target=caller, args=(s,), daemon=True)
                    for s in per]
+        cpu = CpuMeter(pids)
         start = clock()
         for t in threads:
             t.start()
@@ -294,8 +297,10 @@ class RabbitClient:
             raise RuntimeError("%d callers failed, first: %s"
                                % (len(failures), failures[0]))
         samples = [s for lst in per for s in lst]
-        return latency_figures(RABBIT, MODE, "call_throughput_%d" % callers,
-                               samples, clock() - start, callers=callers)
+        name = "call_throughput_%d" % callers
+        return latency_figures(RABBIT, MODE, name, samples, clock() - start,
+                               callers=callers) + \
+            cpu.figures(RABBIT, MODE, name, len(samples), callers=callers)
 
     def _wait(self, servers: list[str], run: str, expected: int,
               timeout: float) -> list[dict]:
@@ -309,10 +314,11 @@ class RabbitClient:
                 return stats
             time.sleep(0.05)
 
-    def cast(self, window: float, count: int,
-             drain_timeout: float = 60.0) -> list[dict]:
+    def cast(self, window: float, count: int, drain_timeout: float = 60.0,
+             pids: dict[str, int] | None = None) -> list[dict]:
         self._warm(10)
         run = uuid.uuid4().hex
+        cpu = CpuMeter(pids)
         win = Window(window, count)
         sent = 0
         t0 = time.monotonic()
@@ -320,12 +326,13 @@ class RabbitClient:
             self.one.cast({}, "tally", run=run)
             sent += 1
         stats = self._wait(self.servers[:1], run, sent, drain_timeout)[0]
+        cpu_figs = cpu.figures(RABBIT, MODE, "cast", sent)
         got = stats["count"]
         rate = got / (stats["last"] - t0) if got else 0.0
         return [figure(RABBIT, MODE, "cast", "rate", rate, "1/s", sent=sent,
                        delivered=got),
                 figure(RABBIT, MODE, "cast", "lost", sent - got, "msgs",
-                       "lower", sent=sent, delivered=got)]
+                       "lower", sent=sent, delivered=got)] + cpu_figs
 
     def fanout(self, window: float, count: int,
                drain_timeout: float = 60.0) -> list[dict]:

@@ -65,7 +65,7 @@ def peer(flavor: str, echo: str, sink: str, control: str) -> int:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 200)
         sock.bind(ep)
-    tally = {"count": 0, "first": None, "last": None}
+    tally: dict[str, Any] = {"count": 0, "first": None, "last": None}
     stop = threading.Event()
 
     def echo_loop() -> None:
@@ -176,15 +176,18 @@ class RawClient:
                    2 * size * len(samples) / win.elapsed / MIB, "MiB/s",
                    size=size)]
 
-    def in_flight(self, depth: int, window: float, count: int) -> list[dict]:
-        """``depth`` messages kept in flight on one DEALER: round trips/s."""
-        from benchmarks.measure import PYZMQ, Window, figure
+    def in_flight(self, depth: int, window: float, count: int,
+                  pids: dict[str, int] | None = None) -> list[dict]:
+        """``depth`` messages kept in flight on one DEALER: round trips/s,
+        and the CPU per round trip of this process and of ``pids``."""
+        from benchmarks.measure import PYZMQ, CpuMeter, Window, figure
         frames = call_frames()
         sock = self._socket(self.zmq.DEALER, self.echo)
         try:
             for _ in range(100):
                 sock.send_multipart(frames)
                 sock.recv_multipart()
+            cpu = CpuMeter(pids)
             win = Window(window, count)
             outstanding = 0
             while outstanding < depth and win.take():
@@ -202,16 +205,19 @@ class RawClient:
         finally:
             sock.close(0)
         return [figure(PYZMQ, self.flavor, "rt_%d" % depth, "rate",
-                       done / elapsed, "1/s", count=done, depth=depth)]
+                       done / elapsed, "1/s", count=done, depth=depth)] + \
+            cpu.figures(PYZMQ, self.flavor, "rt_%d" % depth, done)
 
-    def one_way(self, window: float, count: int,
-                drain_timeout: float = 30.0) -> list[dict]:
-        """PUSH to the peer's PULL: messages/s counted at the peer."""
-        from benchmarks.measure import PYZMQ, Window, figure
+    def one_way(self, window: float, count: int, drain_timeout: float = 30.0,
+                pids: dict[str, int] | None = None) -> list[dict]:
+        """PUSH to the peer's PULL: messages/s counted at the peer, and the
+        CPU per message of this process and of ``pids``."""
+        from benchmarks.measure import PYZMQ, CpuMeter, Window, figure
         frames = call_frames()
         self._control(b"reset")
         sock = self._socket(self.zmq.PUSH, self.sink)
         try:
+            cpu = CpuMeter(pids)
             win = Window(window, count)
             sent = 0
             t0 = time.monotonic()
@@ -230,7 +236,8 @@ class RawClient:
         return [figure(PYZMQ, self.flavor, "push", "rate", rate, "1/s",
                        sent=sent, delivered=got),
                 figure(PYZMQ, self.flavor, "push", "lost", sent - got, "msgs",
-                       "lower", sent=sent, delivered=got)]
+                       "lower", sent=sent, delivered=got)] + \
+            cpu.figures(PYZMQ, self.flavor, "push", sent)
 
     def close(self) -> None:
         self.ctx.term()

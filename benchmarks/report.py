@@ -19,6 +19,24 @@ from benchmarks.measure import OURS, PYZMQ, RABBIT
 NAMES = {OURS: "nova-rpc-zmq", PYZMQ: "pyzmq", RABBIT: "rabbit"}
 
 
+def cpu_busy(seconds: float = 0.5) -> float:
+    """Percent of all CPUs busy over ``seconds`` (other programs included):
+    unlike the load average, it is not inflated by sleeping threads."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return sum(values), idle
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return -1.0
+    total = total1 - total0
+    return 100.0 * (total - (idle1 - idle0)) / total if total else 0.0
+
+
 def machine() -> dict:
     """What ran the suite: CPU, cores, memory, kernel, Python, load."""
     cpu = ""
@@ -39,7 +57,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
             "kernel": platform.release(), "system": platform.platform(),
             "python": platform.python_version(),
-            "loadavg": list(os.getloadavg())}
+            "loadavg": list(os.getloadavg()), "cpu_busy_pct": cpu_busy()}
 
 
 def versions() -> dict:
@@ -82,7 +100,7 @@ def figures_table(medians: list[dict]) -> str:
     """One line per figure: median, spread over repeats, ratios."""
     head = "%-18s %-12s %-8s %-16s %12s %-5s %19s %9s %9s" % (
         "workload", "system", "mode", "metric", "median", "unit",
-        "min .. max", "vs pyzmq", "vs green")
+        "min .. max", "vs base", "vs green")
     lines = [head, "-" * len(head)]
     for f in medians:
         spread = "%s .. %s" % (_num(f["min"], f["unit"]),
@@ -96,16 +114,17 @@ def figures_table(medians: list[dict]) -> str:
 
 def targets_table(targets: list[dict]) -> str:
     """One line per target and mode: value, threshold, ratio, verdict."""
-    head = "%-44s %-8s %14s  %-38s %8s  %s" % (
+    head = "%-50s %-8s %14s  %-38s %8s  %s" % (
         "target", "mode", "value", "threshold", "ratio", "status")
     lines = [head, "-" * len(head)]
     for t in targets:
         value = "%s %s" % (_num(t["value"], t["unit"]), t["unit"]) \
             if t["value"] is not None else "-"
-        line = "%-44s %-8s %14s  %-38s %8s  %s" % (
+        line = "%-50s %-8s %14s  %-38s %8s  %s" % (
             t["target"], t["mode"], value, t["threshold"],
             _ratio(t["ratio"]), t["status"])
-        if t["status"] in ("SKIPPED", "MISSING") and t["detail"]:
+        if t["detail"] and (t["status"] in ("SKIPPED", "MISSING")
+                            or "not reached" in t["detail"]):
             line += " (%s)" % t["detail"]
         lines.append(line)
     return "\n".join(lines)
@@ -119,16 +138,20 @@ def render(doc: dict) -> str:
         "nova-rpc-zmq bench: %s%d repeat(s), medians; %s"
         % ("SMOKE, " if doc.get("smoke") else "", doc.get("repeat", 0),
            doc.get("started", "")),
-        "machine: %s, %s cores, %.1f GiB, Linux %s, Python %s; load %s"
+        "machine: %s, %s cores, %.1f GiB, Linux %s, Python %s; at start: "
+        "CPU %.0f%% busy, load average %s"
         % (m.get("cpu", "?"), m.get("cores", "?"),
            m.get("memory_bytes", 0) / 2 ** 30, m.get("kernel", "?"),
-           m.get("python", "?"),
+           m.get("python", "?"), m.get("cpu_busy_pct", -1),
            " ".join("%.2f" % x for x in m.get("loadavg", []))),
         "versions: " + ", ".join("%s %s" % kv for kv in sorted(v.items())),
         "peers: " + (", ".join("%s %s" % kv for kv in doc.get("peers", {}).items())
                      or "none asked (--peer rabbit adds oslo.messaging+RabbitMQ)"),
-        "ratio = value / baseline of the same run: latency 3.00x = three "
-        "times slower; rate 0.25x = a quarter of the baseline's rate.",
+        "vs base = value / its baseline in this run (raw pyzmq of the same "
+        "shape; ring: the 10-host ring; RSS: the same process idle; "
+        "in_flight: the target count); vs green = value / raw "
+        "eventlet.green.zmq. Latency 3.00x = three times slower; rate "
+        "0.25x = a quarter of the baseline's rate.",
         "",
         figures_table(doc.get("medians", [])),
         "",
@@ -136,11 +159,14 @@ def render(doc: dict) -> str:
     ]
     errors = doc.get("errors", [])
     if errors:
-        parts += ["", "errors (%d):" % len(errors)]
+        seen: dict[str, int] = {}
         for e in errors:
-            parts.append("  %s [%s]: %s" % (e.get("workload"), e.get("mode"),
-                                            str(e.get("error")).splitlines()[0]
-                                            if e.get("error") else "?"))
+            line = "%s [%s]: %s" % (e.get("workload"), e.get("mode"),
+                                    str(e.get("error") or "?").splitlines()[0])
+            seen[line] = seen.get(line, 0) + 1
+        parts += ["", "errors (%d):" % len(errors)]
+        parts += ["  %s%s" % (line, " (in %d repeats)" % n if n > 1 else "")
+                  for line, n in seen.items()]
     if doc.get("duration_s") is not None:
         parts += ["", "run time %.0f s" % doc["duration_s"]]
     return "\n".join(parts)
@@ -155,12 +181,16 @@ def chart(doc: dict, path: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib)"
+    if "soak" in doc:
+        _soak_chart(doc, plt, path)
+        return None
     index = {(f["system"], f["mode"], f["workload"], f["metric"]): f["value"]
              for f in doc.get("medians", [])}
-    series = [("pyzmq", (PYZMQ, "plain")), ("pyzmq green", (PYZMQ, "green")),
-              ("ours threads", (OURS, "threads")),
-              ("ours eventlet", (OURS, "eventlet")),
-              ("oslo.msg rabbit", (RABBIT, "threads"))]
+    series = [("raw pyzmq", (PYZMQ, "plain")),
+              ("raw eventlet.green.zmq", (PYZMQ, "green")),
+              ("nova-rpc-zmq threads", (OURS, "threads")),
+              ("nova-rpc-zmq eventlet", (OURS, "eventlet")),
+              ("oslo.messaging rabbit", (RABBIT, "threads"))]
     colors = ["#7f7f7f", "#bcbd22", "#1f77b4", "#2ca02c", "#d62728"]
     lat_rows = [("call p50", "call_latency", "rt_1", "p50"),
                 ("call p99", "call_latency", "rt_1", "p99")]
@@ -185,6 +215,20 @@ def chart(doc: dict, path: str) -> str | None:
                 if v:
                     ax.text(x, v, "{:,.0f}".format(v), ha="center",
                             va="bottom", fontsize=6, rotation=90)
+    # the targets, as dashes over their group
+    from benchmarks import targets as tg
+    marks = [(ax1, 0, tg.LATENCY_X_RAW * (index.get((PYZMQ, "plain", "rt_1",
+                                                      "p50")) or 0)),
+             (ax2, 1, tg.THROUGHPUT_OF_RAW * (index.get((PYZMQ, "plain",
+                                                          "rt_16", "rate")) or 0)),
+             (ax2, 2, tg.CAST_OF_RAW * (index.get((PYZMQ, "plain", "push",
+                                                   "rate")) or 0)),
+             (ax2, 3, tg.FANOUT_MIN)]
+    for n, (ax, group, level) in enumerate(marks):
+        if level:
+            ax.hlines(level, group - width, group + 0.8, colors="black",
+                      linestyles="dashed", linewidth=1,
+                      label="target" if n == 0 else None)
     ax1.set_title("latency, one call in flight (µs, lower is better)")
     ax1.set_xticks([j + 0.4 - width / 2 for j in range(len(lat_rows))])
     ax1.set_xticklabels([r[0] for r in lat_rows])
@@ -201,14 +245,35 @@ def chart(doc: dict, path: str) -> str | None:
     return None
 
 
+def _soak_chart(doc: dict, plt: Any, path: str) -> None:
+    """RSS of every process against time, for ``--soak``."""
+    fig, ax = plt.subplots(figsize=(11, 5))
+    series = dict(doc["soak"]["samples"])
+    for mode, samples in doc["soak"].get("callers", {}).items():
+        series["caller %s" % mode] = samples
+    for name, samples in sorted(series.items()):
+        if samples:
+            ax.plot([t for t, _ in samples], [v for _, v in samples],
+                    label=name, linewidth=1.2)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title("nova-rpc-zmq bench --soak %s: RSS under steady load"
+                 % doc.get("started", ""))
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def finish(doc: dict, output_dir: str, png: bool = True) -> dict[str, Any]:
     """Add machine and versions, write JSON, text and PNG; return paths."""
     doc.setdefault("machine", machine())
     doc.setdefault("versions", versions())
     os.makedirs(output_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(output_dir, "bench-%s%s" % (
-        stamp, "-smoke" if doc.get("smoke") else ""))
+    kind = "-soak" if "soak" in doc else ""
+    base = os.path.join(output_dir, "bench-%s%s%s" % (
+        stamp, kind, "-smoke" if doc.get("smoke") else ""))
     text = render(doc)
     out: dict[str, Any] = {"table": text, "json": base + ".json",
                            "txt": base + ".txt", "png": None,

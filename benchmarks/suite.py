@@ -52,13 +52,17 @@ class Profile:
     drain_timeout: float = 60.0
     #: seconds a workload may run beyond its window before it is killed
     slack: float = 45.0
+    #: the same for one size of the payload sweep (a caller that hangs on
+    #: a large message should not cost the run much)
+    payload_slack: float = 20.0
 
 
 SMOKE = Profile(latency=(0.3, 300), throughput=(0.3, 2000),
                 cast=(0.3, 1000), fanout=(0.3, 300), multicall=(0.3, 50),
                 payload_window=0.3, payload_counts=(200, 100, 5),
                 raw=(0.3, 2000), in_flight=300, topics=50, hold=2.5,
-                ring_calls=5000, drain_timeout=20.0, slack=15.0)
+                ring_calls=5000, drain_timeout=20.0, slack=15.0,
+                payload_slack=10.0)
 
 
 @dataclasses.dataclass
@@ -82,8 +86,10 @@ def _limit(window: float, prof: Profile, drain: bool = False) -> float:
     return window + prof.slack + (prof.drain_timeout if drain else 0.0)
 
 
-def ours_plan(mode: str, conf: str, prof: Profile) -> dict:
-    """Our workloads for one mode, against the shared bench host."""
+def ours_plan(mode: str, conf: str, prof: Profile,
+              pids: dict[str, int] | None = None) -> dict:
+    """Our workloads for one mode, against the shared bench host; ``pids``
+    (receiver, service) are the processes whose CPU is measured too."""
     topic, names = SERVICES[mode]
     one = "%s_%s" % (topic, names[0])
     wl: list[dict] = [dict(name="call_latency", topic=one,
@@ -91,12 +97,12 @@ def ours_plan(mode: str, conf: str, prof: Profile) -> dict:
                            limit=_limit(prof.latency[0], prof))]
     for n in prof.callers:
         wl.append(dict(name="call_throughput", label="call_throughput_%d" % n,
-                       topic=one, callers=n,
+                       topic=one, callers=n, pids=pids,
                        window=prof.throughput[0], count=prof.throughput[1],
                        limit=_limit(prof.throughput[0], prof)))
     wl += [
         dict(name="cast", topic=one, window=prof.cast[0], count=prof.cast[1],
-             drain_timeout=prof.drain_timeout,
+             drain_timeout=prof.drain_timeout, pids=pids,
              limit=_limit(prof.cast[0], prof, True)),
         dict(name="fanout", topic=topic, services=names,
              window=prof.fanout[0], count=prof.fanout[1],
@@ -112,20 +118,21 @@ def ours_plan(mode: str, conf: str, prof: Profile) -> dict:
         wl.append(dict(name="payload", label="payload_%s" % size_label(size),
                        topic=one, sizes=[size],
                        window=prof.payload_window, counts=[count],
-                       limit=_limit(prof.payload_window, prof)))
+                       limit=prof.payload_window + prof.payload_slack))
     return {"mode": mode, "config_file": conf, "workloads": wl}
 
 
-def raw_plan(flavor: str, eps: list[str], prof: Profile) -> dict:
-    """The raw pyzmq baselines for one flavor."""
+def raw_plan(flavor: str, eps: list[str], prof: Profile,
+             pids: dict[str, int] | None = None) -> dict:
+    """The raw pyzmq baselines for one flavor (``pids``: the peer)."""
     window, count = prof.raw
     wl: list[dict] = [
         dict(name="round_trip", window=window, count=count,
              limit=_limit(window, prof)),
         dict(name="in_flight", depth=16, window=window, count=count,
-             limit=_limit(window, prof)),
+             pids=pids, limit=_limit(window, prof)),
         dict(name="one_way", window=window, count=count,
-             drain_timeout=prof.drain_timeout,
+             drain_timeout=prof.drain_timeout, pids=pids,
              limit=_limit(window, prof, True)),
     ]
     from benchmarks.workloads import size_label
@@ -139,18 +146,20 @@ def raw_plan(flavor: str, eps: list[str], prof: Profile) -> dict:
             "control": eps[2], "workloads": wl}
 
 
-def rabbit_plan(url: str, prof: Profile) -> dict:
-    """oslo.messaging over RabbitMQ, on the workloads it can run."""
+def rabbit_plan(url: str, prof: Profile,
+                pids: dict[str, int] | None = None) -> dict:
+    """oslo.messaging over RabbitMQ, on the workloads it can run (``pids``:
+    the broker and the first server, whose CPU is measured too)."""
     wl: list[dict] = [dict(name="call_latency", window=prof.latency[0],
                            count=prof.latency[1],
                            limit=_limit(prof.latency[0], prof))]
     for n in prof.callers:
         wl.append(dict(name="call_throughput", label="call_throughput_%d" % n,
-                       callers=n,
+                       callers=n, pids=pids,
                        window=prof.throughput[0], count=prof.throughput[1],
                        limit=_limit(prof.throughput[0], prof)))
     wl += [dict(name="cast", window=prof.cast[0], count=prof.cast[1],
-                drain_timeout=prof.drain_timeout,
+                drain_timeout=prof.drain_timeout, pids=pids,
                 limit=_limit(prof.cast[0], prof, True)),
            dict(name="fanout", window=prof.fanout[0], count=prof.fanout[1],
                 drain_timeout=prof.drain_timeout,
@@ -307,16 +316,25 @@ class Suite:
             run["errors"].append({"workload": "ring", "mode": "-",
                                   "error": "%s: %s" % (type(exc).__name__,
                                                        exc)})
-        for flavor, (_proc, eps) in self.peers.items():
-            self._child("benchmarks.rawzmq", raw_plan(flavor, eps, prof),
+        for flavor, (proc, eps) in self.peers.items():
+            self._child("benchmarks.rawzmq",
+                        raw_plan(flavor, eps, prof, {"service": proc.pid}),
                         "pyzmq-%s" % flavor, run, role="client")
-        assert self.host is not None
+        host = self.host
+        assert host is not None and host.receiver is not None
         for mode in self.opt.modes:
+            first = host.services[SERVICES[mode][1][0]]
+            pids = {"receiver": host.receiver.pid, "service": first.pid}
             self._child("benchmarks.client",
-                        ours_plan(mode, self.host.conf_path, prof),
+                        ours_plan(mode, host.conf_path, prof, pids),
                         "ours-%s" % mode, run)
         if self.broker is not None:
-            self._child("benchmarks.rabbit", rabbit_plan(self.broker.url, prof),
+            pids = {"service": self.rabbit_servers[0].pid}
+            beam = self.broker.pid()
+            if beam:
+                pids["broker"] = beam
+            self._child("benchmarks.rabbit",
+                        rabbit_plan(self.broker.url, prof, pids),
                         "rabbit", run, role="client")
         for mode in self.opt.modes:
             self._memory(mode, run)
@@ -325,8 +343,10 @@ class Suite:
 
     def run(self) -> dict:
         """Start everything, run the repeats, stop everything."""
+        from benchmarks import report
         started = time.time()
         t0 = time.monotonic()
+        machine = report.machine()     # before our load: the load average
         try:
             self.log("starting the receiver, %d bench services and the raw "
                      "pyzmq peers ..." % (3 * len(self.opt.modes)))
@@ -345,6 +365,8 @@ class Suite:
         medians = aggregate(self.runs)
         return {
             "suite": "nova-rpc-zmq bench",
+            "machine": machine,
+            "workdir": self.dir,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
                                      time.localtime(started)),
             "duration_s": round(time.monotonic() - t0, 1),

@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from nova_rpc_zmq import rpc
 
-from benchmarks.measure import (MIB, OURS, Window, figure, latency_figures,
-                                percentile, rss_bytes)
+from benchmarks.measure import (MIB, OURS, CpuMeter, Window, figure,
+                                latency_figures, percentile, rss_bytes)
 
 CTX = {"user_id": "bench", "project_id": "bench"}
 #: the small argument of calls and casts (about the size of a real one)
@@ -54,9 +54,11 @@ def call_latency(mode: str, topic: str, window: float, count: int,
 
 
 def call_throughput(mode: str, topic: str, callers: int, window: float,
-                    count: int, warmup: int = 20) -> list[dict]:
-    """``callers`` concurrent callers (green or native threads): calls/s
-    and the latency each call saw under that load."""
+                    count: int, warmup: int = 20,
+                    pids: dict[str, int] | None = None) -> list[dict]:
+    """``callers`` concurrent callers (green or native threads): calls/s,
+    the latency each call saw under that load, and the CPU per call of the
+    caller and of the processes in ``pids`` (receiver, service)."""
     _warm(topic, warmup)
     msg = _msg("echo", value=SMALL)
     win = Window(window, count)
@@ -75,6 +77,7 @@ def call_throughput(mode: str, topic: str, callers: int, window: float,
 
     threads = [threading.Thread(target=caller, args=(s,), daemon=True)
                for s in per_caller]
+    cpu = CpuMeter(pids)
     start = clock()
     for t in threads:
         t.start()
@@ -86,8 +89,9 @@ def call_throughput(mode: str, topic: str, callers: int, window: float,
                            % (len(failures), failures[0]))
     samples = [s for lst in per_caller for s in lst]
     name = "call_throughput_%d" % callers
-    figs = latency_figures(OURS, mode, name, samples, elapsed, callers=callers)
-    return figs
+    return latency_figures(OURS, mode, name, samples, elapsed,
+                           callers=callers) + \
+        cpu.figures(OURS, mode, name, len(samples), callers=callers)
 
 
 def _stats(topic: str, run: str) -> dict:
@@ -120,14 +124,17 @@ def _send_loop(send: Callable[[], None], window: float, count: int
 
 
 def cast_throughput(mode: str, topic: str, window: float, count: int,
-                    drain_timeout: float = 60.0) -> list[dict]:
+                    drain_timeout: float = 60.0,
+                    pids: dict[str, int] | None = None) -> list[dict]:
     """One sender casting to one service: casts/s counted where the service
-    receives them, and how many were lost."""
+    receives them, how many were lost, and the CPU per cast."""
     _warm(topic, 10)
     run = uuid.uuid4().hex
     msg = _msg("tally", run=run)
+    cpu = CpuMeter(pids)
     sent, t0, t1 = _send_loop(lambda: rpc.cast(CTX, topic, msg), window, count)
     stats = _wait_tally([topic], run, sent, drain_timeout)[0]
+    cpu_figs = cpu.figures(OURS, mode, "cast", sent)
     delivered = stats["count"]
     rate = delivered / (stats["last"] - t0) if delivered else 0.0
     return [
@@ -135,7 +142,7 @@ def cast_throughput(mode: str, topic: str, window: float, count: int,
                delivered=delivered, send_rate=sent / max(t1 - t0, 1e-9)),
         figure(OURS, mode, "cast", "lost", sent - delivered, "msgs", "lower",
                sent=sent, delivered=delivered),
-    ]
+    ] + cpu_figs
 
 
 def fanout(mode: str, topic: str, services: list[str], window: float,
@@ -366,13 +373,13 @@ def soak(mode: str, topic: str, services: list[str], seconds: float,
     threads = [threading.Thread(target=caller, args=(i,), daemon=True)
                for i in range(callers)]
     threads.append(threading.Thread(target=sender, daemon=True))
-    for t in threads:
-        t.start()
+    for th in threads:
+        th.start()
     while time.monotonic() < end:
         samples.append((time.monotonic() - t0, rss_bytes() / MIB))
         time.sleep(min(sample_every, max(0.0, end - time.monotonic())))
-    for t in threads:
-        t.join(120)
+    for th in threads:
+        th.join(120)
     samples.append((time.monotonic() - t0, rss_bytes() / MIB))
     if failures:
         raise RuntimeError("%d soak threads failed, first: %s"

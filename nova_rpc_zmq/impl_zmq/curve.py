@@ -31,6 +31,8 @@ class ClientSecurity:
         self.watcher = HandshakeWatcher.from_settings(
             settings, handler, on_failure=self._on_failure)
         self.forget: Callable[[str], None] = lambda host: None
+        self.on_refusal: Callable[[str, AuthenticationError], None] = \
+            lambda host, error: None
         self.refusals = 0
 
     @classmethod
@@ -51,6 +53,7 @@ class ClientSecurity:
     def _on_failure(self, host: str, error: AuthenticationError) -> None:
         self.refusals += 1
         LOG.error("%s", error)
+        self.on_refusal(host, error)
 
     def check(self, host: str) -> None:
         """Before sending to ``host``: replace a socket it refused."""

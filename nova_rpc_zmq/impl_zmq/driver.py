@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from nova_rpc_zmq import wire
 from nova_rpc_zmq.concurrency import Handler, get_handler
 from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Timeout
-from nova_rpc_zmq.impl_zmq.replies import DirectReplies, ReplyWaiter, caller_mark
+from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, caller_mark
 from nova_rpc_zmq.impl_zmq.sockets import Outbound
 from nova_rpc_zmq.metrics import Counters
 
@@ -66,6 +66,7 @@ class Driver:
                                  if self.security else None)
         if self.security is not None:
             self.security.forget = self.outbound.forget
+            self.security.on_refusal = self._refused
         self.replies = ReplyWaiter(self)
         self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
         self.direct = DirectReplies(self)
@@ -165,7 +166,7 @@ class Driver:
         msg_id = replies.new_msg_id()
         body = wire.call_request(msg_id, replies.reply_topic, ctx, msg)
         frames = wire.encode(replies.caller_mark, dtopic, ctx, body, envelope)
-        queue = replies.register(msg_id)
+        queue = replies.register(msg_id, host)
         empty = self.handler.Empty
         method = msg.get("method") if isinstance(msg, dict) else None
         try:
@@ -188,24 +189,17 @@ class Driver:
             replies.unregister(msg_id)
 
     def _wait(self, queue: Any, host: str, timeout: float) -> Any:
-        """The next reply part; with CURVE, a refusal by ``host`` ends the
-        wait at once with its AuthenticationError."""
-        security = self.security
-        if security is None:
-            return queue.get(timeout=timeout)
-        import time
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                return queue.get(timeout=max(0.0, min(left, 0.1)))
-            except self.handler.Empty:
-                failure = security.failure(host)
-                if failure is not None:
-                    self.counters.incr("refused_by_peer")
-                    raise failure from None
-                if left <= 0.1:
-                    raise
+        """The next reply part; a refusal by ``host`` (CURVE keys, mechanism)
+        ends the wait at once with its AuthenticationError."""
+        first, second = queue.get(timeout=timeout)
+        if first is REFUSED:
+            self.counters.incr("refused_by_peer")
+            raise second
+        return first, second
+
+    def _refused(self, host: str, error: Exception) -> None:
+        """The handshake watcher saw ``host`` refuse us."""
+        self.replies.refused(host, error)
 
     def call(self, context: Any, topic: str, msg: dict,
              timeout: float | None = None, envelope: bool = False) -> Any:

@@ -43,6 +43,7 @@ class ReplyWaiter:
         self.token = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._waiters: dict[str, Any] = {}
+        self._hosts: dict[str, str] = {}  # msg_id -> host the call went to
         self._ready = self.handler.Event()
         self._started = False
         self._start_lock = self.handler.Lock()
@@ -131,14 +132,26 @@ class ReplyWaiter:
                         self.driver.settings.rpc_zmq_ipc_dir),
                 topic=self.reply_topic)
 
-    def register(self, msg_id: str) -> Any:
-        """A queue that receives ``(response, more)`` for ``msg_id``."""
+    def register(self, msg_id: str, host: str | None = None) -> Any:
+        """A queue that receives ``(response, more)`` for ``msg_id``, or
+        ``(REFUSED, error)`` when ``host`` refuses our connection."""
         q = self.handler.Queue()
         self._waiters[msg_id] = q
+        if host is not None:
+            self._hosts[msg_id] = host
         return q
 
     def unregister(self, msg_id: str) -> None:
         self._waiters.pop(msg_id, None)
+        self._hosts.pop(msg_id, None)
+
+    def refused(self, host: str, error: Exception) -> None:
+        """``host`` refused us: wake every call waiting on it with ``error``."""
+        for msg_id, waiting_on in list(self._hosts.items()):
+            if waiting_on == host:
+                q = self._waiters.get(msg_id)
+                if q is not None:
+                    q.put((REFUSED, error))
 
     def _loop(self, sock: Any) -> None:
         zmq = self.handler.zmq
@@ -196,6 +209,9 @@ class ReplyWaiter:
             self.handler.stop(thread)
         self._threads = []
 
+
+#: First item of a queue entry telling a caller its host refused us.
+REFUSED = object()
 
 _TOKEN_LEN = 16
 _HEX = frozenset("0123456789abcdef")

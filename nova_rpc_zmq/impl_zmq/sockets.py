@@ -82,16 +82,19 @@ class Outbound:
         """
         sock, lock = self._socket(host)
         zmq = self.handler.zmq
+        # Frames are copied into ZeroMQ (copy=True): zero-copy sends start
+        # pyzmq's garbage-collector thread, which blocks a monkey-patched
+        # process's hub; the copy costs less than that risk.
         try:
             if lock is None:
                 try:
-                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 except zmq.Again:
                     with self.handler.deadline(self.send_timeout):
-                        sock.send_multipart(frames, copy=False)
+                        sock.send_multipart(frames)
             else:
                 with lock:
-                    sock.send_multipart(frames, copy=False)
+                    sock.send_multipart(frames)
         except (zmq.Again, TimeoutError) as exc:
             raise Timeout(
                 info="could not hand a message to host %s (%s) within %.0fs: "

@@ -1,0 +1,245 @@
+"""The benchmark suite runs: ``nova-rpc-zmq bench --smoke`` over real
+processes, and its JSON holds every workload with real numbers and no loss.
+
+This is not a speed test (speed is never asserted here): it keeps the suite
+from rotting as the transport changes.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import scaled
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+LATENCY = ("p50", "p99", "rate")
+PAYLOADS = ("payload_100B", "payload_10KiB", "payload_1MiB")
+OURS_EXPECTED = {
+    "call_latency": LATENCY,
+    "call_throughput_1": LATENCY,
+    "call_throughput_16": LATENCY,
+    "call_throughput_64": LATENCY,
+    "cast": ("rate",),
+    "fanout_3": ("rate",),
+    "multicall_10": ("first_p50", "last_p50", "last_p99"),
+    "memory": ("receiver_rss", "receiver_rss_idle", "caller_rss",
+               "caller_rss_idle", "in_flight"),
+    **{p: LATENCY + ("bandwidth",) for p in PAYLOADS},
+}
+RAW_EXPECTED = {"rt_1": LATENCY, "rt_16": ("rate",), "push": ("rate",),
+                **{p: LATENCY + ("bandwidth",) for p in PAYLOADS}}
+RING_EXPECTED = {"ring_10": ("bare", "directed", "fanout_per_host"),
+                 "ring_5000": ("bare", "directed", "fanout_per_host")}
+
+# An eventlet caller hangs for good when it sends a message over 64 KiB:
+# Outbound.send(copy=False) starts pyzmq's garbage-collector thread, which
+# under monkey-patching is a green thread blocking the hub in a plain recv.
+# The suite reports it (the caller is killed); its own test below is xfail.
+KNOWN_HANG = ("ours", "eventlet", "payload_1MiB")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run the smoke suite once; (exit code, result document, output, dir)."""
+    out_dir = str(tmp_path_factory.mktemp("bench"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nova_rpc_zmq.cli.main", "bench", "--smoke",
+         "--output", out_dir],
+        cwd=ROOT, capture_output=True, text=True, timeout=scaled(280))
+    found = glob.glob(os.path.join(out_dir, "bench-*.json"))
+    assert found, "no JSON written:\n%s\n%s" % (proc.stdout[-3000:],
+                                                proc.stderr[-3000:])
+    with open(found[0]) as f:
+        doc = json.load(f)
+    return proc.returncode, doc, proc.stdout + proc.stderr, out_dir
+
+
+def _index(doc: dict) -> dict:
+    return {(f["system"], f["mode"], f["workload"], f["metric"]): f
+            for f in doc["medians"]}
+
+
+def _missing(index: dict, system: str, modes: tuple, expected: dict) -> list:
+    missing = []
+    for mode in modes:
+        for workload, metrics in expected.items():
+            if (system, mode, workload) == KNOWN_HANG:
+                continue
+            for metric in metrics:
+                fig = index.get((system, mode, workload, metric))
+                if fig is None or not fig["value"] > 0:
+                    missing.append((system, mode, workload, metric,
+                                    fig and fig["value"]))
+    return missing
+
+
+@pytest.mark.timeout(300)
+def test_every_workload_has_numbers(smoke):
+    code, doc, output, _ = smoke
+    index = _index(doc)
+    missing = (_missing(index, "ours", ("eventlet", "threads"), OURS_EXPECTED)
+               + _missing(index, "pyzmq", ("plain", "green"), RAW_EXPECTED)
+               + _missing(index, "ours", ("-",), RING_EXPECTED))
+    assert not missing, "missing or zero figures: %s\n%s" % (missing,
+                                                              output[-3000:])
+    unexpected = [e for e in doc["errors"]
+                  if (e.get("mode"), e.get("workload")) !=
+                  (KNOWN_HANG[1], KNOWN_HANG[2])]
+    assert not unexpected, unexpected
+    assert code in (0, 1)
+    assert doc["smoke"] is True and doc["repeat"] == 1
+    assert doc["machine"]["cores"] and doc["versions"]["pyzmq"]
+
+
+@pytest.mark.timeout(300)
+def test_nothing_lost(smoke):
+    _, doc, _, _ = smoke
+    index = _index(doc)
+    for system, mode, workload in [("ours", "eventlet", "cast"),
+                                   ("ours", "eventlet", "fanout_3"),
+                                   ("ours", "threads", "cast"),
+                                   ("ours", "threads", "fanout_3"),
+                                   ("pyzmq", "plain", "push"),
+                                   ("pyzmq", "green", "push")]:
+        lost = index[(system, mode, workload, "lost")]
+        assert lost["value"] == 0, lost
+        sent = lost["extra"].get("expected", lost["extra"]["sent"])
+        assert sent > 0 and lost["extra"]["delivered"] == sent, lost
+    for mode in ("eventlet", "threads"):
+        flying = index[("ours", mode, "memory", "in_flight")]
+        assert flying["value"] == flying["extra"]["in_flight_target"], flying
+
+
+@pytest.mark.timeout(300)
+def test_ratios_targets_and_files(smoke):
+    _, doc, output, out_dir = smoke
+    index = _index(doc)
+    latency = index[("ours", "threads", "call_latency", "p50")]
+    raw = index[("pyzmq", "plain", "rt_1", "p50")]
+    assert latency["ratio"] == pytest.approx(latency["value"] / raw["value"])
+    assert latency["baseline"] == "pyzmq plain rt_1 p50"
+    names = {(t["target"], t["mode"]) for t in doc["targets"]}
+    for mode in ("eventlet", "threads"):
+        for target in ("call p50, one caller", "calls/s, 16 callers",
+                       "calls/s, 16 callers vs RabbitMQ", "casts/s delivered",
+                       "fanout to 3, deliveries/s",
+                       "nothing lost (casts, fanout)",
+                       "receiver RSS under load"):
+            assert (target, mode) in names
+    statuses = {t["target"]: t["status"] for t in doc["targets"]}
+    assert statuses["calls/s, 16 callers vs RabbitMQ"] == "SKIPPED"
+    assert statuses["nothing lost (casts, fanout)"] == "MET"
+    assert set(statuses.values()) <= {"MET", "NOT MET", "SKIPPED"}
+    # the table was printed and saved; the chart when matplotlib is here
+    assert "call p50, one caller" in output and "MET" in output
+    assert glob.glob(os.path.join(out_dir, "bench-*.txt"))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pngs = glob.glob(os.path.join(out_dir, "bench-*.png"))
+        assert pngs and os.path.getsize(pngs[0]) > 10000
+
+
+@pytest.mark.timeout(300)
+def test_no_process_left_behind(smoke):
+    _, doc, _, _ = smoke
+    workdir = doc["workdir"]
+    left = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmdline = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if workdir in cmdline:
+            left.append((pid, cmdline.replace("\0", " ")))
+    assert not left
+    assert not os.path.exists(workdir)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xfail(reason="an eventlet caller hangs sending a message over "
+                          "64 KiB (Outbound.send copy=False starts pyzmq's gc "
+                          "thread as a green thread)", strict=False)
+def test_eventlet_large_payload(smoke):
+    _, doc, _, _ = smoke
+    index = _index(doc)
+    for metric in LATENCY + ("bandwidth",):
+        fig = index.get(KNOWN_HANG + (metric,))
+        assert fig is not None and fig["value"] > 0
+
+
+# -- the suite's own arithmetic (no processes) ------------------------------
+
+def _fig(system, mode, workload, metric, value, **extra):
+    from benchmarks.measure import figure
+    fig = figure(system, mode, workload, metric, value, "x", **extra)
+    fig.update(values=[value], min=value, max=value)
+    return fig
+
+
+@pytest.mark.timeout(60)
+def test_targets_judge_synthetic_medians():
+    from benchmarks import targets
+    medians = [
+        _fig("pyzmq", "plain", "rt_1", "p50", 100.0),
+        _fig("pyzmq", "plain", "rt_16", "rate", 40000.0),
+        _fig("pyzmq", "plain", "push", "rate", 60000.0),
+        _fig("ours", "threads", "call_latency", "p50", 250.0),
+        _fig("ours", "threads", "call_throughput_16", "rate", 9000.0),
+        _fig("ours", "threads", "cast", "rate", 13000.0),
+        _fig("ours", "threads", "fanout_3", "rate", 29000.0),
+        _fig("ours", "threads", "cast", "lost", 0, sent=10),
+        _fig("ours", "threads", "fanout_3", "lost", 3, sent=10, expected=30),
+        _fig("ours", "threads", "memory", "receiver_rss", 59.0, topics=1000),
+        _fig("ours", "threads", "memory", "in_flight", 10000,
+             in_flight_target=10000),
+        _fig("rabbit", "threads", "call_throughput_16", "rate", 1000.0),
+        _fig("ours", "-", "ring_10", "bare", 500.0),
+        _fig("ours", "-", "ring_5000", "bare", 900.0),
+        _fig("ours", "-", "ring_10", "directed", 500.0),
+        _fig("ours", "-", "ring_5000", "directed", 510.0),
+    ]
+    got = {t["target"]: (t["status"], t["ratio"])
+           for t in targets.evaluate(medians, {"rabbit": "used"})}
+    assert got["call p50, one caller"] == ("MET", 2.5)
+    assert got["calls/s, 16 callers"] == ("NOT MET", 9000.0 / 40000.0)
+    assert got["calls/s, 16 callers vs RabbitMQ"] == ("MET", 9.0)
+    assert got["casts/s delivered"][0] == "MET"
+    assert got["fanout to 3, deliveries/s"][0] == "NOT MET"
+    assert got["nothing lost (casts, fanout)"][0] == "NOT MET"
+    assert got["receiver RSS under load"][0] == "MET"
+    assert got["routing cost, bare topic, ring 5000 vs 10 hosts"][0] == "NOT MET"
+    assert got["routing cost, directed topic, ring 5000 vs 10 hosts"][0] == "MET"
+    index = {(f["system"], f["mode"], f["workload"], f["metric"]): f
+             for f in medians}
+    label, value = targets.ratio(medians[3], index)
+    assert label == "pyzmq plain rt_1 p50" and value == 2.5
+
+
+@pytest.mark.timeout(60)
+def test_growth_rule_and_percentiles():
+    from benchmarks.measure import Window, median, percentile
+    from benchmarks.soak import _verdict, growth
+    flat = [(float(t), 40.0 + (5.0 if t < 2 else 0.0)) for t in range(30)]
+    assert growth(flat)[2] == 0.0      # the warm-up is left out
+    rising = [(float(t), 40.0 + t) for t in range(30)]
+    assert growth(rising)[2] > 10
+    assert _verdict("x", "-", flat)["status"] == "MET"
+    assert _verdict("x", "-", rising)["status"] == "NOT MET"
+    assert percentile([5, 1, 3, 2, 4], 50) == 3
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert median([4, 1, 3, 2]) == 2.5
+    win = Window(10.0, 3)
+    assert [win.take() for _ in range(5)] == [True, True, True, False, False]
