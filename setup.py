@@ -25,10 +25,11 @@ setup(
         "bench": ["matplotlib", "psutil"],
         "rabbit": ["oslo.messaging"],
     },
-    scripts=["bin/nova-rpc-zmq-receiver"],
     entry_points={
         "console_scripts": [
             "nova-rpc-zmq=nova_rpc_zmq.cli.main:main",
+            # bin/nova-rpc-zmq-receiver runs the same from a checkout
+            "nova-rpc-zmq-receiver=nova_rpc_zmq.cli.receiver:main",
         ],
     },
 )
