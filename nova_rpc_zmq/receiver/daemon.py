@@ -350,8 +350,25 @@ class Receiver:
         inbound = self.inbound
         poller = zmq.Poller()
         polled: dict[Any, int] = {}
+        idle = {inbound: zmq.POLLIN}
         try:
             while not self._stopping:
+                if not self.waiting and not self.paused:
+                    # the common case, kept short: nothing waits to go out
+                    if polled != idle:
+                        for sock in list(polled):
+                            poller.unregister(sock)
+                        poller.register(inbound, zmq.POLLIN)
+                        polled = dict(idle)
+                    # read first: under load a message is usually there
+                    # already, and a poll would be a wasted system call
+                    if not self._read_batch(inbound):
+                        try:
+                            poller.poll(200)
+                        except zmq.ZMQError as exc:
+                            if exc.errno != errno.EINTR:
+                                raise
+                    continue
                 now = time.monotonic()
                 # only the topics with a backlog: the loop's cost must not
                 # grow with the number of topics
@@ -393,15 +410,16 @@ class Receiver:
         finally:
             self._shutdown()
 
-    def _read_batch(self, inbound: zmq.Socket) -> None:
+    def _read_batch(self, inbound: zmq.Socket) -> int:
+        """Route up to BATCH waiting messages; returns how many were read."""
         nonblock = zmq.NOBLOCK
-        for _ in range(BATCH):
+        for n in range(BATCH):
             try:
                 # the first part as a Frame keeps the peer's address for
                 # the log of a drop; the rest as bytes (cheapest for small)
                 first = inbound.recv(nonblock, copy=False)
             except zmq.Again:
-                return
+                return n
             frames = [first.bytes]
             more = first.more
             while more and len(frames) <= self.limits.max_frames:
@@ -418,7 +436,8 @@ class Receiver:
                 self.counters.incr("dropped.internal_error")
                 LOG.exception("internal error routing a message; dropped it")
             if self.paused:
-                return
+                return n + 1
+        return BATCH
 
     def _shutdown(self) -> None:
         lost = sum(len(t.backlog) for t in self.topics.values())
