@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 import os
 import sys
 import time
@@ -54,28 +55,39 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import workloads
 
     rpc.init(config.parse_args(["--config-file", plan["config_file"]]))
+    try:
+        run_plan(plan["workloads"], args.out, mode,
+                 lambda name, **params: workloads.WORKLOADS[name](mode, **params))
+    finally:
+        rpc.cleanup()
+    return 0
+
+
+def run_plan(specs: list[dict], out_path: str, mode: str,
+             run: Any) -> None:
+    """Run each workload spec with ``run(name, **params)`` (a list of
+    figures), recording progress and errors in ``out_path`` as it goes; a
+    failing workload is reported and the next one runs."""
     figures: list[dict] = []
     errors: list[dict] = []
     try:
-        for spec in plan["workloads"]:
+        for spec in specs:
             params = dict(spec)
             name = params.pop("name")
             limit = params.pop("limit", None)
             label = params.pop("label", name)
-            write_progress(args.out, figures, errors,
+            write_progress(out_path, figures, errors,
                            {"workload": label, "started": time.time(),
                             "limit": limit})
             try:
-                figures += workloads.WORKLOADS[name](mode, **params)
+                figures += run(name, **params)
             except Exception as exc:  # noqa: BLE001 - reported, next one runs
                 errors.append({"workload": label, "mode": mode,
                                "error": "%s: %s" % (type(exc).__name__, exc),
                                "traceback": traceback.format_exc()})
                 sys.stderr.write(traceback.format_exc())
     finally:
-        write_progress(args.out, figures, errors, None)
-        rpc.cleanup()
-    return 0
+        write_progress(out_path, figures, errors, None)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from typing import Any
 
@@ -362,29 +361,14 @@ class RabbitClient:
 
 def client(plan_path: str, out_path: str) -> int:
     """Run the plan's workloads against the broker; write the figures."""
-    from benchmarks.client import write_progress
+    from benchmarks.client import run_plan
     with open(plan_path) as f:
         plan = json.load(f)
     rc = RabbitClient(plan["url"], plan["topic"], plan["servers"])
-    figures: list[dict] = []
-    errors: list[dict] = []
     try:
-        for spec in plan["workloads"]:
-            params = dict(spec)
-            name = params.pop("name")
-            limit = params.pop("limit", None)
-            label = params.pop("label", name)
-            write_progress(out_path, figures, errors,
-                           {"workload": label, "started": time.time(),
-                            "limit": limit})
-            try:
-                figures += getattr(rc, name)(**params)
-            except Exception as exc:  # noqa: BLE001 - reported
-                errors.append({"workload": label, "mode": MODE,
-                               "error": "%s: %s" % (type(exc).__name__, exc),
-                               "traceback": traceback.format_exc()})
+        run_plan(plan["workloads"], out_path, MODE,
+                 lambda name, **params: getattr(rc, name)(**params))
     finally:
-        write_progress(out_path, figures, errors, None)
         rc.close()
     return 0
 

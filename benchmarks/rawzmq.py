@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from typing import Any
 
 FLAVORS = ("plain", "green")
@@ -245,29 +244,14 @@ class RawClient:
 
 def client(plan_path: str, out_path: str) -> int:
     """Run the plan's workloads; results written as ``benchmarks.client``."""
-    from benchmarks.client import write_progress
+    from benchmarks.client import run_plan
     with open(plan_path) as f:
         plan = json.load(f)
     raw = RawClient(plan["flavor"], plan["echo"], plan["sink"], plan["control"])
-    figures: list[dict] = []
-    errors: list[dict] = []
     try:
-        for spec in plan["workloads"]:
-            params = dict(spec)
-            name = params.pop("name")
-            limit = params.pop("limit", None)
-            label = params.pop("label", name)
-            write_progress(out_path, figures, errors,
-                           {"workload": label, "started": time.time(),
-                            "limit": limit})
-            try:
-                figures += getattr(raw, name)(**params)
-            except Exception as exc:  # noqa: BLE001 - reported
-                errors.append({"workload": label, "mode": plan["flavor"],
-                               "error": "%s: %s" % (type(exc).__name__, exc),
-                               "traceback": traceback.format_exc()})
+        run_plan(plan["workloads"], out_path, plan["flavor"],
+                 lambda name, **params: getattr(raw, name)(**params))
     finally:
-        write_progress(out_path, figures, errors, None)
         raw.close()
     return 0
 
