@@ -23,6 +23,9 @@ from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Tim
 from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, caller_mark
 from nova_rpc_zmq.impl_zmq.sockets import Outbound
 from nova_rpc_zmq.metrics import Counters
+# contexts and remote exceptions are shared with the legacy API (as in the
+# old driver); imported once here, not per message
+from nova_rpc_zmq.rpc import common
 
 LOG = logging.getLogger(__name__)
 
@@ -210,7 +213,6 @@ class Driver:
         return result
 
     def remote_exception(self, data: Any) -> Exception:
-        from nova_rpc_zmq.rpc import common
         return common.deserialize_remote_exception(data, self._allowed_modules)
 
     # -- receiving --------------------------------------------------------
@@ -229,7 +231,6 @@ class Driver:
             LOG.exception("failed to process a message on %s", msg.topic)
 
     def _process(self, proxy: Any, msg: wire.Message) -> None:
-        from nova_rpc_zmq.rpc import common
         body = msg.body
         method = body.get("method")
         ctx = common.RpcContext.from_dict(msg.context)
@@ -250,7 +251,6 @@ class Driver:
                           type(exc).__name__)
 
     def _answer(self, proxy: Any, ctx: Any, msg: wire.Message) -> None:
-        from nova_rpc_zmq.rpc import common
         args = msg.body.get("args", {})
         msg_id = args.get("msg_id")
         reply_topic = args.get("topic")
