@@ -21,7 +21,6 @@ of the machine, so the caller can compare them with its own.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -31,27 +30,12 @@ HOLD_MAX = 120.0
 
 def main(argv: list[str] | None = None) -> int:
     """Run the service until SIGTERM; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="benchmarks.service")
-    parser.add_argument("--config-file", action="append", default=[])
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--topic", default="bench")
-    parser.add_argument("--eventlet", action="store_true",
-                        help="monkey-patch with eventlet (the legacy way)")
-    args, rest = parser.parse_known_args(argv)
-    if args.eventlet:
-        import eventlet
-        eventlet.monkey_patch()
-    import signal
+    from nova_rpc_zmq.cli.demo_service import serve, start
+
+    args = start(argv, "benchmarks.service", "bench")
     import threading
     import time
 
-    from nova_rpc_zmq import config, rpc
-    from nova_rpc_zmq.rpc import dispatcher
-
-    cli: list[str] = []
-    for path in args.config_file:
-        cli += ["--config-file", path]
-    rpc.init(config.parse_args(cli + rest))
     tallies: dict[str, list[float]] = {}
     lock = threading.Lock()
 
@@ -88,23 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(left)
             return os.getpid()
 
-    proxy = dispatcher.RpcDispatcher([BenchAPI()])
-    conn = rpc.create_connection(new=True)
-    conn.create_consumer(args.topic, proxy)
-    conn.create_consumer("%s_%s" % (args.topic, args.name), proxy)
-    conn.create_consumer(args.topic, proxy, fanout=True)
-    conn.consume_in_thread()
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    signal.signal(signal.SIGINT, lambda *a: stop.set())
-    sys.stdout.write("READY %s %d\n" % (args.name, os.getpid()))
-    sys.stdout.flush()
-    while not stop.wait(0.2):
-        pass
-    conn.close()
-    rpc.cleanup()
-    return 0
+    return serve(args, BenchAPI())
 
 
 if __name__ == "__main__":

@@ -17,28 +17,61 @@ import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="demo_service")
+def start(argv: list[str] | None, prog: str, topic: str) -> argparse.Namespace:
+    """Parse a sample service's command line, monkey-patch with eventlet
+    when ``--eventlet`` is given (before anything else is imported), and
+    initialise ``rpc`` from the config files. Shared with the benchmarks."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config-file", action="append", default=[])
     parser.add_argument("--name", required=True)
-    parser.add_argument("--topic", default="demo")
+    parser.add_argument("--topic", default=topic)
     parser.add_argument("--eventlet", action="store_true",
                         help="monkey-patch with eventlet (the legacy way)")
     args, rest = parser.parse_known_args(argv)
     if args.eventlet:
         import eventlet
         eventlet.monkey_patch()
-    import signal
-    import threading
-    import time
-
     from nova_rpc_zmq import config, rpc
-    from nova_rpc_zmq.rpc import dispatcher
 
     cli: list[str] = []
     for path in args.config_file:
         cli += ["--config-file", path]
     rpc.init(config.parse_args(cli + rest))
+    return args
+
+
+def serve(args: argparse.Namespace, endpoint: object) -> int:
+    """Consume ``<topic>``, ``<topic>_<name>`` and the fanout of ``<topic>``
+    into ``endpoint``; print READY; run until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from nova_rpc_zmq import rpc
+    from nova_rpc_zmq.rpc import dispatcher
+
+    proxy = dispatcher.RpcDispatcher([endpoint])
+    conn = rpc.create_connection(new=True)
+    conn.create_consumer(args.topic, proxy)
+    conn.create_consumer("%s_%s" % (args.topic, args.name), proxy)
+    conn.create_consumer(args.topic, proxy, fanout=True)
+    conn.consume_in_thread()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    sys.stdout.write("READY %s %d\n" % (args.name, os.getpid()))
+    sys.stdout.flush()
+    while not stop.wait(0.2):
+        pass
+    conn.close()
+    rpc.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = start(argv, "demo_service", "demo")
+    import time
+
     name = args.name
     seen: dict[str, int] = {"record": 0, "fanout": 0}
     recorded: list = []
@@ -82,23 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             return {"name": name, "record": seen["record"],
                     "fanout": seen["fanout"], "values": recorded[-1000:]}
 
-    proxy = dispatcher.RpcDispatcher([DemoAPI()])
-    conn = rpc.create_connection(new=True)
-    conn.create_consumer(args.topic, proxy)
-    conn.create_consumer("%s_%s" % (args.topic, name), proxy)
-    conn.create_consumer(args.topic, proxy, fanout=True)
-    conn.consume_in_thread()
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    signal.signal(signal.SIGINT, lambda *a: stop.set())
-    sys.stdout.write("READY %s %d\n" % (name, os.getpid()))
-    sys.stdout.flush()
-    while not stop.wait(0.2):
-        pass
-    conn.close()
-    rpc.cleanup()
-    return 0
+    return serve(args, DemoAPI())
 
 
 if __name__ == "__main__":
