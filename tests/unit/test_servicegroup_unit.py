@@ -282,6 +282,24 @@ def test_liveness_rule() -> None:
         view.close()
 
 
+def test_watch_topics_reads_at_once() -> None:
+    # a new topic's first message must already skip dead hosts: the view
+    # reads the back end before watch_topics returns, not in the background
+    api = RecordsAPI({"rpc_zmq_receiver": {"a": True, "b": True},
+                      "compute": {"a": True}})
+    view = LivenessView(api, refresh_interval=60.0)
+    try:
+        api.table["volume"] = {"b": False}
+        reads = api.reads
+        view.watch_topics(["volume"])
+        assert api.reads == reads + 1
+        assert not view.is_up("b", "volume")
+        view.watch_topics(["volume"])                   # known: no read
+        assert api.reads == reads + 1
+    finally:
+        view.close()
+
+
 # -- the db driver on SQLite ----------------------------------------------------------
 
 def test_db_coalesces_heartbeats(tmp_path: Any) -> None:
