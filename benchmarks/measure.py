@@ -187,3 +187,35 @@ class Window:
     @property
     def elapsed(self) -> float:
         return (self.end or time.perf_counter()) - self.start
+
+
+def concurrent_calls(callers: int, window: "Window", call: Any,
+                     join_timeout: float) -> tuple[list[float], float]:
+    """Run ``call()`` from ``callers`` threads (green ones in a patched
+    process) while ``window`` allows; returns every call's latency in µs
+    and the elapsed seconds. Raises RuntimeError naming the first failure."""
+    per: list[list[float]] = [[] for _ in range(callers)]
+    failures: list[str] = []
+    clock = time.perf_counter
+
+    def caller(samples: list[float]) -> None:
+        try:
+            while window.take():
+                t = clock()
+                call()
+                samples.append((clock() - t) * 1e6)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append("%s: %s" % (type(exc).__name__, exc))
+
+    threads = [threading.Thread(target=caller, args=(s,), daemon=True)
+               for s in per]
+    start = clock()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_timeout)
+    elapsed = clock() - start
+    if failures:
+        raise RuntimeError("%d callers failed, first: %s"
+                           % (len(failures), failures[0]))
+    return [s for lst in per for s in lst], elapsed

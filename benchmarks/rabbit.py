@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.measure import (RABBIT, CpuMeter, Window, figure,
+from benchmarks.measure import (RABBIT, CpuMeter, Window, concurrent_calls, figure,
                                 latency_figures)
 
 RABBIT_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -270,34 +270,12 @@ class RabbitClient:
                         pids: dict[str, int] | None = None) -> list[dict]:
         from benchmarks.workloads import SMALL
         self._warm()
-        win = Window(window, count)
-        per: list[list[float]] = [[] for _ in range(callers)]
-        failures: list[str] = []
-        clock = time.perf_counter
-
-        def caller(samples: list[float]) -> None:
-            try:
-                while win.take():
-                    t = clock()
-                    self.one.call({}, "echo", value=SMALL)
-                    samples.append((clock() - t) * 1e6)
-            except Exception as exc:  # noqa: BLE001 - reported
-                failures.append("%s: %s" % (type(exc).__name__, exc))
-
-        threads = [threading.Thread(target=caller, args=(s,), daemon=True)
-                   for s in per]
         cpu = CpuMeter(pids)
-        start = clock()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(window + 120)
-        if failures:
-            raise RuntimeError("%d callers failed, first: %s"
-                               % (len(failures), failures[0]))
-        samples = [s for lst in per for s in lst]
+        samples, elapsed = concurrent_calls(
+            callers, Window(window, count),
+            lambda: self.one.call({}, "echo", value=SMALL), window + 120)
         name = "call_throughput_%d" % callers
-        return latency_figures(RABBIT, MODE, name, samples, clock() - start,
+        return latency_figures(RABBIT, MODE, name, samples, elapsed,
                                callers=callers) + \
             cpu.figures(RABBIT, MODE, name, len(samples), callers=callers)
 

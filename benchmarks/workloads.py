@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from nova_rpc_zmq import rpc
 
-from benchmarks.measure import (MIB, OURS, CpuMeter, Window, figure,
+from benchmarks.measure import (MIB, OURS, CpuMeter, Window, concurrent_calls, figure,
                                 latency_figures, percentile, rss_bytes)
 
 CTX = {"user_id": "bench", "project_id": "bench"}
@@ -61,33 +61,10 @@ def call_throughput(mode: str, topic: str, callers: int, window: float,
     caller and of the processes in ``pids`` (receiver, service)."""
     _warm(topic, warmup)
     msg = _msg("echo", value=SMALL)
-    win = Window(window, count)
-    per_caller: list[list[float]] = [[] for _ in range(callers)]
-    failures: list[str] = []
-    clock = time.perf_counter
-
-    def caller(samples: list[float]) -> None:
-        try:
-            while win.take():
-                t = clock()
-                rpc.call(CTX, topic, msg, timeout=30)
-                samples.append((clock() - t) * 1e6)
-        except Exception as exc:  # noqa: BLE001 - counted, reported
-            failures.append("%s: %s" % (type(exc).__name__, exc))
-
-    threads = [threading.Thread(target=caller, args=(s,), daemon=True)
-               for s in per_caller]
     cpu = CpuMeter(pids)
-    start = clock()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(window + 60)
-    elapsed = clock() - start
-    if failures:
-        raise RuntimeError("%d callers failed, first: %s"
-                           % (len(failures), failures[0]))
-    samples = [s for lst in per_caller for s in lst]
+    samples, elapsed = concurrent_calls(
+        callers, Window(window, count),
+        lambda: rpc.call(CTX, topic, msg, timeout=30), window + 60)
     name = "call_throughput_%d" % callers
     return latency_figures(OURS, mode, name, samples, elapsed,
                            callers=callers) + \
