@@ -13,8 +13,10 @@ A fanout consumer proves its subscription before ``consume_in_thread``
 returns: it sends a probe through the local receiver and waits to see it
 (the slow-joiner effect would otherwise lose the first fanouts).
 
-Each socket has one reader (a green or native thread); each message runs in
-the shared pool of ``rpc_thread_pool_size`` workers.
+Each socket has one reader. With green threads it spawns each message into
+the shared pool of ``rpc_thread_pool_size``; with native threads the reader
+runs each message itself and a watchdog hands the socket to another thread
+(up to ``rpc_thread_pool_size``) when a message runs longer than HANDOFF.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ LOG = logging.getLogger(__name__)
 POLL_MS = 250
 #: Seconds consume_in_thread waits for fanout subscriptions to be proven.
 READY_TIMEOUT = 5.0
+#: Seconds a native-thread consumer runs one message before another thread
+#: takes over its socket.
+HANDOFF = 0.002
+#: Idle watchdog ticks (HANDOFF / 2 each) before it sleeps until a message.
+PARK_AFTER = 100
 
 
 class _Consumer:
@@ -70,9 +77,12 @@ class _Consumer:
         else:
             self._read_and_spawn()
 
-    # Native threads: leader/follower. The thread that receives a message
-    # runs it itself, after handing the socket to a waiting follower; a
-    # hand-off between threads costs more than the work of a small call.
+    # Native threads: leader/follower with inline work. The thread holding
+    # the socket (the leader) runs each message itself and reads the next
+    # one; a hand-off between threads costs more than the work of a small
+    # call. When a message runs longer than HANDOFF seconds, the watchdog
+    # passes the socket to a follower (starting one if none waits, up to
+    # rpc_thread_pool_size), so a slow method never holds up the others.
     def _lead_and_follow(self) -> None:
         import threading
         self._leader = threading.Lock()
@@ -80,15 +90,21 @@ class _Consumer:
         self._followers = 0
         self._workers = 1
         self._limit = max(1, self.conn.driver.settings.rpc_thread_pool_size)
+        self._seq = 0
+        self._busy = 0        # seq of the message the leader runs, 0: none
+        self._busy_at = 0.0
+        self._handed = 0      # seq whose runner lost the socket to a follower
+        self._parked = False  # the watchdog sleeps until the next message
+        self._failed = False  # the socket failed: every worker stops
+        self._wake = threading.Event()
+        self.conn.driver.handler.spawn(self._watchdog)
         self._worker()
 
     def _worker(self) -> None:
         conn = self.conn
-        driver = conn.driver
-        zmq = driver.handler.zmq
-        sock = self.sock
+        zmq = conn.driver.handler.zmq
         leader, state = self._leader, self._state
-        while not conn.closed:
+        while not conn.closed and not self._failed:
             with state:
                 self._followers += 1
             got = leader.acquire(timeout=POLL_MS / 1000.0)
@@ -97,33 +113,85 @@ class _Consumer:
             if not got:
                 continue
             try:
-                if conn.closed:
-                    break
-                try:
-                    frames = sock.recv_multipart()
-                except zmq.Again:
-                    continue
-                except zmq.ZMQError:
-                    if not conn.closed:
-                        LOG.exception("consumer socket for %s failed",
-                                      self.ipc_topic)
-                    break
-                with state:
-                    grow = self._followers == 0 and self._workers < self._limit
-                    if grow:
-                        self._workers += 1
-                if grow:
-                    driver.handler.spawn(self._worker)
-            finally:
+                held = self._lead()
+            except zmq.ZMQError:
+                held = True
+                if not conn.closed and not self._failed:
+                    LOG.exception("consumer socket for %s failed",
+                                  self.ipc_topic)
+                self._failed = True
+            if held:
                 leader.release()
-            msg = self._decode(frames)
-            if msg is not None:
-                driver.process(self.proxy, msg)
         with state:
             self._workers -= 1
             last = self._workers == 0
         if last:
-            sock.close(0)
+            self.sock.close(0)
+
+    def _lead(self) -> bool:
+        """Read and run messages until the socket is handed on (False) or
+        the connection closes (True: we still hold the leader lock)."""
+        conn = self.conn
+        driver = conn.driver
+        zmq = driver.handler.zmq
+        recv = self.sock.recv_multipart
+        state = self._state
+        clock = time.monotonic
+        while not conn.closed and not self._failed:
+            try:
+                frames = recv()
+            except zmq.Again:
+                continue  # RCVTIMEO: look at conn.closed again
+            msg = self._decode(frames)
+            if msg is None:
+                continue
+            with state:
+                self._seq += 1
+                seq = self._busy = self._seq
+                self._busy_at = clock()
+                wake = self._parked
+                self._parked = False
+            if wake:
+                self._wake.set()
+            driver.process(self.proxy, msg)
+            with state:
+                if self._handed == seq:
+                    return False
+                self._busy = 0
+        return True
+
+    def _watchdog(self) -> None:
+        """Hand the socket on when a message runs longer than HANDOFF."""
+        conn = self.conn
+        state = self._state
+        idle = 0
+        while not conn.closed and not self._failed:
+            if idle >= PARK_AFTER:
+                self._wake.wait(POLL_MS / 1000.0)
+                self._wake.clear()
+                idle = 0
+                continue
+            time.sleep(HANDOFF / 2)
+            grow = False
+            with state:
+                busy = self._busy
+                if not busy:
+                    idle += 1
+                    if idle >= PARK_AFTER:
+                        self._parked = True
+                    continue
+                idle = 0
+                if time.monotonic() - self._busy_at < HANDOFF:
+                    continue
+                self._handed = busy
+                self._busy = 0
+                grow = self._followers == 0 and self._workers < self._limit
+                if grow:
+                    self._workers += 1
+                self._leader.release()
+            self.conn.driver.counters.incr("consumer.handoffs")
+            if grow:
+                self.conn.driver.handler.spawn(self._worker)
 
     def _decode(self, frames: list) -> Any:
         driver = self.conn.driver

@@ -206,3 +206,25 @@ def test_notify_goes_to_topic_dash_priority(host):
                  timeout=5, what="the notification")
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_slow_methods_do_not_hold_up_the_others(host, name):
+    # a threaded service runs messages on the reading thread until one runs
+    # long: then another thread must take over the socket
+    results: list = []
+    slow = [threading.Thread(target=lambda: results.append(rpc.call(
+        {}, "demo_" + name, m("slow", seconds=1.5), timeout=scaled(10))))
+        for _ in range(3)]
+    for t in slow:
+        t.start()
+    time.sleep(0.2)  # the slow calls are running
+    started = time.monotonic()
+    for i in range(20):
+        assert rpc.call({}, "demo_" + name, m("echo", value=i),
+                        timeout=scaled(10)) == i
+    fast = time.monotonic() - started
+    for t in slow:
+        t.join(scaled(10))
+    assert results == ["slept"] * 3
+    assert fast < 1.0, "20 quick calls took %.2fs behind 3 slow ones" % fast
