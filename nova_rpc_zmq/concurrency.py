@@ -47,6 +47,10 @@ class Handler:
         """The running thread or green thread (what ``spawn`` returned)."""
         raise NotImplementedError
 
+    def context(self, io_threads: int = 1) -> Any:
+        """A zmq Context whose sockets block the way this model needs."""
+        return _plain_zmq.Context(io_threads)
+
     def stop(self, thread: Any) -> None:
         """End ``thread`` (what ``spawn`` returned) and wait for it.
 
@@ -207,6 +211,125 @@ class EventletHandler(Handler):
 
     def deadline(self, seconds: float | None) -> Any:
         return self._eventlet.Timeout(seconds, TimeoutError)
+
+    def context(self, io_threads: int = 1) -> Any:
+        return _lean_green_context_class()(io_threads)
+
+
+_LEAN: dict[str, Any] = {}
+
+
+def _lean_green_context_class() -> Any:
+    """The Context class of lean green sockets (made on first use, so that
+    importing this module does not import eventlet)."""
+    cls = _LEAN.get("context")
+    if cls is None:
+        cls = _LEAN["context"] = _make_lean_green_classes()
+    return cls
+
+
+def _make_lean_green_classes() -> Any:
+    import time
+
+    from eventlet.hubs import trampoline
+    from eventlet.semaphore import Semaphore
+
+    from eventlet import sleep as green_sleep
+
+    zmq = _plain_zmq
+    noblock = int(zmq.NOBLOCK)
+    events, pollin = int(zmq.EVENTS), int(zmq.POLLIN)
+    fd_opt, rcvtimeo, sndtimeo = int(zmq.FD), int(zmq.RCVTIMEO), int(zmq.SNDTIMEO)
+    again = zmq.Again
+    plain = zmq.Socket
+    plain_recv, plain_send = plain.recv, plain.send
+    plain_recv_multipart = plain.recv_multipart
+
+    class LeanGreenSocket(plain):
+        """A zmq socket for green threads at about a plain socket's cost.
+
+        ``eventlet.green.zmq`` makes every operation safe for many green
+        threads on one socket, at several Python calls and a wake-up of
+        each waiter per message part. Our sockets have one reader each and
+        send without blocking, so: non-blocking calls go straight to
+        libzmq; a blocking receive waits in the hub for the socket's FD
+        (readers take turns); a blocking send, which only a full peer
+        queue causes, retries every few milliseconds. RCVTIMEO and
+        SNDTIMEO raise ``zmq.Again`` as with a plain socket.
+        """
+
+        def _deadline(self, option: int) -> float | None:
+            ms = plain.getsockopt(self, option)
+            return None if ms < 0 else time.monotonic() + ms / 1000.0
+
+        def _wait_readable(self, deadline: float | None) -> None:
+            if plain.getsockopt(self, events) & pollin:
+                return  # processing commands found a message
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise again()
+            lock = self.__dict__.get("_lean_readers")
+            if lock is None:
+                lock = self.__dict__["_lean_readers"] = Semaphore(1)
+                self.__dict__["_lean_fd"] = plain.getsockopt(self, fd_opt)
+            with lock:
+                if plain.getsockopt(self, events) & pollin:
+                    return
+                trampoline(self.__dict__["_lean_fd"], read=True,
+                           timeout=timeout, timeout_exc=again)
+
+        def recv(self, flags: int = 0, copy: bool = True,
+                 track: bool = False) -> Any:
+            if flags & noblock:
+                return plain_recv(self, flags, copy, track)
+            deadline: Any = False
+            while True:
+                try:
+                    return plain_recv(self, flags | noblock, copy, track)
+                except again:
+                    if deadline is False:
+                        deadline = self._deadline(rcvtimeo)
+                    self._wait_readable(deadline)
+
+        def recv_multipart(self, flags: int = 0, copy: bool = True,
+                           track: bool = False) -> list:
+            if flags & noblock:
+                return plain_recv_multipart(self, flags, copy, track)
+            deadline: Any = False
+            while True:
+                try:
+                    # parts after the first are there already: a message
+                    # arrives whole
+                    return plain_recv_multipart(self, noblock, copy, track)
+                except again:
+                    if deadline is False:
+                        deadline = self._deadline(rcvtimeo)
+                    self._wait_readable(deadline)
+
+        def send(self, data: Any, flags: int = 0, copy: bool = True,
+                 track: bool = False, **kwargs: Any) -> Any:
+            if flags & noblock:
+                return plain_send(self, data, flags, copy, track, **kwargs)
+            deadline: Any = False
+            delay = 0.0005
+            while True:
+                try:
+                    return plain_send(self, data, flags | noblock, copy,
+                                      track, **kwargs)
+                except again:
+                    if deadline is False:
+                        deadline = self._deadline(sndtimeo)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    green_sleep(delay)
+                    delay = min(delay * 2, 0.01)
+
+    class LeanGreenContext(zmq.Context):
+        _socket_class = LeanGreenSocket
+
+    return LeanGreenContext
 
 
 class _GreenEvent:

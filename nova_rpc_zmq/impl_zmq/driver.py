@@ -53,8 +53,7 @@ class Driver:
         self.handler = handler or get_handler()
         self.pid = os.getpid()
         self.counters = Counters("driver")
-        zmq = self.handler.zmq
-        self.ctx = zmq.Context(settings.rpc_zmq_contexts)
+        self.ctx = self.handler.context(settings.rpc_zmq_contexts)
         self.servicegroup: Any = None
         self.liveness: Any = None
         if settings.servicegroup_enabled:
