@@ -39,6 +39,8 @@ READY_TIMEOUT = 5.0
 #: Seconds a native-thread consumer runs one message before another thread
 #: takes over its socket.
 HANDOFF = 0.002
+#: Seconds after a hand-off during which messages are handed on at once.
+EAGER_FOR = 0.5
 #: Idle watchdog ticks (HANDOFF / 2 each) before it sleeps until a message.
 PARK_AFTER = 100
 
@@ -93,8 +95,8 @@ class _Consumer:
         self._seq = 0
         self._busy = 0        # seq of the message the leader runs, 0: none
         self._busy_at = 0.0
-        self._handed = 0      # seq whose runner lost the socket to a follower
         self._parked = False  # the watchdog sleeps until the next message
+        self._eager_until = 0.0  # hand off before running, until then
         self._failed = False  # the socket failed: every worker stops
         self._wake = threading.Event()
         self.conn.driver.handler.spawn(self._watchdog)
@@ -145,6 +147,19 @@ class _Consumer:
             msg = self._decode(frames)
             if msg is None:
                 continue
+            if clock() < self._eager_until:
+                # methods are running long: hand the socket on at once
+                # rather than after HANDOFF, as a burst of slow calls would
+                # otherwise start one thread per HANDOFF
+                with state:
+                    grow = self._followers == 0 and self._workers < self._limit
+                    if grow:
+                        self._workers += 1
+                self._leader.release()
+                if grow:
+                    driver.handler.spawn(self._worker)
+                driver.process(self.proxy, msg)
+                return False
             with state:
                 self._seq += 1
                 seq = self._busy = self._seq
@@ -155,7 +170,9 @@ class _Consumer:
                 self._wake.set()
             driver.process(self.proxy, msg)
             with state:
-                if self._handed == seq:
+                if self._busy != seq:
+                    # the watchdog gave the socket away (and cleared _busy);
+                    # whoever leads now set it to their own message or 0
                     return False
                 self._busy = 0
         return True
@@ -183,8 +200,8 @@ class _Consumer:
                 idle = 0
                 if time.monotonic() - self._busy_at < HANDOFF:
                     continue
-                self._handed = busy
-                self._busy = 0
+                self._busy = 0  # tells the runner it lost the socket
+                self._eager_until = time.monotonic() + EAGER_FOR
                 grow = self._followers == 0 and self._workers < self._limit
                 if grow:
                     self._workers += 1

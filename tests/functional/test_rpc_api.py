@@ -228,3 +228,30 @@ def test_slow_methods_do_not_hold_up_the_others(host, name):
         t.join(scaled(10))
     assert results == ["slept"] * 3
     assert fast < 1.0, "20 quick calls took %.2fs behind 3 slow ones" % fast
+
+
+def test_waves_of_slow_calls_are_all_answered_whole(host):
+    # hand-offs overlap: a thread that lost the socket must never read
+    # from it again (two readers would tear messages apart)
+    results: list = []
+    lock = threading.Lock()
+
+    def caller(i):
+        got = rpc.call({}, "demo_threads", m("slow", seconds=0.8),
+                       timeout=scaled(30))
+        with lock:
+            results.append(got)
+
+    threads = []
+    for wave in range(3):
+        for i in range(120):
+            t = threading.Thread(target=caller, args=(i,))
+            t.start()
+            threads.append(t)
+        time.sleep(0.6)
+    for t in threads:
+        t.join(scaled(60))
+    assert results == ["slept"] * 360
+    service = [p for p in host.procs if p.name.startswith("service threads@")]
+    assert len(service) == 1 and service[0].popen.poll() is None
+    assert "malformed" not in service[0].output()
