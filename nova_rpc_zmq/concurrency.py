@@ -51,6 +51,12 @@ class Handler:
         """A zmq Context whose sockets block the way this model needs."""
         return _plain_zmq.Context(io_threads)
 
+    def recv(self, sock: Any) -> list:
+        """Wait for the next whole message on ``sock`` (a socket of
+        ``context()``); raises ``zmq.Again`` at its RCVTIMEO."""
+        from nova_rpc_zmq import frames
+        return frames.recv(sock)
+
     def stop(self, thread: Any) -> None:
         """End ``thread`` (what ``spawn`` returned) and wait for it.
 
@@ -215,6 +221,9 @@ class EventletHandler(Handler):
     def context(self, io_threads: int = 1) -> Any:
         return _lean_green_context_class()(io_threads)
 
+    def recv(self, sock: Any) -> list:
+        return sock.recv_multipart()
+
 
 _LEAN: dict[str, Any] = {}
 
@@ -236,6 +245,8 @@ def _make_lean_green_classes() -> Any:
 
     from eventlet import sleep as green_sleep
 
+    from nova_rpc_zmq import frames
+
     zmq = _plain_zmq
     noblock = int(zmq.NOBLOCK)
     events, pollin = int(zmq.EVENTS), int(zmq.POLLIN)
@@ -243,7 +254,7 @@ def _make_lean_green_classes() -> Any:
     again = zmq.Again
     plain = zmq.Socket
     plain_recv, plain_send = plain.recv, plain.send
-    plain_recv_multipart = plain.recv_multipart
+    fast_recv = frames.recv
 
     class LeanGreenSocket(plain):
         """A zmq socket for green threads at about a plain socket's cost.
@@ -295,14 +306,17 @@ def _make_lean_green_classes() -> Any:
 
         def recv_multipart(self, flags: int = 0, copy: bool = True,
                            track: bool = False) -> list:
+            if not copy or track:
+                # Frames wanted: pyzmq's loop over our recv (which waits)
+                return plain.recv_multipart(self, flags, copy, track)
             if flags & noblock:
-                return plain_recv_multipart(self, flags, copy, track)
+                return fast_recv(self, noblock)
             deadline: Any = False
             while True:
                 try:
                     # parts after the first are there already: a message
                     # arrives whole
-                    return plain_recv_multipart(self, noblock, copy, track)
+                    return fast_recv(self, noblock)
                 except again:
                     if deadline is False:
                         deadline = self._deadline(rcvtimeo)

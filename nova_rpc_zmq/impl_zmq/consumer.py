@@ -136,12 +136,13 @@ class _Consumer:
         conn = self.conn
         driver = conn.driver
         zmq = driver.handler.zmq
-        recv = self.sock.recv_multipart
+        sock = self.sock
+        recv = driver.handler.recv
         state = self._state
         clock = time.monotonic
         while not conn.closed and not self._failed:
             try:
-                frames = recv()
+                frames = recv(sock)
             except zmq.Again:
                 continue  # RCVTIMEO: look at conn.closed again
             msg = self._decode(frames)
@@ -233,10 +234,11 @@ class _Consumer:
         zmq = driver.handler.zmq
         pool = driver.pool
         sock = self.sock
+        recv = driver.handler.recv
         try:
             while not conn.closed:
                 try:
-                    frames = sock.recv_multipart()
+                    frames = recv(sock)
                 except zmq.ZMQError:
                     if not conn.closed:
                         LOG.exception("consumer socket for %s failed",

@@ -22,6 +22,7 @@ import logging
 import uuid
 from typing import Any
 
+from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import wire
 from nova_rpc_zmq.errors import RemoteProtocolError, Timeout
 from nova_rpc_zmq.metrics import Counters
@@ -155,10 +156,11 @@ class ReplyWaiter:
 
     def _loop(self, sock: Any) -> None:
         zmq = self.handler.zmq
+        recv = self.handler.recv
         try:
             while not self._closing:
                 try:
-                    frames = sock.recv_multipart()
+                    frames = recv(sock)
                 except zmq.Again:
                     continue  # native threads: RCVTIMEO, to notice close()
                 except zmq.ZMQError:
@@ -268,7 +270,7 @@ class DirectReplies:
             else:
                 self._socks.move_to_end(token)
             try:
-                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                frames_io.send(sock, frames, frames_io.NOBLOCK)
             except zmq.Again:
                 self.driver.counters.incr("replies.direct_full")
                 return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import netaddr
 from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import Timeout
@@ -88,13 +89,13 @@ class Outbound:
         try:
             if lock is None:
                 try:
-                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                    frames_io.send(sock, frames, frames_io.NOBLOCK)
                 except zmq.Again:
                     with self.handler.deadline(self.send_timeout):
                         sock.send_multipart(frames)
             else:
                 with lock:
-                    sock.send_multipart(frames)
+                    frames_io.send(sock, frames)
         except (zmq.Again, TimeoutError) as exc:
             raise Timeout(
                 info="could not hand a message to host %s (%s) within %.0fs: "

@@ -31,6 +31,7 @@ from typing import Any
 
 import zmq
 
+from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import netaddr, wire
 from nova_rpc_zmq.errors import ConfigurationError, RemoteProtocolError
 from nova_rpc_zmq.metrics import Counters
@@ -274,7 +275,7 @@ class Receiver:
             self._enqueue(topic, frames)
             return
         try:
-            topic.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            frames_io.send(topic.sock, frames, frames_io.NOBLOCK)
         except zmq.Again:
             self._enqueue(topic, frames)
         else:
@@ -304,7 +305,7 @@ class Receiver:
         backlog = topic.backlog
         try:
             while backlog:
-                topic.sock.send_multipart(backlog[0], flags=zmq.NOBLOCK)
+                frames_io.send(topic.sock, backlog[0], frames_io.NOBLOCK)
                 backlog.popleft()
                 sent += 1
         except zmq.Again:
@@ -412,22 +413,20 @@ class Receiver:
 
     def _read_batch(self, inbound: zmq.Socket) -> int:
         """Route up to BATCH waiting messages; returns how many were read."""
-        nonblock = zmq.NOBLOCK
+        nonblock = frames_io.NOBLOCK
+        recv_first, recv_rest = frames_io.recv_first, frames_io.recv_rest
+        max_parts = self.limits.max_frames + 1
+        again = zmq.Again
         for n in range(BATCH):
             try:
                 # the first part as a Frame keeps the peer's address for
                 # the log of a drop; the rest as bytes (cheapest for small)
-                first = inbound.recv(nonblock, copy=False)
-            except zmq.Again:
+                first = recv_first(inbound, nonblock)
+            except again:
                 return n
             frames = [first.bytes]
-            more = first.more
-            while more and len(frames) <= self.limits.max_frames:
-                frames.append(inbound.recv())
-                more = inbound.rcvmore
-            if more:  # too many parts: drain the rest without keeping them
-                while inbound.rcvmore:
-                    inbound.recv()
+            if first.more and recv_rest(inbound, frames, max_parts):
+                # too many parts: decode sees one more than the limit
                 frames.append(b"")
             self._peer_frame = first
             try:
