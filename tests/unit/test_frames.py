@@ -36,9 +36,13 @@ def test_nothing_waiting_raises_again(pair):
 
 
 def test_a_full_queue_refuses_the_whole_message(pair):
-    push, pull = pair
+    ctx = pair[0].context
+    pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, 1)
     pull.setsockopt(zmq.RCVHWM, 1)
+    pull.bind("inproc://full")
+    push.connect("inproc://full")
     sent = 0
     with pytest.raises(zmq.Again):
         for _ in range(100):
