@@ -66,6 +66,11 @@ class Handler:
         """
         raise NotImplementedError
 
+    def join(self, thread: Any, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds) for ``thread`` to end by
+        itself; neither model kills it."""
+        raise NotImplementedError
+
     def deadline(self, seconds: float | None) -> Any:
         """Context manager bounding a cooperative blocking call.
 
@@ -113,6 +118,10 @@ class ThreadingHandler(Handler):
     def stop(self, thread: Any) -> None:
         if thread is not threading.current_thread():
             thread.join()
+
+    def join(self, thread: Any, timeout: float | None = None) -> None:
+        if thread is not threading.current_thread():
+            thread.join(timeout)
 
     def deadline(self, seconds: float | None) -> Any:
         import contextlib
@@ -210,6 +219,11 @@ class EventletHandler(Handler):
 
     def current(self) -> Any:
         return self._eventlet.getcurrent()
+
+    def join(self, thread: Any, timeout: float | None = None) -> None:
+        if thread is not self._eventlet.getcurrent() and not thread.dead:
+            with self._eventlet.Timeout(timeout, False):
+                thread.wait()
 
     def stop(self, thread: Any) -> None:
         if thread is not self._eventlet.getcurrent():

@@ -13,10 +13,10 @@ A fanout consumer proves its subscription before ``consume_in_thread``
 returns: it sends a probe through the local receiver and waits to see it
 (the slow-joiner effect would otherwise lose the first fanouts).
 
-Each socket has one reader. With green threads it spawns each message into
-the shared pool of ``rpc_thread_pool_size``; with native threads the reader
-runs each message itself and a watchdog hands the socket to another thread
-(up to ``rpc_thread_pool_size``) when a message runs longer than HANDOFF.
+Each socket has one reader at a time, a green or native thread that runs
+each message itself and then reads the next; a watchdog hands the socket to
+another thread (up to ``rpc_thread_pool_size`` per socket) when a message
+runs longer than HANDOFF, so a slow method never holds up the others.
 """
 
 from __future__ import annotations
@@ -58,10 +58,9 @@ class _Consumer:
         self.fanout = fanout
         self.sock = driver.ctx.socket(zmq.SUB if fanout else zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
-        if driver.handler.name == "threading":
-            # native threads notice close() by polling; green ones are
-            # killed where they wait (a timed green recv costs a hub timer)
-            self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        # readers notice close() by polling (a green one starts its timer
+        # only when it has to wait)
+        self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 20)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         self.sock.setsockopt(zmq.MAXMSGSIZE, driver.settings.limits.max_msg_size)
@@ -74,21 +73,19 @@ class _Consumer:
         self.thread: Any = None
 
     def run(self) -> None:
-        if self.conn.driver.handler.name == "threading":
-            self._lead_and_follow()
-        else:
-            self._read_and_spawn()
+        self._lead_and_follow()
 
-    # Native threads: leader/follower with inline work. The thread holding
+    # Leader/follower with inline work (green or native threads alike; the
+    # handler's locks and sleep are of the right kind). The thread holding
     # the socket (the leader) runs each message itself and reads the next
     # one; a hand-off between threads costs more than the work of a small
     # call. When a message runs longer than HANDOFF seconds, the watchdog
     # passes the socket to a follower (starting one if none waits, up to
     # rpc_thread_pool_size), so a slow method never holds up the others.
     def _lead_and_follow(self) -> None:
-        import threading
-        self._leader = threading.Lock()
-        self._state = threading.Lock()
+        handler = self.conn.driver.handler
+        self._leader = handler.Lock()
+        self._state = handler.Lock()
         self._followers = 0
         self._workers = 1
         self._limit = max(1, self.conn.driver.settings.rpc_thread_pool_size)
@@ -98,8 +95,8 @@ class _Consumer:
         self._parked = False  # the watchdog sleeps until the next message
         self._eager_until = 0.0  # hand off before running, until then
         self._failed = False  # the socket failed: every worker stops
-        self._wake = threading.Event()
-        self.conn.driver.handler.spawn(self._watchdog)
+        self._wake = handler.Event()
+        handler.spawn(self._watchdog)
         self._worker()
 
     def _worker(self) -> None:
@@ -182,6 +179,7 @@ class _Consumer:
         """Hand the socket on when a message runs longer than HANDOFF."""
         conn = self.conn
         state = self._state
+        sleep = conn.driver.handler.sleep
         idle = 0
         while not conn.closed and not self._failed:
             if idle >= PARK_AFTER:
@@ -189,7 +187,7 @@ class _Consumer:
                 self._wake.clear()
                 idle = 0
                 continue
-            time.sleep(HANDOFF / 2)
+            sleep(HANDOFF / 2)
             grow = False
             with state:
                 busy = self._busy
@@ -226,29 +224,6 @@ class _Consumer:
             return None
         driver.counters.incr("consumer.received")
         return msg
-
-    # Green threads: one reader, a green thread per message from the pool.
-    def _read_and_spawn(self) -> None:
-        conn = self.conn
-        driver = conn.driver
-        zmq = driver.handler.zmq
-        pool = driver.pool
-        sock = self.sock
-        recv = driver.handler.recv
-        try:
-            while not conn.closed:
-                try:
-                    frames = recv(sock)
-                except zmq.ZMQError:
-                    if not conn.closed:
-                        LOG.exception("consumer socket for %s failed",
-                                      self.ipc_topic)
-                    break
-                msg = self._decode(frames)
-                if msg is not None:
-                    pool.spawn_n(driver.process, self.proxy, msg)
-        finally:
-            sock.close(0)
 
 
 class Connection:
@@ -344,7 +319,9 @@ class Connection:
             if thread is None:
                 consumer.sock.close(0)
                 continue
-            self.driver.handler.stop(thread)
+            # its readers see the flag within POLL_MS; a message running
+            # now finishes in its thread
+            self.driver.handler.join(thread, 2 * POLL_MS / 1000.0)
         self.consumers.clear()
         self.driver.left_connection(self)
         self._done.set()

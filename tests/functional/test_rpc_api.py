@@ -230,14 +230,15 @@ def test_slow_methods_do_not_hold_up_the_others(host, name):
     assert fast < 1.0, "20 quick calls took %.2fs behind 3 slow ones" % fast
 
 
-def test_waves_of_slow_calls_are_all_answered_whole(host):
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_waves_of_slow_calls_are_all_answered_whole(host, name):
     # hand-offs overlap: a thread that lost the socket must never read
     # from it again (two readers would tear messages apart)
     results: list = []
     lock = threading.Lock()
 
     def caller(i):
-        got = rpc.call({}, "demo_threads", m("slow", seconds=0.8),
+        got = rpc.call({}, "demo_" + name, m("slow", seconds=0.8),
                        timeout=scaled(30))
         with lock:
             results.append(got)
@@ -252,6 +253,7 @@ def test_waves_of_slow_calls_are_all_answered_whole(host):
     for t in threads:
         t.join(scaled(60))
     assert results == ["slept"] * 360
-    service = [p for p in host.procs if p.name.startswith("service threads@")]
+    service = [p for p in host.procs
+               if p.name.startswith("service %s@" % name)]
     assert len(service) == 1 and service[0].popen.poll() is None
     assert "malformed" not in service[0].output()
