@@ -1,8 +1,8 @@
 """The one concurrency seam: green threads (eventlet) or native threads.
 
 Everything above this module asks a ``Handler`` for ``spawn``, ``sleep``,
-``Event``, ``Queue``, ``Lock``, a pool and the ``zmq`` module to use; nothing
-else in the package imports eventlet.  ``get_handler()`` picks the green
+``Event``, ``Queue``, ``Lock``, a zmq ``context``, ``recv`` and the ``zmq``
+module to use; nothing else in the package imports eventlet.  ``get_handler()`` picks the green
 handler when the process is monkey-patched (``"eventlet"`` in
 ``sys.modules`` and the socket module patched), the threading handler
 otherwise, so service code that never heard of eventlet still works.
@@ -40,9 +40,6 @@ class Handler:
     def Lock(self) -> Any:  # noqa: N802
         raise NotImplementedError
 
-    def Pool(self, size: int) -> "Pool":  # noqa: N802
-        raise NotImplementedError
-
     def current(self) -> Any:
         """The running thread or green thread (what ``spawn`` returned)."""
         raise NotImplementedError
@@ -77,16 +74,6 @@ class Handler:
         Green threads: raises ``TimeoutError`` after ``seconds``. Native
         threads cannot be interrupted: callers also set socket timeouts.
         """
-        raise NotImplementedError
-
-
-class Pool:
-    """Bounded worker pool: ``spawn_n`` blocks when ``size`` tasks run."""
-
-    def spawn_n(self, fn: Callable[..., Any], *args: Any) -> None:
-        raise NotImplementedError
-
-    def waitall(self, timeout: float | None = None) -> None:
         raise NotImplementedError
 
 
@@ -130,57 +117,6 @@ class ThreadingHandler(Handler):
     def Lock(self) -> Any:  # noqa: N802
         return threading.Lock()
 
-    def Pool(self, size: int) -> Pool:  # noqa: N802
-        return _ThreadPool(size)
-
-
-class _ThreadPool(Pool):
-    """Up to ``size`` daemon threads fed from one queue, started lazily."""
-
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._tasks: _queue.Queue = _queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(self._size)
-
-    def spawn_n(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._slots.acquire()
-        with self._lock:
-            if self._idle == 0 and len(self._threads) < self._size:
-                t = threading.Thread(target=self._work, daemon=True,
-                                     name="rpc-pool-%d" % len(self._threads))
-                self._threads.append(t)
-                t.start()
-            else:
-                self._idle -= 1
-        self._tasks.put((fn, args))
-
-    def _work(self) -> None:
-        while True:
-            fn, args = self._tasks.get()
-            try:
-                fn(*args)
-            except BaseException:  # noqa: BLE001 - logged by the task itself
-                import logging
-                logging.getLogger(__name__).exception("pool task failed")
-            finally:
-                with self._lock:
-                    self._idle += 1
-                self._slots.release()
-
-    def waitall(self, timeout: float | None = None) -> None:
-        import time
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(self._size):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._slots.acquire(timeout=left):
-                break
-        else:
-            for _ in range(self._size):
-                self._slots.release()
-
 
 class EventletHandler(Handler):
     """Green threads; sockets come from ``eventlet.green.zmq``."""
@@ -213,9 +149,6 @@ class EventletHandler(Handler):
     def Lock(self) -> Any:  # noqa: N802
         import eventlet.semaphore
         return eventlet.semaphore.Semaphore(1)
-
-    def Pool(self, size: int) -> Pool:  # noqa: N802
-        return _GreenPool(size)
 
     def current(self) -> Any:
         return self._eventlet.getcurrent()
@@ -386,20 +319,6 @@ class _GreenEvent:
         with eventlet.Timeout(timeout, False):
             self._ev.wait()
         return self._ev.ready()
-
-
-class _GreenPool(Pool):
-    def __init__(self, size: int) -> None:
-        import eventlet
-        self._pool = eventlet.GreenPool(max(1, size))
-
-    def spawn_n(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._pool.spawn_n(fn, *args)
-
-    def waitall(self, timeout: float | None = None) -> None:
-        import eventlet
-        with eventlet.Timeout(timeout, False):
-            self._pool.waitall()
 
 
 def is_monkey_patched() -> bool:

@@ -63,7 +63,8 @@ DEFAULT_OPTS = [
        help="Name of this node in topics and ring files; other hosts must resolve it "
             "(host name, FQDN or IP address)."),
     _I("rpc_thread_pool_size", default=1024,
-       help="Most requests a service handles at once (size of its worker pool)."),
+       help="Most requests a service runs at once per topic it consumes (its threads "
+            "or green threads reading that topic)."),
     _F("rpc_response_timeout", default=60,
        help="Seconds a call waits for its answer before raising Timeout."),
     _F("rpc_cast_timeout", default=30,

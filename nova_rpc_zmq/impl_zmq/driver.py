@@ -72,7 +72,6 @@ class Driver:
         self.replies = ReplyWaiter(self)
         self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
         self.direct = DirectReplies(self)
-        self.pool = self.handler.Pool(settings.rpc_thread_pool_size)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
 
