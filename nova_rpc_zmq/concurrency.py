@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import zmq as _plain_zmq
 
+from nova_rpc_zmq import frames as _frames
+
 
 class Handler:
     """What the rest of the code needs from a concurrency model."""
@@ -51,8 +53,7 @@ class Handler:
     def recv(self, sock: Any) -> list:
         """Wait for the next whole message on ``sock`` (a socket of
         ``context()``); raises ``zmq.Again`` at its RCVTIMEO."""
-        from nova_rpc_zmq import frames
-        return frames.recv(sock)
+        return _frames.recv(sock)
 
     def stop(self, thread: Any) -> None:
         """End ``thread`` (what ``spawn`` returned) and wait for it.
@@ -192,8 +193,6 @@ def _make_lean_green_classes() -> Any:
 
     from eventlet import sleep as green_sleep
 
-    from nova_rpc_zmq import frames
-
     zmq = _plain_zmq
     noblock = int(zmq.NOBLOCK)
     events, pollin = int(zmq.EVENTS), int(zmq.POLLIN)
@@ -201,7 +200,7 @@ def _make_lean_green_classes() -> Any:
     again = zmq.Again
     plain = zmq.Socket
     plain_recv, plain_send = plain.recv, plain.send
-    fast_recv = frames.recv
+    fast_recv = _frames.recv
 
     class LeanGreenSocket(plain):
         """A zmq socket for green threads at about a plain socket's cost.

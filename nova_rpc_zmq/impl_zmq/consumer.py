@@ -150,9 +150,7 @@ class _Consumer:
                 # rather than after HANDOFF, as a burst of slow calls would
                 # otherwise start one thread per HANDOFF
                 with state:
-                    grow = self._followers == 0 and self._workers < self._limit
-                    if grow:
-                        self._workers += 1
+                    grow = self._claim_worker()
                 self._leader.release()
                 if grow:
                     driver.handler.spawn(self._worker)
@@ -175,6 +173,14 @@ class _Consumer:
                 self._busy = 0
         return True
 
+    def _claim_worker(self) -> bool:
+        """Under the state lock, as the socket is released: True when no
+        follower waits for it and a new worker may start (counted now)."""
+        grow = self._followers == 0 and self._workers < self._limit
+        if grow:
+            self._workers += 1
+        return grow
+
     def _watchdog(self) -> None:
         """Hand the socket on when a message runs longer than HANDOFF."""
         conn = self.conn
@@ -188,7 +194,6 @@ class _Consumer:
                 idle = 0
                 continue
             sleep(HANDOFF / 2)
-            grow = False
             with state:
                 busy = self._busy
                 if not busy:
@@ -201,13 +206,11 @@ class _Consumer:
                     continue
                 self._busy = 0  # tells the runner it lost the socket
                 self._eager_until = time.monotonic() + EAGER_FOR
-                grow = self._followers == 0 and self._workers < self._limit
-                if grow:
-                    self._workers += 1
+                grow = self._claim_worker()
                 self._leader.release()
-            self.conn.driver.counters.incr("consumer.handoffs")
+            conn.driver.counters.incr("consumer.handoffs")
             if grow:
-                self.conn.driver.handler.spawn(self._worker)
+                conn.driver.handler.spawn(self._worker)
 
     def _decode(self, frames: list) -> Any:
         driver = self.conn.driver

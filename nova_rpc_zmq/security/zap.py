@@ -103,6 +103,17 @@ def _unbound(sock: Any, what: str) -> None:
                          % (what, endpoint.decode("ascii", "replace")))
 
 
+def _set_keys(sock: Any, keypair: KeyPair, role: str) -> None:
+    """This host's key pair on an unbound, unconnected ``sock``."""
+    if keypair.secret is None:
+        raise ConfigurationError("a CURVE %s needs this host's secret "
+                                 "key: load rpc_zmq_curve_key_file with "
+                                 "load_keypair()" % role)
+    _unbound(sock, "configure_" + role)
+    sock.curve_secretkey = keypair.secret
+    sock.curve_publickey = keypair.public
+
+
 def configure_server(sock: Any, keypair: KeyPair,
                      domain: str = DEFAULT_DOMAIN) -> None:
     """Make ``sock`` (ROUTER or PULL) a CURVE server checked by ZAP.
@@ -111,13 +122,7 @@ def configure_server(sock: Any, keypair: KeyPair,
     CURVE_SERVER, the key pair, ZAP_DOMAIN and, where libzmq has it,
     ZAP_ENFORCE_DOMAIN.  Raises ConfigurationError without a secret key.
     """
-    if keypair.secret is None:
-        raise ConfigurationError("a CURVE server needs this host's secret "
-                                 "key: load rpc_zmq_curve_key_file with "
-                                 "load_keypair()")
-    _unbound(sock, "configure_server")
-    sock.curve_secretkey = keypair.secret
-    sock.curve_publickey = keypair.public
+    _set_keys(sock, keypair, "server")
     sock.curve_server = True
     sock.zap_domain = domain.encode("utf-8")
     enforce = getattr(zmq, "ZAP_ENFORCE_DOMAIN", None)
@@ -136,13 +141,7 @@ def configure_client(sock: Any, keypair: KeyPair, server_public: bytes
     Call before ``connect``; ``server_public`` is the Z85 key from
     ``keys.server_key_for(host, keys_dir)``.
     """
-    if keypair.secret is None:
-        raise ConfigurationError("a CURVE client needs this host's secret "
-                                 "key: load rpc_zmq_curve_key_file with "
-                                 "load_keypair()")
-    _unbound(sock, "configure_client")
-    sock.curve_secretkey = keypair.secret
-    sock.curve_publickey = keypair.public
+    _set_keys(sock, keypair, "client")
     sock.curve_serverkey = server_public
 
 
