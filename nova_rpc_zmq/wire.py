@@ -104,6 +104,7 @@ _ENVELOPE_MESSAGE_KEY_B = ENVELOPE_MESSAGE_KEY.encode("ascii")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _DECODER = json.JSONDecoder()
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 try:
     import orjson as _orjson
     _fast_loads: Any = _orjson.loads
@@ -366,9 +367,14 @@ def _parse(text: str, bound: int, limits: Limits, what: str) -> Any:
     """Parse JSON text; ``bound`` is an upper bound of its nesting depth."""
     try:
         # orjson parses valid JSON three times faster; anything it refuses
-        # (NaN from old nodes, huge ints, errors) goes to the standard
-        # parser, which has the last word and the error message
-        value = _fast_loads(text) if _fast_loads is not None else _DECODER.decode(text)
+        # (NaN from old nodes, errors) goes to the standard parser, which
+        # has the last word and the error message. orjson turns integers
+        # beyond 64 bits into floats without a word, so text with a run of
+        # 19 digits (in a string or not) goes to the standard parser too.
+        if _fast_loads is not None and _LONG_DIGITS.search(text) is None:
+            value = _fast_loads(text)
+        else:
+            value = _DECODER.decode(text)
     except _FastError:
         value = _slow_parse(text, what)
     except RecursionError:

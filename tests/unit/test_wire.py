@@ -583,3 +583,13 @@ def test_folsom_style_reply_msg_without_context_is_accepted() -> None:
                                          "msg": {"method": "m"}}}
     msg = message(wire.encode("0", "compute", {}, body))
     assert wire.parse_call_request(msg.body).msg == {"method": "m"}
+
+
+@pytest.mark.parametrize("value", [-(2 ** 63) - 1, 2 ** 64, -(10 ** 30),
+                                   10 ** 40, 2 ** 63 - 1])
+def test_integers_beyond_64_bits_come_back_exact(value):
+    frames = wire.encode("0", "zmq_replies.h", {},
+                         wire.reply_body("0", [value, {"n": value}], False))
+    reply = wire.parse_reply(wire.decode(frames).body)
+    assert reply.response == [value, {"n": value}]
+    assert type(reply.response[0]) is int
