@@ -8,8 +8,11 @@ byte layout breaks these tests rather than a rolling upgrade.
 
 from __future__ import annotations
 
+import collections
 import datetime
+import enum
 import json
+import uuid
 
 import pytest
 import zmq
@@ -593,3 +596,66 @@ def test_integers_beyond_64_bits_come_back_exact(value):
     reply = wire.parse_reply(wire.decode(frames).body)
     assert reply.response == [value, {"n": value}]
     assert type(reply.response[0]) is int
+
+
+@pytest.mark.parametrize("text", [
+    "123456789012345678901", "-1234567890123456789", " 1234567890123456789",
+    '{"a":1234567890123456789}', '{"a": -12345678901234567890}',
+    "[1,\n 12345678901234567890]", '["x",12345678901234567890]',
+])
+def test_long_number_screen_never_misses_one(text: str) -> None:
+    assert wire._may_hold_long_number(text)
+    assert wire._may_hold_long_number(text.encode())
+
+
+@pytest.mark.parametrize("text", [
+    '{"msg_id":"a1230000000000000001"}', "[123456789012345678, 1.5e300]",
+    '{"uuid":"3f0c8f3e-7d6f-4a51-9c7b-0d3b2a1c9e55"}',
+])
+def test_long_number_screen_lets_ordinary_text_through(text: str) -> None:
+    # digits inside strings and numbers of 18 digits take the fast parser
+    assert not wire._may_hold_long_number(text)
+
+
+def test_msg_ids_with_long_digit_runs_decode_like_others() -> None:
+    # a msg_id of 20 digits is a string, not a number: it stays text
+    msg_id = "12345678901234567890"
+    frames = wire.encode("0", "zmq_replies.h", {"n": 2 ** 70},
+                         wire.reply_body(msg_id, [msg_id], False))
+    msg = wire.decode(frames)
+    assert wire.parse_reply(msg.body).response == [msg_id]
+    assert msg.context == {"n": 2 ** 70}
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+class _Size(enum.IntEnum):
+    BIG = 3
+
+
+@pytest.mark.parametrize("value,written", [
+    (float("nan"), b"NaN"), (float("inf"), b"Infinity"),
+    (-float("inf"), b"-Infinity"), (None, b"null"),
+    (uuid.UUID("3f0c8f3e-7d6f-4a51-9c7b-0d3b2a1c9e55"),
+     b'"3f0c8f3e-7d6f-4a51-9c7b-0d3b2a1c9e55"'),
+    (_Colour.RED, b'"red"'), (_Size.BIG, b"3"),
+    (collections.OrderedDict(b=1, a=2), b'{"b":1,"a":2}'),
+    ({1: "x", None: "y"}, b'{"1":"x","null":"y"}'),
+    (2 ** 70, b"1180591620717411303424"),
+])
+def test_values_are_written_as_the_standard_encoder_writes_them(
+        value: object, written: bytes) -> None:
+    assert wire.dumps([value]) == b"[" + written + b"]"
+    assert wire._stdlib_bytes([value], "value") == b"[" + written + b"]"
+
+
+@pytest.mark.parametrize("value", [
+    {"s": "\u00e9\u2028\"\\\n\x01", "f": [0.1, 1e300, -0.0, 5e-324], "b": True,
+     "n": [2 ** 63 - 1, -(2 ** 63)], "nest": [[{}], []]},
+    ["a\ud800b"],
+])
+def test_fast_and_standard_encoders_agree(value: object) -> None:
+    assert json.loads(wire.dumps(value)) == json.loads(
+        wire._stdlib_bytes(value, "value"))
