@@ -46,9 +46,10 @@ class Handler:
         """The running thread or green thread (what ``spawn`` returned)."""
         raise NotImplementedError
 
-    def context(self, io_threads: int = 1) -> Any:
-        """A zmq Context whose sockets block the way this model needs."""
-        return _plain_zmq.Context(io_threads)
+    def context(self, io_threads: int = 1, batch: bool = False) -> Any:
+        """A zmq Context whose sockets block the way this model needs;
+        ``batch``: its I/O threads run under SCHED_BATCH (``new_context``)."""
+        return new_context(_plain_zmq.Context, io_threads, batch)
 
     def recv(self, sock: Any) -> list:
         """Wait for the next whole message on ``sock`` (a socket of
@@ -166,11 +167,59 @@ class EventletHandler(Handler):
     def deadline(self, seconds: float | None) -> Any:
         return self._eventlet.Timeout(seconds, TimeoutError)
 
-    def context(self, io_threads: int = 1) -> Any:
-        return _lean_green_context_class()(io_threads)
+    def context(self, io_threads: int = 1, batch: bool = False) -> Any:
+        return new_context(_lean_green_context_class(), io_threads, batch)
 
     def recv(self, sock: Any) -> list:
         return sock.recv_multipart()
+
+
+def new_context(cls: Any, io_threads: int, batch: bool) -> Any:
+    """A zmq Context of class ``cls`` with ``io_threads`` I/O threads.
+
+    ``batch`` runs the I/O threads under SCHED_BATCH where the system
+    allows it. A thread that hands a message to an I/O thread wakes it;
+    under the normal policy the woken thread preempts the sender at once,
+    two thread switches per message. Under SCHED_BATCH it waits for a
+    free core or the sender's next pause, and then moves every message
+    queued by then: under load, more messages per wake-up and less CPU per
+    call (a quarter less, measured with 16 callers in benchmarks/); one
+    call at a time can take a little longer.
+    """
+    ctx = cls(io_threads)
+    if batch and batch_policy_allowed():
+        ctx.set(_plain_zmq.THREAD_SCHED_POLICY, _SCHED_BATCH)
+    return ctx
+
+
+_SCHED_BATCH = 3  # Linux's number for SCHED_BATCH
+_batch_allowed: list[bool] = []
+
+
+def batch_policy_allowed() -> bool:
+    """True when a thread of this process may switch itself to SCHED_BATCH.
+
+    libzmq aborts the process when it cannot set an I/O thread's policy,
+    so this asks the system first, from a short-lived thread of its own.
+    """
+    if not _batch_allowed:
+        import os
+        allowed = [False]
+
+        def probe() -> None:
+            try:
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+                allowed[0] = True
+            except (AttributeError, OSError):
+                pass
+
+        if getattr(os, "SCHED_BATCH", None) == _SCHED_BATCH and \
+                hasattr(_plain_zmq, "THREAD_SCHED_POLICY"):
+            thread = threading.Thread(target=probe, daemon=True)
+            thread.start()
+            thread.join()
+        _batch_allowed.append(allowed[0])
+    return _batch_allowed[0]
 
 
 _LEAN: dict[str, Any] = {}

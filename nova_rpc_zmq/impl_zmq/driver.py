@@ -53,7 +53,8 @@ class Driver:
         self.handler = handler or get_handler()
         self.pid = os.getpid()
         self.counters = Counters("driver")
-        self.ctx = self.handler.context(settings.rpc_zmq_contexts)
+        self.ctx = self.handler.context(settings.rpc_zmq_contexts,
+                                        batch=settings.rpc_zmq_io_batch)
         self.servicegroup: Any = None
         self.liveness: Any = None
         if settings.servicegroup_enabled:

@@ -33,6 +33,7 @@ import zmq
 
 from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import netaddr, wire
+from nova_rpc_zmq.concurrency import new_context
 from nova_rpc_zmq.errors import ConfigurationError, RemoteProtocolError
 from nova_rpc_zmq.metrics import Counters
 
@@ -142,7 +143,8 @@ class Receiver:
         if self.curve:
             from nova_rpc_zmq.security import KeyPair
             keypair = KeyPair.from_settings(self.settings)  # ConfigurationError
-        self.ctx = zmq.Context(self.settings.rpc_zmq_contexts)
+        self.ctx = new_context(zmq.Context, self.settings.rpc_zmq_contexts,
+                               self.settings.rpc_zmq_io_batch)
         if self.curve:
             # ZAP must answer before the first peer connects: without a
             # handler a CURVE server lets every key in.

@@ -50,6 +50,7 @@ def test_defaults():
     assert s.rpc_zmq_matchmaker == "localhost"
     assert (s.rpc_zmq_port, s.rpc_zmq_start_port) == (9501, 9500)
     assert s.rpc_zmq_contexts == 1
+    assert s.rpc_zmq_io_batch is True
     assert s.rpc_zmq_topic_backlog is None
     assert s.rpc_zmq_ipc_dir == "/var/run/openstack"
     assert s.rpc_zmq_host == socket.gethostname()
@@ -523,3 +524,8 @@ def test_example_essex_flagfile():
 
 def test_conf_is_an_oslo_config_object():
     assert isinstance(config.CONF, cfg.ConfigOpts)
+
+
+def test_io_batch_can_be_turned_off(tmp_path):
+    s = read(write(tmp_path, "nova.conf", "[DEFAULT]\nrpc_zmq_io_batch = false\n"))
+    assert s.rpc_zmq_io_batch is False

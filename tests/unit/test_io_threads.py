@@ -1,0 +1,82 @@
+"""ZeroMQ I/O threads under SCHED_BATCH (rpc_zmq_io_batch), checked on the
+threads the kernel reports for this process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import zmq
+
+from nova_rpc_zmq.concurrency import batch_policy_allowed, get_handler
+
+
+def _io_threads() -> dict[int, str]:
+    """{tid: name} of this process's ZeroMQ I/O threads."""
+    found = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % tid) as f:
+                name = f.read().strip()
+        except OSError:
+            continue  # the thread ended
+        if name.startswith("ZMQbg/IO"):
+            found[int(tid)] = name
+    return found
+
+
+def _new_io_thread_policies(batch: bool) -> list[int]:
+    before = set(_io_threads())
+    ctx = get_handler("threading").context(1, batch=batch)
+    try:
+        sock = ctx.socket(zmq.PUSH)  # starts the I/O thread
+        try:
+            new: list[int] = []
+            deadline = time.monotonic() + 5
+            while not new and time.monotonic() < deadline:
+                new = [tid for tid in _io_threads() if tid not in before]
+                time.sleep(0.01)
+            return [os.sched_getscheduler(tid) for tid in new]
+        finally:
+            sock.close(0)
+    finally:
+        ctx.term()
+
+
+needs_batch = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task") or not batch_policy_allowed(),
+    reason="SCHED_BATCH is not available here")
+
+
+@needs_batch
+def test_batch_context_runs_its_io_thread_under_sched_batch() -> None:
+    assert _new_io_thread_policies(batch=True) == [os.SCHED_BATCH]
+
+
+@needs_batch
+def test_plain_context_keeps_the_normal_policy() -> None:
+    assert _new_io_thread_policies(batch=False) == [os.SCHED_OTHER]
+
+
+@needs_batch
+def test_green_contexts_take_the_policy_too() -> None:
+    pytest.importorskip("eventlet")
+    before = set(_io_threads())
+    ctx = get_handler("eventlet").context(1, batch=True)
+    sock = ctx.socket(zmq.PULL)
+    try:
+        deadline = time.monotonic() + 5
+        new: list[int] = []
+        while not new and time.monotonic() < deadline:
+            new = [tid for tid in _io_threads() if tid not in before]
+            time.sleep(0.01)
+        assert [os.sched_getscheduler(tid) for tid in new] == [os.SCHED_BATCH]
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def test_the_probe_leaves_the_calling_thread_alone() -> None:
+    batch_policy_allowed()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
