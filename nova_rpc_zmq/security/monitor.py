@@ -25,11 +25,16 @@ loopback (PUSH->PULL and DEALER->ROUTER behave alike):
   a NULL receiver: the two greetings cross, and whichever side reads the
   other's first reports HANDSHAKE_FAILED_PROTOCOL 0x11000002 (mechanism
   mismatch) while the other sees NO_DETAIL 32 (EPIPE).  Over 20 runs each
-  side won about half of the races.  A client that saw the mismatch stops
-  for good; one that saw NO_DETAIL reconnects until it sees the mismatch.
-  So a NULL client's NO_DETAIL is reported as 'mechanism mismatch', and a
-  CURVE client's first report may say 'wrong server key' (naming the
-  other causes) before the definite 'mechanism mismatch' follows.
+  side won about half of the races on an idle machine, but on a loaded
+  one the receiver can win every retry.  A client that saw the mismatch
+  stops for good; one that saw NO_DETAIL reconnects and may never see it.
+  So a NULL client's NO_DETAIL is reported as 'mechanism mismatch', and
+  a CURVE client's NO_DETAIL is settled by reading the receiver's
+  greeting (``greeting.probe_mechanism``): NULL or PLAIN there means
+  'mechanism mismatch', CURVE means 'wrong server key' (or no
+  authenticator), and no answer leaves 'wrong server key' naming every
+  cause.  The probe runs once per host every ``PROBE_EVERY`` seconds at
+  most, however often libzmq retries.
 * receiver down: no handshake event at all (only CONNECT_RETRIED): not a
   failure here; the liveness layer's job.
 
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable
 
 import zmq
@@ -54,6 +60,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from nova_rpc_zmq import concurrency
 from nova_rpc_zmq.errors import AuthenticationError, LocalError
+from nova_rpc_zmq.security.greeting import probe_mechanism
 
 LOG = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ WATCHED_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_MONITOR_STOPPED)
 _MAX_BATCH = 100
+#: Seconds between two greeting probes of one host (see ``_record``).
+PROBE_EVERY = 10.0
 
 FailureCallback = Callable[[str, AuthenticationError], None]
 
@@ -89,11 +98,13 @@ class HandshakeFailure(AuthenticationError):
 
 
 def explain(event: int, value: int, host: str, mechanism: int,
-            keys_dir: str | None = None, local_host: str | None = None
-            ) -> tuple[str, str] | None:
+            keys_dir: str | None = None, local_host: str | None = None,
+            peer_mechanism: str | None = None) -> tuple[str, str] | None:
     """``(label, plain-words reason)`` for a client-side monitor event, or
     None when the event is no failure.  ``mechanism`` is the client
-    socket's ``zmq.MECHANISM`` (zmq.NULL, zmq.PLAIN, zmq.CURVE).  Pure."""
+    socket's ``zmq.MECHANISM`` (zmq.NULL, zmq.PLAIN, zmq.CURVE);
+    ``peer_mechanism`` what the receiver greets with, when a probe learnt
+    it (``probe_mechanism``).  Pure."""
     me = local_host or "this host"
     cert = os.path.join(keys_dir or "<rpc_zmq_curve_keys_dir>",
                         host + ".key")
@@ -135,8 +146,15 @@ def explain(event: int, value: int, host: str, mechanism: int,
         # The peer hung up mid-handshake.  A NULL/PLAIN handshake only
         # fails that way against a CURVE receiver; a CURVE one mostly
         # because our server key is wrong (see the table above).
+        if curve and peer_mechanism not in (None, "CURVE"):
+            return MECHANISM_MISMATCH, (
+                "%s: this sender uses CURVE but %s does not (it greets "
+                "with %s: rpc_zmq_curve is off on %s); turn it on there or "
+                "off here" % (MECHANISM_MISMATCH, host, peer_mechanism, host))
         if curve:
-            return WRONG_SERVER_KEY, _wrong_key(host, cert, hung_up=True)
+            return WRONG_SERVER_KEY, _wrong_key(
+                host, cert, hung_up=True,
+                peer_curve=peer_mechanism == "CURVE")
         if mechanism in (zmq.NULL, zmq.PLAIN):
             return MECHANISM_MISMATCH, (
                 "%s: %s hung up during the handshake, as a receiver that "
@@ -148,10 +166,13 @@ def explain(event: int, value: int, host: str, mechanism: int,
     return None
 
 
-def _wrong_key(host: str, cert: str, hung_up: bool = False) -> str:
-    also = (" (%s hung up during the handshake; less likely causes: its "
-            "receiver runs without its authenticator, or without CURVE)"
-            % host) if hung_up else ""
+def _wrong_key(host: str, cert: str, hung_up: bool = False,
+               peer_curve: bool = False) -> str:
+    also = ""
+    if hung_up:
+        also = (" (%s hung up during the handshake; less likely causes: its "
+                "receiver runs without its authenticator%s)"
+                % (host, "" if peer_curve else ", or without CURVE"))
     return ("%s for %s: the key in %s does not match %s's key pair%s; copy "
             "%s's current `nova-rpc-zmq keys show` output to %s"
             % (WRONG_SERVER_KEY, host, cert, host, also, host, cert))
@@ -183,17 +204,20 @@ class HandshakeWatcher:
                  keys_dir: str | None = None,
                  on_failure: FailureCallback | None = None,
                  local_host: str | None = None,
-                 poll_interval: float = 0.05) -> None:
+                 poll_interval: float = 0.05,
+                 probe_timeout: float = 1.0) -> None:
         self.handler = handler or concurrency.get_handler()
         self.keys_dir = keys_dir
         self.on_failure = on_failure
         self.local_host = local_host
         self.poll_interval = poll_interval
+        self.probe_timeout = probe_timeout
         self._green = self.handler.name == "eventlet"
         self._lock = self.handler.Lock()
         self._pending: list[_Watched] = []
         self._failures: dict[str, HandshakeFailure] = {}
         self._counts: dict[str, int] = {}
+        self._probed: dict[str, float] = {}
         self._serial = 0
         self._stop = self.handler.Event()
         self._stopped = self.handler.Event()
@@ -251,6 +275,7 @@ class HandshakeWatcher:
         """Forget ``host``'s failure (e.g. after replacing its socket)."""
         with self._lock:
             self._failures.pop(host, None)
+            self._probed.pop(host, None)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -318,20 +343,41 @@ class HandshakeWatcher:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 with self._lock:
                     self._failures.pop(item.host, None)
+                    self._probed.pop(item.host, None)
                 continue
-            self._record(item, kind, value)
+            self._record(item, kind, value,
+                         event["endpoint"].decode("utf-8", "replace"))
         return True
 
-    def _record(self, item: _Watched, kind: int, value: int) -> None:
+    def _record(self, item: _Watched, kind: int, value: int,
+                endpoint: str = "") -> None:
+        curve_hang_up = (kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                         and item.mechanism == zmq.CURVE)
+        now = time.monotonic()
+        with self._lock:
+            previous = self._failures.get(item.host)
+            if curve_hang_up and previous is not None \
+                    and previous.event == kind \
+                    and now - self._probed.get(item.host, 0.0) < PROBE_EVERY:
+                # A retry of a hang-up explained (and probed) just now.
+                self._counts[previous.label] += 1
+                return
+        peer = None
+        if curve_hang_up and endpoint:
+            # Our monitor cannot tell a wrong server key from a receiver
+            # without CURVE (see greeting.py); its greeting can.
+            peer = probe_mechanism(endpoint, self.handler.sleep,
+                                   self.probe_timeout)
+            with self._lock:
+                self._probed[item.host] = time.monotonic()
         found = explain(kind, value, item.host, item.mechanism,
-                        self.keys_dir, self.local_host)
+                        self.keys_dir, self.local_host, peer_mechanism=peer)
         if found is None:
             return
         label, reason = found
         error = HandshakeFailure(item.host, label, reason, kind, value)
         with self._lock:
             self._counts[label] = self._counts.get(label, 0) + 1
-            previous = self._failures.get(item.host)
             self._failures[item.host] = error
         if previous is not None and previous.label == label:
             return  # a retry of the same failure: already reported

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 import zmq
@@ -85,6 +86,10 @@ PROTOCOL_ERROR = "protocol error"
 _SERVER_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_MONITOR_STOPPED)
+#: libzmq retries a refused handshake about every 100 ms, so a repeating
+#: monitor refusal is logged once per this many seconds per endpoint and
+#: reason, with how many came in between (all are counted).
+WARN_EVERY = 60.0
 _MAX_BATCH = 100          # requests or events handled per wake-up
 _MAX_FRAMES = 16          # a ZAP request has 6 frames plus credentials
 
@@ -167,6 +172,7 @@ class ZapAuthenticator:
         self._lock = threading.Lock()
         self._accepted = 0
         self._refused: dict[str, int] = {}
+        self._warned: dict[tuple[str, str], tuple[float, int]] = {}
         self._pending: list[zmq.Socket] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -261,6 +267,20 @@ class ZapAuthenticator:
         """Refused handshakes so far, by reason label (a copy)."""
         with self._lock:
             return dict(self._refused)
+
+    def _warn_now_and_then(self, endpoint: str, reason: str,
+                           why: str) -> None:
+        key = (endpoint, reason)
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._warned.get(key, (-WARN_EVERY, 0))
+            if now - last < WARN_EVERY:
+                self._warned[key] = (last, held + 1)
+                return
+            self._warned[key] = (now, 0)
+        LOG.warning("CURVE handshake refused on %s: %s (%s)%s", endpoint,
+                    reason, why, " (%d more like it since the last report)"
+                    % held if held else "")
 
     def _count_refusal(self, reason: str) -> None:
         with self._lock:
@@ -389,8 +409,7 @@ class ZapAuthenticator:
                 else:
                     reason, why = PROTOCOL_ERROR, "ZMTP error 0x%x" % value
                 self._count_refusal(reason)
-                LOG.warning("CURVE handshake refused on %s: %s (%s)",
-                            endpoint, reason, why)
+                self._warn_now_and_then(endpoint, reason, why)
                 self._notify(Decision(False, "400", reason, detail=why),
                              endpoint)
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:

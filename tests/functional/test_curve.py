@@ -23,6 +23,7 @@ from nova_rpc_zmq.errors import AuthenticationError
 from nova_rpc_zmq.security import (AllowList, HandshakeWatcher, KeyPair,
                                    ZapAuthenticator, configure_client,
                                    configure_server, keys, server_key_for)
+from nova_rpc_zmq.security.monitor import _Watched
 from tests.support import scaled
 
 pytestmark = [pytest.mark.skipif(not zmq.has("curve"),
@@ -218,7 +219,8 @@ def test_unknown_client_key_is_refused(site, opened, caplog, kinds,
 
 
 @pytest.mark.parametrize("kinds", KINDS)
-def test_wrong_server_key_is_refused(site, opened, kinds):
+def test_wrong_server_key_is_refused(site, opened, caplog, kinds):
+    caplog.set_level(logging.WARNING)
     server_kind, client_kind = kinds
     rx = Receiver(server_kind, site["b"], site["b_keys"])
     opened.append(rx)
@@ -233,15 +235,22 @@ def test_wrong_server_key_is_refused(site, opened, kinds):
     assert ("wrong server key for hostb: the key in %s does not match "
             "hostb's key pair" % os.path.join(site["a_keys"], "hostb.key")
             ) in str(err)
+    # hostb greets with CURVE (the watcher read its greeting), so a
+    # receiver without CURVE is not among the causes named.
+    assert "its receiver runs without its authenticator)" in str(err)
     # The server cannot decrypt the client's HELLO: a cryptographic error,
-    # counted by watch_server; ZAP is never asked.
-    wait_until(lambda: rx.auth.refused.get("bad handshake", 0) >= 1,
-               what="the receiver to count the bad handshake")
-    # libzmq retries this one by itself; each retry fails the same way but
-    # the driver is told only once.
+    # counted by watch_server; ZAP is never asked.  libzmq retries this one
+    # by itself; each retry fails the same way but the driver is told only
+    # once, and the receiver's log says it once (WARN_EVERY).
+    wait_until(lambda: rx.auth.refused.get("bad handshake", 0) >= 3,
+               what="the receiver to count three bad handshakes")
     wait_until(lambda: tx.watcher.counts.get("wrong server key", 0) >= 2,
                what="a second failed retry")
     assert len(tx.failures) == 1
+    warned = [r.getMessage() for r in caplog.records
+              if r.name == "nova_rpc_zmq.security.zap"
+              and "bad handshake" in r.getMessage()]
+    assert len(warned) == 1, warned
     assert rx.allow.refusals == {}
     assert rx.auth.accepted == 0
     assert rx.nothing_arrives()
@@ -280,14 +289,52 @@ def test_curve_client_against_plaintext_receiver(site, opened):
     opened.append(tx)
     sock = tx.connect(zmq.PUSH, rx.endpoint, site["a"])
     send(sock, b"x")
-    # The first report may blame the server key (the greetings race, see
-    # monitor.py); libzmq retries until the definite mismatch is seen.
-    wait_until(lambda: getattr(tx.watcher.failure("hostb"), "label", None)
-               == "mechanism mismatch", what="the mismatch to be reported")
-    err = tx.watcher.failure("hostb")
+    # Whichever side wins the greetings race (see monitor.py), the first
+    # and only report is the mismatch: when hostb hangs up first, the
+    # watcher reads its greeting to tell it from a wrong server key.
+    err = wait_until(lambda: tx.watcher.failure("hostb"),
+                     what="the mismatch to be reported")
+    assert err.label == "mechanism mismatch"
     assert "this sender uses CURVE but hostb does not" in str(err)
-    assert [e.label for _, e in tx.failures][-1] == "mechanism mismatch"
+    assert [e.label for _, e in tx.failures] == ["mechanism mismatch"]
     assert rx.nothing_arrives()
+
+
+def test_curve_client_hung_up_on_by_plaintext_receiver(site, opened):
+    """The race the receiver wins: our monitor sees only a hang-up
+    (NO_DETAIL, EPIPE), as with a wrong server key.  The race cannot be
+    forced, so the event is handed to the watcher as libzmq would; the
+    greeting probe then meets the real plaintext receiver."""
+    rx = Receiver(zmq.PULL, site["b"], site["b_keys"], curve=False)
+    opened.append(rx)
+    tx = Sender(site["a_keys"])
+    opened.append(tx)
+    sock = tx.ctx.socket(zmq.PUSH)
+    tx.sockets.append(sock)
+    configure_client(sock, site["a"], server_key_for("hostb",
+                                                     site["a_keys"]))
+    item = _Watched(None, "hostb", sock.getsockopt(zmq.MECHANISM))
+    hang_up = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    tx.watcher._record(item, hang_up, 32, rx.endpoint)
+    err = tx.watcher.failure("hostb")
+    assert err.label == "mechanism mismatch"
+    assert "hostb does not (it greets with NULL" in str(err)
+    # libzmq's retries (every ~100 ms) are counted, not probed again nor
+    # reported again.
+    probed = dict(tx.watcher._probed)
+    for _ in range(5):
+        tx.watcher._record(item, hang_up, 32, rx.endpoint)
+    assert tx.watcher._probed == probed
+    assert tx.watcher.counts == {"mechanism mismatch": 6}
+    assert [e.label for _, e in tx.failures] == ["mechanism mismatch"]
+    # No answer from the endpoint (nothing listens there any more): the
+    # words name every cause, the missing CURVE among them.
+    tx.watcher.clear("hostb")
+    rx.sock.close(linger=0)
+    tx.watcher._record(item, hang_up, 32, rx.endpoint)
+    err = tx.watcher.failure("hostb")
+    assert err.label == "wrong server key"
+    assert "or without CURVE" in str(err)
 
 
 def test_policy_refuses_null_when_a_server_lacks_curve(site, opened):

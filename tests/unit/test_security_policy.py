@@ -292,6 +292,26 @@ def test_explain(event, value, mech, label, words):
     assert words in found[1]
 
 
+@pytest.mark.parametrize("peer, label, present, absent", [
+    (None, "wrong server key", "or without CURVE", "greets with"),
+    ("CURVE", "wrong server key", "without its authenticator)",
+     "or without CURVE"),
+    ("NULL", "mechanism mismatch",
+     "this sender uses CURVE but H does not (it greets with NULL",
+     "wrong server key"),
+    ("PLAIN", "mechanism mismatch", "it greets with PLAIN", "key pair"),
+])
+def test_explain_curve_hang_up_by_greeting(peer, label, present, absent):
+    """A CURVE sender hung up on: what the receiver's greeting said
+    decides between a wrong server key and a receiver without CURVE."""
+    found = monitor.explain(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32, "H",
+                            zmq.CURVE, "/k", "me", peer_mechanism=peer)
+    assert found is not None
+    assert found[0] == label
+    assert present in found[1]
+    assert absent not in found[1]
+
+
 def test_explain_ignores_success():
     assert monitor.explain(zmq.EVENT_HANDSHAKE_SUCCEEDED, 0, "H",
                            zmq.CURVE) is None
