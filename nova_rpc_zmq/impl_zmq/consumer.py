@@ -17,11 +17,22 @@ Each socket has one reader at a time, a green or native thread that runs
 each message itself and then reads the next; a watchdog hands the socket to
 another thread (up to ``rpc_thread_pool_size`` per socket) when a message
 runs longer than HANDOFF, so a slow method never holds up the others.
+
+A native thread's wall time is not its own: on a busy machine it waits for
+a core, and handing its socket on then only adds thread switches (every
+hand-off makes the next EAGER_FOR seconds hand each message on).  So past
+HANDOFF the watchdog asks the kernel (``/proc/self/task/<tid>/schedstat``:
+time on a core plus time waiting for one) whether the thread was runnable
+over its next tick.  A thread that was mostly asleep (I/O, a nested call,
+a lock) loses the socket; one that ran or waited for a core keeps it until
+HANDOFF_RUNNING.  Green threads are never preempted, so for them (and where
+schedstat is missing) wall time decides, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -39,8 +50,17 @@ READY_TIMEOUT = 5.0
 #: Seconds a native-thread consumer runs one message before another thread
 #: takes over its socket.
 HANDOFF = 0.002
+#: Seconds a native thread that keeps running (or waiting for a core) runs
+#: one message before another thread takes over its socket anyway.
+HANDOFF_RUNNING = 0.05
+#: Share of the wall time a native thread must have been runnable over a
+#: watchdog tick to count as running rather than blocked.
+RUNNABLE_SHARE = 0.5
 #: Seconds after a hand-off during which messages are handed on at once.
 EAGER_FOR = 0.5
+#: Seconds a follower (a worker started for slow calls) waits for the
+#: socket in vain before it ends, the first worker excepted.
+FOLLOWER_IDLE = 5.0
 #: Idle watchdog ticks (HANDOFF / 2 each) before it sleeps until a message.
 PARK_AFTER = 100
 
@@ -92,6 +112,10 @@ class _Consumer:
         self._seq = 0
         self._busy = 0        # seq of the message the leader runs, 0: none
         self._busy_at = 0.0
+        self._busy_tid = 0    # the leader's kernel thread id (native only)
+        # (seq, wall, runnable ns) of the leader at the last watchdog tick
+        self._runnable: tuple[int, float, int] | None = None
+        self._native = handler.name == "threading"
         self._parked = False  # the watchdog sleeps until the next message
         self._eager_until = 0.0  # hand off before running, until then
         self._failed = False  # the socket failed: every worker stops
@@ -103,12 +127,22 @@ class _Consumer:
         conn = self.conn
         zmq = conn.driver.handler.zmq
         leader, state = self._leader, self._state
+        idle_since = time.monotonic()
         while not conn.closed and not self._failed:
             with state:
                 self._followers += 1
             got = leader.acquire(timeout=POLL_MS / 1000.0)
             with state:
                 self._followers -= 1
+                if not got and self._workers > 1 and \
+                        time.monotonic() - idle_since > FOLLOWER_IDLE:
+                    # A burst of slow calls is over: retire, unless the
+                    # socket has no leader (the watchdog just handed it to
+                    # the followers, counting on us).
+                    got = leader.acquire(False)
+                    if not got:
+                        self._workers -= 1
+                        return
             if not got:
                 continue
             try:
@@ -121,6 +155,7 @@ class _Consumer:
                 self._failed = True
             if held:
                 leader.release()
+            idle_since = time.monotonic()
         with state:
             self._workers -= 1
             last = self._workers == 0
@@ -137,6 +172,7 @@ class _Consumer:
         recv = driver.handler.recv
         state = self._state
         clock = time.monotonic
+        tid = threading.get_native_id() if self._native else 0
         while not conn.closed and not self._failed:
             try:
                 frames = recv(sock)
@@ -160,6 +196,7 @@ class _Consumer:
                 self._seq += 1
                 seq = self._busy = self._seq
                 self._busy_at = clock()
+                self._busy_tid = tid
                 wake = self._parked
                 self._parked = False
             if wake:
@@ -182,18 +219,25 @@ class _Consumer:
         return grow
 
     def _watchdog(self) -> None:
-        """Hand the socket on when a message runs longer than HANDOFF."""
+        """Hand the socket on when a message runs longer than HANDOFF.
+
+        Every wake-up takes the GIL from the thread running messages, so
+        the watchdog sleeps until the running message would reach HANDOFF,
+        and once idle it parks until a message starts."""
         conn = self.conn
         state = self._state
         sleep = conn.driver.handler.sleep
         idle = 0
+        pause = HANDOFF / 2
         while not conn.closed and not self._failed:
             if idle >= PARK_AFTER:
-                self._wake.wait(POLL_MS / 1000.0)
+                if not self._wake.wait(POLL_MS / 1000.0):
+                    continue  # nothing started: stay parked
                 self._wake.clear()
                 idle = 0
                 continue
-            sleep(HANDOFF / 2)
+            sleep(pause)
+            pause = HANDOFF / 2
             with state:
                 busy = self._busy
                 if not busy:
@@ -202,8 +246,17 @@ class _Consumer:
                         self._parked = True
                     continue
                 idle = 0
-                if time.monotonic() - self._busy_at < HANDOFF:
+                ran_for = time.monotonic() - self._busy_at
+                if ran_for < HANDOFF:
+                    pause = max(HANDOFF - ran_for, HANDOFF / 8)
                     continue
+                tid = self._busy_tid
+            if self._native and ran_for < HANDOFF_RUNNING and \
+                    self._keeps_running(busy, tid):
+                continue
+            with state:
+                if self._busy != busy:
+                    continue  # it finished meanwhile
                 self._busy = 0  # tells the runner it lost the socket
                 self._eager_until = time.monotonic() + EAGER_FOR
                 grow = self._claim_worker()
@@ -211,6 +264,21 @@ class _Consumer:
             conn.driver.counters.incr("consumer.handoffs")
             if grow:
                 conn.driver.handler.spawn(self._worker)
+
+    def _keeps_running(self, seq: int, tid: int) -> bool:
+        """Whether the native thread ``tid`` running message ``seq`` was
+        runnable (on a core or waiting for one) for most of the time since
+        the previous tick; True on the first tick of a message, which only
+        takes the measure.  False when the kernel does not say."""
+        now = time.monotonic()
+        ns = runnable_ns(tid)
+        if ns is None:
+            return False
+        last, self._runnable = self._runnable, (seq, now, ns)
+        if last is None or last[0] != seq:
+            return True
+        wall = now - last[1]
+        return wall <= 0 or (ns - last[2]) / 1e9 >= RUNNABLE_SHARE * wall
 
     def _decode(self, frames: list) -> Any:
         driver = self.conn.driver
@@ -227,6 +295,17 @@ class _Consumer:
             return None
         driver.counters.incr("consumer.received")
         return msg
+
+
+def runnable_ns(tid: int) -> int | None:
+    """Nanoseconds thread ``tid`` of this process spent on a core or waiting
+    for one (the first two fields of its schedstat), or None."""
+    try:
+        with open("/proc/self/task/%d/schedstat" % tid, "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]) + int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Connection:

@@ -257,3 +257,46 @@ def test_waves_of_slow_calls_are_all_answered_whole(host, name):
                if p.name.startswith("service %s@" % name)]
     assert len(service) == 1 and service[0].popen.poll() is None
     assert "malformed" not in service[0].output()
+
+
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                total += sum(int(line.split()[1]) for line in f
+                             if line.startswith("voluntary_ctxt_switches"))
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return total
+
+
+@pytest.mark.parametrize("name", ["green", "threads"])
+def test_an_idle_service_sleeps(host, name):
+    """Once its calls are done, a service's watchdogs park and the workers
+    started for slow calls end (FOLLOWER_IDLE): the process wakes a few
+    dozen times a second (socket timeouts, heartbeats), not the hundreds
+    that a 1 ms watchdog tick per consumer, or hundreds of idle workers
+    polling the socket, would cost."""
+    slow = [threading.Thread(target=rpc.call, args=(
+        {}, "demo_" + name, m("slow", seconds=0.3)), kwargs={
+            "timeout": scaled(10)}) for _ in range(20)]
+    for t in slow:
+        t.start()
+    for t in slow:
+        t.join(scaled(10))
+    assert rpc.call({}, "demo_" + name, m("echo", value=1),
+                    timeout=scaled(10)) == 1
+    service = [p for p in host.procs
+               if p.name.startswith("service %s@" % name)][0]
+    rates = []
+    deadline = time.monotonic() + 20  # FOLLOWER_IDLE is 5 s
+    while time.monotonic() < deadline:
+        before = _wakeups(service.popen.pid)
+        time.sleep(1.0)
+        rates.append(_wakeups(service.popen.pid) - before)
+        if rates[-1] < 100:
+            break
+    assert rates[-1] < 100, "an idle %s service still wakes %s times/s" % (
+        name, rates)
