@@ -358,7 +358,8 @@ class HandshakeWatcher:
             previous = self._failures.get(item.host)
             if curve_hang_up and previous is not None \
                     and previous.event == kind \
-                    and now - self._probed.get(item.host, 0.0) < PROBE_EVERY:
+                    and item.host in self._probed \
+                    and now - self._probed[item.host] < PROBE_EVERY:
                 # A retry of a hang-up explained (and probed) just now.
                 self._counts[previous.label] += 1
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import time
 from typing import Any, Callable
@@ -327,11 +328,14 @@ def test_curve_client_hung_up_on_by_plaintext_receiver(site, opened):
     assert tx.watcher._probed == probed
     assert tx.watcher.counts == {"mechanism mismatch": 6}
     assert [e.label for _, e in tx.failures] == ["mechanism mismatch"]
-    # No answer from the endpoint (nothing listens there any more): the
-    # words name every cause, the missing CURVE among them.
+    # No answer from the endpoint (nothing listens there): the words name
+    # every cause, the missing CURVE among them.
     tx.watcher.clear("hostb")
-    rx.sock.close(linger=0)
-    tx.watcher._record(item, hang_up, 32, rx.endpoint)
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    nobody = "tcp://127.0.0.1:%d" % spare.getsockname()[1]
+    spare.close()
+    tx.watcher._record(item, hang_up, 32, nobody)
     err = tx.watcher.failure("hostb")
     assert err.label == "wrong server key"
     assert "or without CURVE" in str(err)
