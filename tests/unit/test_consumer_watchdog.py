@@ -46,6 +46,12 @@ class Worker:
         self.stop.set()
         self.thread.join(10)
 
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def watchdog() -> _Consumer:
     """A consumer with only the watchdog's measuring state."""
@@ -57,20 +63,16 @@ def watchdog() -> _Consumer:
 @pytest.mark.parametrize("busy, expected", [(True, True), (False, False)])
 def test_running_thread_keeps_its_socket_a_blocked_one_loses_it(busy,
                                                                  expected):
-    worker = Worker(busy)
-    try:
+    with Worker(busy) as worker:
         c = watchdog()
         # The first tick of a message only takes the measure.
         assert c._keeps_running(7, worker.tid) is True
         time.sleep(0.05)
         assert c._keeps_running(7, worker.tid) is expected
-    finally:
-        worker.close()
 
 
 def test_a_new_message_starts_a_new_measure():
-    sleeper = Worker(False)
-    try:
+    with Worker(False) as sleeper:
         c = watchdog()
         assert c._keeps_running(1, sleeper.tid) is True
         time.sleep(0.02)
@@ -78,22 +80,16 @@ def test_a_new_message_starts_a_new_measure():
         assert c._keeps_running(2, sleeper.tid) is True
         time.sleep(0.02)
         assert c._keeps_running(2, sleeper.tid) is False
-    finally:
-        sleeper.close()
 
 
 def test_runnable_time_grows_only_while_running():
-    spinner, sleeper = Worker(True), Worker(False)
-    try:
+    with Worker(True) as spinner, Worker(False) as sleeper:
         first = runnable_ns(spinner.tid), runnable_ns(sleeper.tid)
         time.sleep(0.2)
         spun = runnable_ns(spinner.tid) - first[0]
         slept = runnable_ns(sleeper.tid) - first[1]
         assert spun > 0.05e9  # at least a quarter of the time on a core
         assert slept < 0.01e9
-    finally:
-        spinner.close()
-        sleeper.close()
 
 
 def test_unknown_thread_is_handed_on():
