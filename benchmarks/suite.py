@@ -100,6 +100,14 @@ def ours_plan(mode: str, conf: str, prof: Profile,
                        topic=one, callers=n, pids=pids,
                        window=prof.throughput[0], count=prof.throughput[1],
                        limit=_limit(prof.throughput[0], prof)))
+    # the same calls through the receiver, as calls from another host go
+    wl += [dict(name="call_latency", label="call_latency_via_receiver",
+                topic=one, via_receiver=True, window=prof.latency[0],
+                count=prof.latency[1], limit=_limit(prof.latency[0], prof)),
+           dict(name="call_throughput", label="call_throughput_16_via_receiver",
+                topic=one, callers=16, pids=pids, via_receiver=True,
+                window=prof.throughput[0], count=prof.throughput[1],
+                limit=_limit(prof.throughput[0], prof))]
     wl += [
         dict(name="cast", topic=one, window=prof.cast[0], count=prof.cast[1],
              drain_timeout=prof.drain_timeout, pids=pids,

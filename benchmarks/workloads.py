@@ -12,10 +12,11 @@ received are figures too, so the suite can say whether anything was lost.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from nova_rpc_zmq import rpc
 
@@ -38,37 +39,64 @@ def _warm(topic: str, calls: int = 20) -> None:
         rpc.call(CTX, topic, _msg("echo", value=SMALL), timeout=30)
 
 
+#: Suffix of the call workloads run through the receiver (``via_receiver``).
+VIA_RECEIVER = "_via_receiver"
+
+
+@contextlib.contextmanager
+def _path(via_receiver: bool) -> Iterator[str]:
+    """While in it, with ``via_receiver``, calls to this host's services
+    go through its receiver, as calls from another host do (the driver's
+    local path is set aside). Yields the suffix of the workload's name."""
+    if not via_receiver:
+        yield ""
+        return
+    from nova_rpc_zmq import impl_zmq
+    driver = impl_zmq._driver
+    saved, driver.local = driver.local, None
+    try:
+        yield VIA_RECEIVER
+    finally:
+        driver.local = saved
+
+
 def call_latency(mode: str, topic: str, window: float, count: int,
-                 warmup: int = 50) -> list[dict]:
+                 warmup: int = 50, via_receiver: bool = False) -> list[dict]:
     """One caller, one call at a time: p50/p99 latency and calls/s."""
     _warm(topic, warmup)
     msg = _msg("echo", value=SMALL)
     samples: list[float] = []
     win = Window(window, count)
     clock = time.perf_counter
-    while win.take():
-        t = clock()
-        rpc.call(CTX, topic, msg, timeout=30)
-        samples.append((clock() - t) * 1e6)
-    return latency_figures(OURS, mode, "call_latency", samples, win.elapsed)
+    with _path(via_receiver) as suffix:
+        _warm(topic, 5)
+        while win.take():
+            t = clock()
+            rpc.call(CTX, topic, msg, timeout=30)
+            samples.append((clock() - t) * 1e6)
+    return latency_figures(OURS, mode, "call_latency" + suffix, samples,
+                           win.elapsed)
 
 
 def call_throughput(mode: str, topic: str, callers: int, window: float,
                     count: int, warmup: int = 20,
-                    pids: dict[str, int] | None = None) -> list[dict]:
+                    pids: dict[str, int] | None = None,
+                    via_receiver: bool = False) -> list[dict]:
     """``callers`` concurrent callers (green or native threads): calls/s,
     the latency each call saw under that load, and the CPU per call of the
     caller and of the processes in ``pids`` (receiver, service)."""
     _warm(topic, warmup)
     msg = _msg("echo", value=SMALL)
-    cpu = CpuMeter(pids)
-    samples, elapsed = concurrent_calls(
-        callers, Window(window, count),
-        lambda: rpc.call(CTX, topic, msg, timeout=30), window + 60)
-    name = "call_throughput_%d" % callers
-    return latency_figures(OURS, mode, name, samples, elapsed,
-                           callers=callers) + \
-        cpu.figures(OURS, mode, name, len(samples), callers=callers)
+    with _path(via_receiver) as suffix:
+        _warm(topic, 5)
+        cpu = CpuMeter(pids)
+        samples, elapsed = concurrent_calls(
+            callers, Window(window, count),
+            lambda: rpc.call(CTX, topic, msg, timeout=30), window + 60)
+        name = "call_throughput_%d%s" % (callers, suffix)
+        return latency_figures(OURS, mode, name, samples, elapsed,
+                               callers=callers) + \
+            cpu.figures(OURS, mode, name, len(samples), callers=callers)
 
 
 def _stats(topic: str, run: str) -> dict:

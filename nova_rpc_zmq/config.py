@@ -58,6 +58,11 @@ DEFAULT_OPTS = [
             "no longer preempts the sender, so under load each wake-up moves several "
             "messages (more calls per second for the CPU); a lone call may take a little "
             "longer. Skipped where the system refuses the policy."),
+    _B("rpc_zmq_local_calls", default=True,
+       help="A call to a service on this host goes straight to the service (each "
+            "consumer also binds a socket under rpc_zmq_ipc_dir/zmq_local.<topic>), "
+            "one process hop less than through the receiver. Casts and fanouts always "
+            "go through the receiver, in order."),
     _I("rpc_zmq_topic_backlog", default=None,
        help="Most messages queued per local topic before the receiver drops (and "
             "counts) new ones; unset = no limit."),
@@ -409,6 +414,7 @@ class Settings:
     rpc_zmq_start_port: int
     rpc_zmq_contexts: int
     rpc_zmq_io_batch: bool
+    rpc_zmq_local_calls: bool
     rpc_zmq_topic_backlog: int | None
     rpc_zmq_ipc_dir: str
     rpc_zmq_host: str

@@ -39,6 +39,7 @@ from typing import Any
 
 from nova_rpc_zmq import wire
 from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
+from nova_rpc_zmq.impl_zmq.local import bind_local, unbind_local
 from nova_rpc_zmq.metrics import Counters
 
 LOG = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class _Consumer:
     """One IPC socket feeding one proxy."""
 
     def __init__(self, conn: "Connection", ipc_topic: str, proxy: Any,
-                 fanout: bool, extra_paths: list[str]) -> None:
+                 fanout: bool, extra_paths: list[str],
+                 local_topics: tuple[str, ...] | list[str] = ()) -> None:
         driver = conn.driver
         zmq = driver.handler.zmq
         self.conn = conn
@@ -88,6 +90,13 @@ class _Consumer:
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         for path in [driver.ipc_path(ipc_topic)] + extra_paths:
             self.sock.connect("ipc://" + path)
+        # callers on this host may skip the receiver (impl_zmq.local)
+        self.local_paths: list[str] = []
+        if local_topics and driver.settings.rpc_zmq_local_calls:
+            self.local_paths = bind_local(self.sock,
+                                          driver.settings.rpc_zmq_ipc_dir,
+                                          list(local_topics),
+                                          uuid.uuid4().hex[:16])
         self.probe_prefix = "%sprobe" % uuid.uuid4().hex[:16]
         self.ready = driver.handler.Event()
         self.thread: Any = None
@@ -160,7 +169,7 @@ class _Consumer:
             self._workers -= 1
             last = self._workers == 0
         if last:
-            self.sock.close(0)
+            self.close_socket()
 
     def _lead(self) -> bool:
         """Read and run messages until the socket is handed on (False) or
@@ -280,6 +289,10 @@ class _Consumer:
         wall = now - last[1]
         return wall <= 0 or (ns - last[2]) / 1e9 >= RUNNABLE_SHARE * wall
 
+    def close_socket(self) -> None:
+        self.sock.close(0)
+        unbind_local(self.local_paths)
+
     def _decode(self, frames: list) -> Any:
         driver = self.conn.driver
         try:
@@ -331,17 +344,19 @@ class Connection:
         bare = wire.bare_topic(topic)
         host = self.driver.settings.rpc_zmq_host
         extra: list[str] = []
+        local: list[str] = []
         if fanout:
             ipc_topic = wire.fanout_topic(bare)
         else:
             ipc_topic = wire.directed_topic(bare, host)
             extra = [self.driver.ipc_path(bare)]
+            local = [ipc_topic, bare]
         wire.check_topic(ipc_topic, self.driver.settings.limits)
         if ipc_topic in self.consumers:
             LOG.info("already consuming %s; skipping", ipc_topic)
             return
         self.consumers[ipc_topic] = _Consumer(self, ipc_topic, proxy, fanout,
-                                              extra)
+                                              extra, local)
         self.driver.joined_topic(bare)
 
     def _probe(self, consumer: _Consumer, n: int) -> None:
@@ -399,7 +414,7 @@ class Connection:
         for consumer in self.consumers.values():
             thread = consumer.thread
             if thread is None:
-                consumer.sock.close(0)
+                consumer.close_socket()
                 continue
             # its readers see the flag within POLL_MS; a message running
             # now finishes in its thread

@@ -2,11 +2,13 @@
 socket cache, the matchmaker, the reply listener and the worker pool.
 
 Sending: ``matchmaker.queues(topic)`` -> ``(directed topic, host)`` pairs;
-frames from ``wire.encode``; the host's cached PUSH socket. A call is the
-old curried ``-reply`` cast; the server answers with ``-process_reply``
-casts to ``zmq_replies.<caller host>``, one per value when the caller said
-it accepts streaming (frame 0 = ``wire.CALLER_STREAMS``), else one holding
-the whole list, exactly as old callers expect.
+frames from ``wire.encode``; the host's cached PUSH socket, or, for a call
+to this host, a local service's own socket when one takes it (``local``).
+A call is the old curried ``-reply`` cast; the server answers with
+``-process_reply`` casts to ``zmq_replies.<caller host>``, one per value
+when the caller said it accepts streaming (frame 0 =
+``wire.CALLER_STREAMS``), else one holding the whole list, exactly as old
+callers expect.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Iterator
 from nova_rpc_zmq import wire
 from nova_rpc_zmq.concurrency import Handler, get_handler
 from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Timeout
+from nova_rpc_zmq.impl_zmq.local import LocalCalls
 from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, caller_mark
 from nova_rpc_zmq.impl_zmq.sockets import Outbound
 from nova_rpc_zmq.metrics import Counters
@@ -73,6 +76,9 @@ class Driver:
         self.replies = ReplyWaiter(self)
         self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
         self.direct = DirectReplies(self)
+        self.local: LocalCalls | None = None
+        if settings.rpc_zmq_local_calls:
+            self.local = LocalCalls(self)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
 
@@ -171,8 +177,11 @@ class Driver:
         queue = replies.register(msg_id, host)
         empty = self.handler.Empty
         method = msg.get("method") if isinstance(msg, dict) else None
+        local = self.local
         try:
-            self._send(host, frames, dtopic)
+            if local is None or host != self.settings.rpc_zmq_host or \
+                    not local.send(dtopic, frames):
+                self._send(host, frames, dtopic)
             while True:
                 try:
                     response, more = self._wait(queue, host, timeout)
@@ -333,6 +342,8 @@ class Driver:
             conn.close()
         self.replies.close()
         self.direct.close()
+        if self.local is not None:
+            self.local.close()
         if self.security is not None:
             self.security.close()
         self.outbound.close()

@@ -26,6 +26,8 @@ OURS_EXPECTED = {
     "call_throughput_1": LATENCY,
     "call_throughput_16": LATENCY,
     "call_throughput_64": LATENCY,
+    "call_latency_via_receiver": LATENCY,
+    "call_throughput_16_via_receiver": LATENCY + ("cpu_receiver",),
     "cast": ("rate",),
     "fanout_3": ("rate",),
     "multicall_10": ("first_p50", "last_p50", "last_p99"),
@@ -89,6 +91,20 @@ def test_every_workload_has_numbers(smoke):
     assert code == 0
     assert doc["smoke"] is True and doc["repeat"] == 1
     assert doc["machine"]["cores"] and doc["versions"]["pyzmq"]
+
+
+def test_local_calls_skip_the_receiver_and_the_others_do_not(smoke):
+    """The default path leaves the receiver idle; the via_receiver runs
+    cost it CPU per call (and are the figures of calls between hosts)."""
+    _, doc, _, _ = smoke
+    index = _index(doc)
+    for mode in ("eventlet", "threads"):
+        local = index[("ours", mode, "call_throughput_16", "cpu_receiver")]
+        via = index[("ours", mode, "call_throughput_16_via_receiver",
+                     "cpu_receiver")]
+        # CPU times come in 10 ms ticks: a smoke window's local figure
+        # may hold a tick of the idle receiver (~5 µs per call)
+        assert via["value"] > 3 * local["value"], (local, via)
 
 
 @pytest.mark.timeout(300)

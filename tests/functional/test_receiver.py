@@ -85,8 +85,11 @@ class Served:
 
     def __init__(self, base: str, **extra: Any) -> None:
         self.health_port = free_port()
+        # every call through the receiver, the subject here (a call to a
+        # service on its own host would skip it: test_local_calls)
         options = {"rpc_zmq_health_port": self.health_port,
-                   "rpc_response_timeout": 20}
+                   "rpc_response_timeout": 20,
+                   "rpc_zmq_local_calls": False}
         options.update(extra)
         self.host = LocalHost(base_dir=base, extra=options)
         self.receiver: Any = None

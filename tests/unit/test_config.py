@@ -529,3 +529,12 @@ def test_conf_is_an_oslo_config_object():
 def test_io_batch_can_be_turned_off(tmp_path):
     s = read(write(tmp_path, "nova.conf", "[DEFAULT]\nrpc_zmq_io_batch = false\n"))
     assert s.rpc_zmq_io_batch is False
+
+
+def test_local_calls_are_on_unless_turned_off(tmp_path):
+    assert read(write(tmp_path, "a.conf", "[DEFAULT]\n")).rpc_zmq_local_calls is True
+    s = read(write(tmp_path, "b.conf", "[DEFAULT]\nrpc_zmq_local_calls = false\n"))
+    assert s.rpc_zmq_local_calls is False
+    with pytest.raises(config.ConfigurationError) as err:
+        read(write(tmp_path, "c.conf", "[DEFAULT]\nrpc_zmq_local_calls = maybe\n"))
+    assert "rpc_zmq_local_calls" in str(err.value)
