@@ -98,17 +98,18 @@ def _ratio(value: float | None) -> str:
 
 def figures_table(medians: list[dict]) -> str:
     """One line per figure: median, spread over repeats, ratios."""
-    head = "%-18s %-12s %-8s %-16s %12s %-5s %19s %9s %9s" % (
-        "workload", "system", "mode", "metric", "median", "unit",
-        "min .. max", "vs base", "vs green")
+    width = max([18] + [len(f["workload"]) for f in medians])
+    row = "%-*s %-12s %-8s %-16s %12s %-5s %19s %9s %9s"
+    head = row % (width, "workload", "system", "mode", "metric", "median",
+                  "unit", "min .. max", "vs base", "vs green")
     lines = [head, "-" * len(head)]
     for f in medians:
         spread = "%s .. %s" % (_num(f["min"], f["unit"]),
                                _num(f["max"], f["unit"]))
-        lines.append("%-18s %-12s %-8s %-16s %12s %-5s %19s %9s %9s" % (
-            f["workload"], NAMES.get(f["system"], f["system"]), f["mode"],
-            f["metric"], _num(f["value"], f["unit"]), f["unit"], spread,
-            _ratio(f.get("ratio")), _ratio(f.get("ratio_green"))))
+        lines.append(row % (
+            width, f["workload"], NAMES.get(f["system"], f["system"]),
+            f["mode"], f["metric"], _num(f["value"], f["unit"]), f["unit"],
+            spread, _ratio(f.get("ratio")), _ratio(f.get("ratio_green"))))
     return "\n".join(lines)
 
 
