@@ -136,6 +136,16 @@ class _Route:
         self.rescan_at = 0.0
 
 
+def _drain(route: _Route) -> None:
+    """Close every socket in ``route``'s pool (each is popped once)."""
+    while True:
+        try:
+            entry = route.idle.pop()
+        except IndexError:
+            return
+        entry[0].close(0)
+
+
 class LocalCalls:
     """The caller's side: ``send(topic, frames)`` to a local service."""
 
@@ -180,10 +190,12 @@ class LocalCalls:
             self.counters.incr("local.unready")
             return False
         finally:
+            route.idle.append(entry)
             if route.rescan_at == _CLOSED:
-                sock.close(0)
-            else:
-                route.idle.append(entry)
+                # closed while we sent: the closer may have emptied the
+                # pool before our socket was back (an open socket would
+                # keep the context's term() waiting for ever)
+                _drain(route)
         self.counters.incr("local.calls")
         return True
 
@@ -247,8 +259,7 @@ class LocalCalls:
         """Close the idle sockets; one taken now is closed by its sender."""
         route.rescan_at = _CLOSED
         route.peers = frozenset()
-        while route.idle:
-            route.idle.pop()[0].close(0)
+        _drain(route)
 
     def close(self) -> None:
         with self._lock:

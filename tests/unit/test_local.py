@@ -214,3 +214,38 @@ def test_after_close_nothing_is_sent(caller, ctx, ipc_dir):
         sock.close(0)
         local.unbind_local(paths)
     time.sleep(0)  # nothing left running
+
+
+def test_closing_while_threads_send_leaves_no_socket_open(ipc_dir, monkeypatch):
+    """A socket taken by a sender while the pool closes is closed too:
+    one left open would keep the context's term() waiting for ever."""
+    monkeypatch.setattr(local, "RESCAN", 0.0)
+    ctx = zmq.Context()
+    driver = SimpleNamespace(handler=get_handler("threading"), ctx=ctx,
+                             counters=Counters("driver"),
+                             settings=SimpleNamespace(rpc_zmq_ipc_dir=ipc_dir))
+    calls = local.LocalCalls(driver)
+    sock, paths = service(ctx, ipc_dir)
+    stop = threading.Event()
+
+    def run() -> None:
+        deadline = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < deadline:
+            calls.send("t.h", [b"m"])
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: calls.counters.get("local.calls") > 100, 5,
+             what="sends under way")
+    calls.close()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    sock.close(0)
+    local.unbind_local(paths)
+    ended = threading.Event()
+    term = threading.Thread(target=lambda: (ctx.term(), ended.set()),
+                            daemon=True)
+    term.start()
+    assert ended.wait(10), "a local socket was left open"
