@@ -87,6 +87,11 @@ def bind_local(sock: Any, ipc_dir: str, topics: list[str],
                       path)
             continue
         try:
+            if not os.path.isdir(ipc_dir):
+                # started before the receiver: make the directory as the
+                # receiver would (0750 whatever the umask)
+                os.makedirs(ipc_dir, mode=0o750, exist_ok=True)
+                os.chmod(ipc_dir, 0o750)
             os.makedirs(folder, exist_ok=True)
             for name in os.listdir(folder):
                 other = os.path.join(folder, name)

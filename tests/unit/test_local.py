@@ -249,3 +249,16 @@ def test_closing_while_threads_send_leaves_no_socket_open(ipc_dir, monkeypatch):
                             daemon=True)
     term.start()
     assert ended.wait(10), "a local socket was left open"
+
+
+def test_a_service_started_before_the_receiver_makes_the_dir_0750(ctx, ipc_dir):
+    missing = os.path.join(ipc_dir, "later")
+    sock = ctx.socket(zmq.PULL)
+    old = os.umask(0o022)
+    try:
+        paths = local.bind_local(sock, missing, ["t.h"], "g" * 16)
+    finally:
+        os.umask(old)
+        sock.close(0)
+    assert os.stat(missing).st_mode & 0o777 == 0o750
+    assert paths == [os.path.join(missing, "zmq_local.t.h", "g" * 16)]
