@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from nova_rpc_zmq import frames as frames_io
+from nova_rpc_zmq.receiver.daemon import IPC_PATH_MAX, prepare_ipc_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ HWM = 1000
 MAX_SOCKETS = 32
 #: ``rescan_at`` of a closed route.
 _CLOSED = float("inf")
-#: Longest path an ``ipc://`` endpoint may have (sun_path minus the NUL).
-IPC_PATH_MAX = 107
 #: Directory names start with this, then the topic.
 PREFIX = "zmq_local."
 
@@ -88,10 +87,8 @@ def bind_local(sock: Any, ipc_dir: str, topics: list[str],
             continue
         try:
             if not os.path.isdir(ipc_dir):
-                # started before the receiver: make the directory as the
-                # receiver would (0750 whatever the umask)
-                os.makedirs(ipc_dir, mode=0o750, exist_ok=True)
-                os.chmod(ipc_dir, 0o750)
+                # started before the receiver: make it as the receiver does
+                prepare_ipc_dir(ipc_dir)
             os.makedirs(folder, exist_ok=True)
             for name in os.listdir(folder):
                 other = os.path.join(folder, name)
