@@ -55,13 +55,45 @@ def recv_first(sock: Any, flags: int = 0) -> Any:
     return _recv(sock, flags, False)
 
 
-def recv_rest(sock: Any, parts: list, max_parts: int) -> bool:
-    """Append the rest of the message to ``parts``, keeping at most
-    ``max_parts`` in all; returns True when parts were discarded."""
+#: ``recv_rest`` results: the whole message is in ``parts``; parts beyond
+#: ``max_parts`` were discarded; the bytes passed ``max_bytes`` and the rest
+#: of the message was discarded unread.
+PARTS_OK = 0
+PARTS_TOO_MANY = 1
+PARTS_TOO_LARGE = 2
+
+
+def recv_rest(sock: Any, parts: list, max_parts: int,
+              max_bytes: int | None = None) -> int:
+    """Append the rest of the message to ``parts``; returns a ``PARTS_*``.
+
+    At most ``max_parts`` parts are kept. With ``max_bytes``, the size of
+    every part (those already in ``parts`` too) is added up as they arrive:
+    once the total passes it, the remaining parts are taken off the socket
+    as ``zmq.Frame`` objects and released at once, never copied into
+    Python (ZeroMQ's MAXMSGSIZE bounds one part only, so 64 parts of
+    16 MiB would otherwise all be kept).
+    """
+    total = 0
+    if max_bytes is not None:
+        for part in parts:
+            total += len(part)
     while _get(sock, RCVMORE):
         if len(parts) >= max_parts:
-            while _get(sock, RCVMORE):
-                _recv(sock, NOBLOCK)
-            return True
-        parts.append(_recv(sock, NOBLOCK))
-    return False
+            _discard(sock)
+            return PARTS_TOO_MANY
+        part = _recv(sock, NOBLOCK)
+        if max_bytes is not None:
+            total += len(part)
+            if total > max_bytes:
+                del part
+                _discard(sock)
+                return PARTS_TOO_LARGE
+        parts.append(part)
+    return PARTS_OK
+
+
+def _discard(sock: Any) -> None:
+    """Take the remaining parts of the current message and drop them."""
+    while _get(sock, RCVMORE):
+        _recv(sock, NOBLOCK, False)

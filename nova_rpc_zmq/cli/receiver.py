@@ -46,25 +46,28 @@ def main(argv: list[str] | None = None) -> int:
         receiver.start()
         if settings.rpc_zmq_health_port:
             from nova_rpc_zmq.receiver.health import HealthServer
-            health_host = settings.rpc_zmq_bind_address
-            if health_host == "*":
-                health_host = "127.0.0.1"
-            elif not netaddr.is_ip(health_host):
+            health_host = (settings.rpc_zmq_health_bind_address
+                           or settings.rpc_zmq_bind_address)
+            if health_host != "*" and not netaddr.is_ip(health_host):
                 # an interface name (eth0): serve on the address it has,
                 # as the receiver does
                 health_host = netaddr.resolve_bind_address(health_host)
             health = HealthServer(health_host,
                                   settings.rpc_zmq_health_port,
-                                  status=lambda: not receiver._stopping,
+                                  status=receiver.stuck,
                                   metrics=receiver.metrics)
             health.start()
     except RPCException as exc:  # bad config, port, ipc dir, servicegroup away
         sys.stderr.write("nova-rpc-zmq-receiver: error: %s\n" % exc)
         return 2
     except OSError as exc:
-        sys.stderr.write("nova-rpc-zmq-receiver: error: health port %s: %s; "
-                         "set rpc_zmq_health_port to a free port or 0\n"
-                         % (getattr(settings, "rpc_zmq_health_port", "?"),
+        sys.stderr.write("nova-rpc-zmq-receiver: error: health port %s:%s: %s; "
+                         "set rpc_zmq_health_port to a free port (it defaults to "
+                         "rpc_zmq_port + 2) or 0, or fix "
+                         "rpc_zmq_health_bind_address\n"
+                         % (getattr(settings, "rpc_zmq_health_bind_address", None)
+                            or getattr(settings, "rpc_zmq_bind_address", "?"),
+                            getattr(settings, "rpc_zmq_health_port", "?"),
                             exc.strerror))
         if receiver is not None:
             receiver.stop()

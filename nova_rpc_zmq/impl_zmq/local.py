@@ -86,9 +86,9 @@ def bind_local(sock: Any, ipc_dir: str, topics: list[str],
                       path)
             continue
         try:
-            if not os.path.isdir(ipc_dir):
-                # started before the receiver: make it as the receiver does
-                prepare_ipc_dir(ipc_dir)
+            # made as the receiver makes it when we start first; refused
+            # (callers use the receiver) when others could write in it
+            prepare_ipc_dir(ipc_dir, receiver=False)
             os.makedirs(folder, exist_ok=True)
             for name in os.listdir(folder):
                 other = os.path.join(folder, name)

@@ -8,11 +8,27 @@ an XPUB socket for ``fanout~...`` and ``zmq_replies...`` (every subscriber).
 
 One native thread runs one poll loop; nothing blocks on a slow consumer:
 a message that cannot be handed over at once waits in its topic's backlog
-and goes out when the socket can take it (POLLOUT). The XPUB sockets are set
-to ``XPUB_NODROP``, so a burst waits in the backlog instead of being dropped
-at the high-water mark; when the total backlog passes ``PAUSE_INPUT_AT`` the
-loop stops reading TCP until it drains, so TCP flow control slows the
-senders rather than the receiver losing messages or memory.
+and goes out when the socket can take it (POLLOUT). Every backlog is bounded
+(``rpc_zmq_topic_backlog`` messages and ``rpc_zmq_topic_backlog_bytes``
+bytes; all of them together at ``TOTAL_FACTOR`` times that): beyond it a
+message is dropped and counted as ``dropped.no_consumer`` (no consumer ever
+took a message of the topic) or ``dropped.backlog_full`` (its consumers are
+too slow), and logged once per interval (``droplog``). TCP input is never
+paused: one stuck topic must not silence the host's other topics.
+
+The XPUB sockets are set to ``XPUB_NODROP``, so a fanout burst waits in the
+backlog instead of being dropped at a subscriber's high-water mark. A
+subscriber that takes nothing (stopped, hung) would then hold every other
+one back: when a fanout backlog has not moved for ``FANOUT_STALL`` seconds,
+or is full, the full subscribers are cut off (one send with XPUB_NODROP
+off): the others get the backlog at once, and the cut-off one misses the
+topic's messages until it has read its pipe down (counted in
+``fanout_cut_off``, logged once per interval as ``subscriber_full``).
+
+The loop notes when it last turned; ``stuck()`` tells the health page when
+it has not for ``rpc_zmq_health_stuck_after`` seconds. A lock file in
+``rpc_zmq_ipc_dir``, held while the receiver runs, keeps a second receiver
+from taking over the first one's sockets.
 
 A topic socket bound a moment ago has no subscriber yet (ZeroMQ's slow
 joiner): messages for a *new* publish topic are held for ``JOIN_GRACE``
@@ -23,8 +39,10 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +54,7 @@ from nova_rpc_zmq import netaddr, wire
 from nova_rpc_zmq.concurrency import new_context
 from nova_rpc_zmq.errors import ConfigurationError, RemoteProtocolError
 from nova_rpc_zmq.metrics import Counters
+from nova_rpc_zmq.receiver.droplog import DropLog
 
 LOG = logging.getLogger(__name__)
 
@@ -43,8 +62,16 @@ LOG = logging.getLogger(__name__)
 IPC_PATH_MAX = 107
 #: Seconds a new publish topic holds its messages for subscribers to join.
 JOIN_GRACE = 0.2
-#: Total backlogged messages at which TCP input pauses (and resumes at half).
-PAUSE_INPUT_AT = 20000
+#: All backlogs together hold at most this many times one topic's bounds.
+TOTAL_FACTOR = 4
+#: Seconds a fanout backlog may stay still before full subscribers are cut off.
+FANOUT_STALL = 1.0
+#: Reasons of drops caused by consumers or by this host's limits, not by the
+#: message: logged as rate-limited summaries.
+FLOW_REASONS = ("no_consumer", "backlog_full", "subscriber_full", "too_many_topics",
+                "ipc_bind_failed")
+#: The file in rpc_zmq_ipc_dir that the running receiver holds locked.
+LOCK_NAME = "receiver.lock"
 #: Milliseconds an idle receiver waits in one receive (stop() is seen then).
 IDLE_WAIT_MS = 200
 #: Most messages read from TCP per poll round (fairness with the outputs).
@@ -72,6 +99,14 @@ class _Topic:
     sock: Any
     backlog: collections.deque = field(default_factory=collections.deque)
     hold_until: float = 0.0
+    #: bytes of the messages in ``backlog``
+    size: int = 0
+    #: messages a consumer took (a PUSH send that succeeded)
+    taken: int = 0
+    #: XPUB only: distinct prefixes subscribed (read at a drop or a hold)
+    subscriptions: int = 0
+    #: when the backlog last moved (or began)
+    moved: float = 0.0
 
 
 def ipc_path(ipc_dir: str, topic: str) -> str:
@@ -79,14 +114,18 @@ def ipc_path(ipc_dir: str, topic: str) -> str:
     return os.path.join(ipc_dir, "zmq_topic_" + topic)
 
 
-def prepare_ipc_dir(ipc_dir: str) -> None:
-    """Create the IPC directory (0750) if missing and check it is usable.
+def prepare_ipc_dir(ipc_dir: str, receiver: bool = True) -> None:
+    """Create the IPC directory (0750) if missing and check it is usable
+    and safe: ours, and writable by no one else (anyone who can write in it
+    can talk to the local services or replace their sockets).
 
+    ``receiver``: also check it is short enough for every socket path the
+    receiver makes (a service checks each of its own paths instead).
     Raises ReceiverError naming the directory and the fix.
     """
     # checked first, so that a refused directory is not left behind
     longest = len(ipc_path(ipc_dir, "zmq_replies.")) + 20
-    if longest > IPC_PATH_MAX:
+    if receiver and longest > IPC_PATH_MAX:
         raise ReceiverError(
             "rpc_zmq_ipc_dir %s is too long (%d bytes) for ipc:// socket paths "
             "(at most %d bytes in all): choose a shorter directory such as "
@@ -108,6 +147,54 @@ def prepare_ipc_dir(ipc_dir: str) -> None:
             "rpc_zmq_ipc_dir %s is not writable by uid %d: chown it to the "
             "user running the receiver and the services, mode 0750"
             % (ipc_dir, os.getuid()))
+    st = os.stat(ipc_dir)
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise ReceiverError(
+            "rpc_zmq_ipc_dir %s is owned by uid %d, not by uid %d running "
+            "this process: chown %d %s (the user running the receiver and the "
+            "services), or point rpc_zmq_ipc_dir at a directory of that user"
+            % (ipc_dir, st.st_uid, uid, uid, ipc_dir))
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ReceiverError(
+            "rpc_zmq_ipc_dir %s is writable by %s (mode %04o), so others could "
+            "talk to the local services: chmod 0750 %s"
+            % (ipc_dir, "everyone" if st.st_mode & stat.S_IWOTH else "its group",
+               stat.S_IMODE(st.st_mode), ipc_dir))
+
+
+def lock_ipc_dir(ipc_dir: str) -> int:
+    """Lock ``<ipc_dir>/receiver.lock`` for this process; returns its fd.
+
+    The lock lasts until the fd is closed or the process ends (the kernel
+    releases it after a kill -9, so a restart works). Raises ReceiverError
+    naming the directory and the pid of the receiver that holds it.
+    """
+    path = os.path.join(ipc_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise ReceiverError(
+            "cannot open %s (%s): make rpc_zmq_ipc_dir %s writable by the user "
+            "running the receiver" % (path, exc.strerror, ipc_dir)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise ReceiverError("cannot lock %s: %s" % (path, exc.strerror)) from exc
+        raise ReceiverError(
+            "rpc_zmq_ipc_dir %s is in use by another nova-rpc-zmq-receiver "
+            "(pid %s): one receiver per directory; stop that one first, or "
+            "give this receiver its own rpc_zmq_ipc_dir (and rpc_zmq_port)"
+            % (ipc_dir, holder)) from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
 
 
 class Receiver:
@@ -119,13 +206,21 @@ class Receiver:
         self.ipc_dir = settings.rpc_zmq_ipc_dir
         self.limits = settings.limits
         self.backlog_limit = settings.rpc_zmq_topic_backlog
+        self.backlog_bytes_limit = settings.rpc_zmq_topic_backlog_bytes
+        self.total_limit = TOTAL_FACTOR * self.backlog_limit
+        self.total_bytes_limit = TOTAL_FACTOR * self.backlog_bytes_limit
+        self.stuck_after = float(getattr(settings, "rpc_zmq_health_stuck_after", 10))
         self.counters = Counters("receiver")
+        self.droplog = DropLog()
         self.ctx: zmq.Context | None = None
         self.inbound: zmq.Socket | None = None
         self.topics: dict[str, _Topic] = {}
         self.waiting: dict[str, _Topic] = {}  # topics with a backlog
         self.backlogged = 0
-        self.paused = False
+        self.backlogged_bytes = 0
+        #: when the loop last turned (monotonic); read by the health thread
+        self.turned = time.monotonic()
+        self._lock_fd: int | None = None
         self._stopping = False
         self._peer_frame: Any = None
         self.curve = bool(getattr(settings, "rpc_zmq_curve", False))
@@ -179,6 +274,14 @@ class Receiver:
             raise ReceiverError(
                 "cannot listen on %s: %s; check rpc_zmq_bind_address and "
                 "rpc_zmq_port" % (self.endpoint, exc)) from exc
+        try:
+            # after the bind, so that a second receiver on the same conf is
+            # told about the port; before any topic socket is touched
+            self._lock_fd = lock_ipc_dir(self.ipc_dir)
+        except ReceiverError:
+            sock.close(0)
+            self._close_context()
+            raise
         self.inbound = sock
         LOG.info("receiver listening on %s, routing to %s", self.endpoint,
                  self.ipc_dir)
@@ -199,7 +302,13 @@ class Receiver:
             self.inbound.close(0)
             self.inbound = None
             self._close_context()
+            self._unlock()
             raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _close_context(self) -> None:
         if self.authenticator is not None:
@@ -227,7 +336,16 @@ class Receiver:
                        "ipc path would be %d bytes" % len(path))
             return None
         assert self.ctx is not None
-        sock = self.ctx.socket(zmq.XPUB if kind == "pub" else zmq.PUSH)
+        try:
+            sock = self.ctx.socket(zmq.XPUB if kind == "pub" else zmq.PUSH)
+        except zmq.ZMQError as exc:
+            # out of descriptors or at the context's socket cap: this
+            # topic waits for one to close; every other topic still routes
+            self._drop("too_many_topics", name, frames,
+                       "no socket for a new topic (%s, %d topics open); raise "
+                       "the receiver's open-files limit (LimitNOFILE)"
+                       % (exc, len(self.topics)))
+            return None
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.SNDHWM, TOPIC_HWM)
         hold = 0.0
@@ -249,15 +367,23 @@ class Receiver:
         return topic
 
     # -- the loop ---------------------------------------------------------
-    def _drop(self, reason: str, topic: str | None, frames: Any,
-              detail: str = "") -> None:
-        self.counters.incr("dropped." + reason)
-        peer = "?"
+    def _peer(self, frames: Any) -> str:
         if frames is not None and self._peer_frame is not None:
             try:
-                peer = self._peer_frame.get("Peer-Address")
+                return self._peer_frame.get("Peer-Address")
             except (AttributeError, zmq.ZMQError):
                 pass
+        return "?"
+
+    def _drop(self, reason: str, topic: str | None, frames: Any,
+              detail: str = "") -> None:
+        """Count and log one dropped message; drops caused by consumers
+        (``FLOW_REASONS``) are logged as summaries, never one line each."""
+        self.counters.incr("dropped." + reason)
+        peer = self._peer(frames)
+        if reason in FLOW_REASONS:
+            self.droplog.record(reason, topic, peer, detail, time.monotonic())
+            return
         LOG.warning("dropped a message from %s (topic %r): %s%s", peer,
                     topic, reason, " (%s)" % detail if detail else "")
 
@@ -284,22 +410,115 @@ class Receiver:
         except zmq.Again:
             self._enqueue(topic, frames)
         else:
+            topic.taken += 1
             self.counters.incr("forwarded")
 
     def _enqueue(self, topic: _Topic, frames: list) -> None:
-        limit = self.backlog_limit
-        if limit is not None and len(topic.backlog) >= limit:
-            self._drop("backlog_full", topic.name, frames,
-                       "rpc_zmq_topic_backlog = %d" % limit)
+        """Put a message in its topic's backlog, or drop it (counted) when a
+        bound is reached; a full fanout backlog cuts off full subscribers."""
+        size = 0
+        for part in frames:
+            size += len(part)
+        full = ""
+        if len(topic.backlog) >= self.backlog_limit:
+            full = "rpc_zmq_topic_backlog = %d messages" % self.backlog_limit
+        elif topic.size + size > self.backlog_bytes_limit:
+            full = ("rpc_zmq_topic_backlog_bytes = %d bytes"
+                    % self.backlog_bytes_limit)
+        elif self.backlogged >= self.total_limit:
+            full = "all topics hold %d messages" % self.backlogged
+        elif self.backlogged_bytes + size > self.total_bytes_limit:
+            full = "all topics hold %d bytes" % self.backlogged_bytes
+        if full and topic.kind == "pub" and not topic.hold_until \
+                and topic.backlog and self._cut_off(topic, full):
+            # the others took the backlog: try again
+            self._flush(topic, time.monotonic())
+            if not topic.backlog:
+                try:
+                    frames_io.send(topic.sock, frames, frames_io.NOBLOCK)
+                except zmq.Again:
+                    pass
+                else:
+                    topic.taken += 1
+                    self.counters.incr("forwarded")
+                    return
+            full = ""
+        if full:
+            self._drop(self._full_reason(topic), topic.name, frames, full)
             return
+        if not topic.backlog:
+            topic.moved = time.monotonic()
         topic.backlog.append(frames)
+        topic.size += size
         self.waiting[topic.name] = topic
         self.backlogged += 1
-        if not self.paused and self.backlogged >= PAUSE_INPUT_AT:
-            self.paused = True
-            self.counters.incr("input_paused")
-            LOG.info("backlog at %d messages: pausing TCP input",
-                     self.backlogged)
+        self.backlogged_bytes += size
+
+    def _full_reason(self, topic: _Topic) -> str:
+        """``no_consumer`` or ``backlog_full`` for a message that does not
+        fit in ``topic``'s backlog."""
+        if topic.kind == "pub":
+            self._read_subscriptions(topic)
+            return "backlog_full" if topic.subscriptions > 0 else "no_consumer"
+        # a PUSH socket cannot tell its peers; a topic no consumer ever
+        # took a message of has none (a stopped host, a name mismatch)
+        return "backlog_full" if topic.taken else "no_consumer"
+
+    def _read_subscriptions(self, topic: _Topic) -> bool:
+        """Apply the XPUB's pending (un)subscriptions; True when one came."""
+        came = False
+        try:
+            while True:
+                event = topic.sock.recv(zmq.NOBLOCK)
+                # without XPUB_VERBOSE: the first subscription and the last
+                # unsubscription of each prefix
+                if event[:1] == b"\x01":
+                    topic.subscriptions += 1
+                    came = True
+                elif event[:1] == b"\x00":
+                    topic.subscriptions = max(0, topic.subscriptions - 1)
+        except zmq.Again:
+            pass
+        return came
+
+    def _release(self, topic: _Topic, frames: list) -> None:
+        """Account for a message leaving ``topic``'s backlog."""
+        size = 0
+        for part in frames:
+            size += len(part)
+        topic.size -= size
+        self.backlogged -= 1
+        self.backlogged_bytes -= size
+
+    def _cut_off(self, topic: _Topic, why: str) -> bool:
+        """Send the head of a fanout backlog to every subscriber with room,
+        cutting off the full ones; True when it went out.
+
+        With XPUB_NODROP off for one send, libzmq skips the full pipes and
+        stops writing to them until their subscriber has read its pipe
+        down: from then on the others get every message at once, and the
+        cut-off subscriber misses the topic's messages (libzmq does not say
+        how many) until it reads again.
+        """
+        sock = topic.sock
+        frames = topic.backlog[0]
+        sock.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            frames_io.send(sock, frames, frames_io.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self._release(topic, topic.backlog.popleft())
+        topic.moved = time.monotonic()
+        topic.taken += 1
+        self.counters.incr("forwarded")
+        self.counters.incr("fanout_cut_off")
+        self.droplog.record("subscriber_full", topic.name, "-", why
+                            + "; a subscriber that took nothing is cut off "
+                            "from this fanout until it reads again",
+                            time.monotonic())
+        return True
 
     def _flush(self, topic: _Topic, now: float) -> None:
         if topic.hold_until:
@@ -311,32 +530,47 @@ class Receiver:
         try:
             while backlog:
                 frames_io.send(topic.sock, backlog[0], frames_io.NOBLOCK)
-                backlog.popleft()
+                self._release(topic, backlog.popleft())
                 sent += 1
         except zmq.Again:
-            pass
+            if not sent and topic.kind == "pub" \
+                    and now - topic.moved >= FANOUT_STALL \
+                    and self._cut_off(topic, "nothing went out for %.1f s"
+                                      % (now - topic.moved)):
+                self._flush(topic, now)
+                return
+        if sent:
+            topic.moved = now
+            topic.taken += sent
+            self.counters.incr("forwarded", sent)
         if not backlog:
             self.waiting.pop(topic.name, None)
-        if sent:
-            self.backlogged -= sent
-            self.counters.incr("forwarded", sent)
-            if self.paused and self.backlogged <= PAUSE_INPUT_AT // 2:
-                self.paused = False
-                LOG.info("backlog drained to %d: resuming TCP input",
-                         self.backlogged)
 
     def _subscribed(self, topic: _Topic) -> None:
         """A subscriber joined a held publish topic: release its backlog."""
-        try:
-            while True:
-                topic.sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        topic.hold_until = 0.0
+        if self._read_subscriptions(topic):
+            topic.hold_until = 0.0
+
+    def stuck(self) -> str | None:
+        """Why the receiver is not routing (for the health page), or None.
+
+        Thread-safe: reads two attributes the loop writes.
+        """
+        if self._stopping:
+            return "STOPPING"
+        idle = time.monotonic() - self.turned
+        if idle > self.stuck_after:
+            return ("STUCK: the routing loop has not turned for %.0f s "
+                    "(rpc_zmq_health_stuck_after = %g)" % (idle, self.stuck_after))
+        return None
 
     def metrics(self) -> str:
-        """Counters as text: routing, and CURVE refusals when on."""
+        """Counters as text: routing, backlog sizes, and CURVE refusals
+        when on."""
         text = self.counters.render()
+        text += ("receiver.backlog.messages %d\nreceiver.backlog.bytes %d\n"
+                 "receiver.backlog.topics %d\n"
+                 % (self.backlogged, self.backlogged_bytes, len(self.waiting)))
         auth = self.authenticator
         if auth is not None:
             lines = ["receiver.curve.accepted %d" % auth.accepted]
@@ -357,9 +591,14 @@ class Receiver:
         poller = zmq.Poller()
         polled: dict[Any, int] = {}
         idle = {inbound: zmq.POLLIN}
+        droplog = self.droplog
+        monotonic = time.monotonic
         try:
             while not self._stopping:
-                if not self.waiting and not self.paused:
+                now = self.turned = monotonic()
+                if now >= droplog.due:
+                    droplog.flush(now)
+                if not self.waiting:
                     # the common case, kept short: nothing waits to go out
                     if polled != idle:
                         for sock in list(polled):
@@ -372,14 +611,11 @@ class Receiver:
                     if not self._read_batch(inbound):
                         self._read_batch(inbound, block=True)
                     continue
-                now = time.monotonic()
                 # only the topics with a backlog: the loop's cost must not
                 # grow with the number of topics
                 waiting = list(self.waiting.values())
-                timeout = 200.0
-                want: dict[Any, int] = {}
-                if not self.paused:
-                    want[inbound] = zmq.POLLIN
+                timeout = float(IDLE_WAIT_MS)
+                want: dict[Any, int] = {inbound: zmq.POLLIN}
                 for t in waiting:
                     if t.hold_until:
                         # a subscription arriving ends the hold early
@@ -387,6 +623,10 @@ class Receiver:
                         timeout = min(timeout, max(0.0, (t.hold_until - now) * 1000))
                     else:
                         want[t.sock] = zmq.POLLOUT
+                        if t.kind == "pub":
+                            # wake up to notice a fanout that stopped moving
+                            timeout = min(timeout, max(
+                                0.0, (t.moved + FANOUT_STALL - now) * 1000))
                 for sock in list(polled):
                     if sock not in want:
                         poller.unregister(sock)
@@ -403,12 +643,14 @@ class Receiver:
                     raise
                 if events.get(inbound):
                     self._read_batch(inbound)
-                now = time.monotonic()
+                now = monotonic()
                 for t in waiting:
+                    if t.name not in self.waiting:
+                        continue  # emptied meanwhile (a cut-off)
                     ev = events.get(t.sock, 0)
                     if t.hold_until and ev & zmq.POLLIN:
                         self._subscribed(t)
-                    if t.hold_until or ev:
+                    if t.hold_until or ev or t.kind == "pub":
                         self._flush(t, now)
         finally:
             self._shutdown()
@@ -420,6 +662,8 @@ class Receiver:
         flags = 0 if block else nonblock
         recv_first, recv_rest = frames_io.recv_first, frames_io.recv_rest
         max_parts = self.limits.max_frames + 1
+        max_bytes = self.limits.max_msg_size
+        ok, too_many = frames_io.PARTS_OK, frames_io.PARTS_TOO_MANY
         again = zmq.Again
         for n in range(BATCH):
             try:
@@ -430,18 +674,33 @@ class Receiver:
                 return n
             flags = nonblock
             frames = [first.bytes]
-            if first.more and recv_rest(inbound, frames, max_parts):
-                # too many parts: decode sees one more than the limit
-                frames.append(b"")
             self._peer_frame = first
+            if first.more:
+                status = recv_rest(inbound, frames, max_parts, max_bytes)
+                if status == too_many:
+                    # decode sees one more than the limit
+                    frames.append(b"")
+                elif status != ok:
+                    self._too_large(frames)
+                    continue
             try:
                 self._accept(frames)
             except Exception:  # noqa: BLE001 - one message must not kill the loop
                 self.counters.incr("dropped.internal_error")
                 LOG.exception("internal error routing a message; dropped it")
-            if self.paused:
-                return n + 1
         return BATCH
+
+    def _too_large(self, kept: list) -> None:
+        """A message passed rpc_zmq_max_msg_size while being received; its
+        remaining parts were discarded unread."""
+        self.counters.incr("received")
+        topic = None
+        if len(kept) > 1 and len(kept[1]) <= 300:
+            topic = kept[1].decode("utf-8", "replace")
+        self._drop("too_large", topic, kept,
+                   "over %d bytes (rpc_zmq_max_msg_size) after %d frames; the "
+                   "rest was discarded unread" % (self.limits.max_msg_size,
+                                                  len(kept) + 1))
 
     def _shutdown(self) -> None:
         lost = sum(len(t.backlog) for t in self.topics.values())
@@ -455,8 +714,10 @@ class Receiver:
             t.sock.close(0 if t.backlog else LINGER_MS)
         self.topics.clear()
         self.waiting.clear()
+        self.droplog.flush(time.monotonic(), force=True)
         if self.servicegroup is not None:
             self.servicegroup.stop(leave=True)  # an orderly stop: seen at once
             self.servicegroup = None
         self._close_context()
+        self._unlock()
         LOG.info("receiver stopped")

@@ -1,8 +1,12 @@
 """Health and metrics over plain HTTP, for HAProxy ``httpchk`` and Pacemaker.
 
-``GET /`` or ``/health`` answers ``200 OK`` while the receiver loop runs;
+``GET /`` or ``/health`` answers ``200 OK`` while the receiver routes, and
+``503`` with the reason (``STOPPING``, or ``STUCK: ...`` when its loop has
+not turned for ``rpc_zmq_health_stuck_after`` seconds) otherwise;
 ``GET /metrics`` gives the counters as ``name value`` lines. Served by a
-daemon thread on ``rpc_zmq_health_port`` (0 disables it).
+daemon thread on ``rpc_zmq_health_bind_address``:``rpc_zmq_health_port``
+(0 disables it). The handler logs nothing above DEBUG: a stuck receiver is
+often one whose log output blocks, and the page must still answer.
 """
 
 from __future__ import annotations
@@ -16,18 +20,27 @@ LOG = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """Serves ``status()`` (bool) and ``metrics()`` (text) over HTTP."""
+    """Serves ``status()`` and ``metrics()`` (text) over HTTP.
 
-    def __init__(self, host: str, port: int, status: Callable[[], bool],
+    ``status`` returns None when healthy, else the one-line reason it is
+    not (a bool is accepted too: True is healthy). Raises OSError when the
+    port cannot be bound.
+    """
+
+    def __init__(self, host: str, port: int,
+                 status: Callable[[], "str | bool | None"],
                  metrics: Callable[[], str]) -> None:
         status_fn, metrics_fn = status, metrics
 
         class _Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 if self.path in ("/", "/health"):
-                    ok = status_fn()
-                    body = b"OK\n" if ok else b"STOPPING\n"
-                    code = 200 if ok else 503
+                    problem = status_fn()
+                    if problem is True or problem is None:
+                        body, code = b"OK\n", 200
+                    else:
+                        text = "STOPPING" if problem is False else str(problem)
+                        body, code = (text + "\n").encode(), 503
                 elif self.path == "/metrics":
                     body, code = metrics_fn().encode(), 200
                 else:

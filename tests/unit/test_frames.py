@@ -64,9 +64,9 @@ def test_recv_rest_keeps_at_most_max_parts_and_drains_the_rest(pair):
     first = frames.recv_first(pull)
     parts = [first.bytes]
     assert first.more
-    assert frames.recv_rest(pull, parts, 4) is True
+    assert frames.recv_rest(pull, parts, 4) == frames.PARTS_TOO_MANY
     assert parts == [b"0", b"1", b"2", b"3"]
     first = frames.recv_first(pull)
     parts = [first.bytes]
-    assert frames.recv_rest(pull, parts, 4) is False
+    assert frames.recv_rest(pull, parts, 4) == frames.PARTS_OK
     assert parts == [b"next", b"one"]
