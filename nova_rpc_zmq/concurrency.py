@@ -33,6 +33,18 @@ class Handler:
     def sleep(self, seconds: float) -> None:
         raise NotImplementedError
 
+    def spawn_native(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in a real OS thread (a daemon; even in a green
+        process), for a blocking C call that must not hold up the hub.
+        Returns the thread (``is_alive()``)."""
+        native: Any = threading
+        if "eventlet" in sys.modules:  # threading may be patched green
+            from eventlet import patcher
+            native = patcher.original("threading")
+        t = native.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        return t
+
     def Event(self) -> Any:  # noqa: N802 - mirrors threading.Event
         raise NotImplementedError
 
@@ -187,9 +199,80 @@ def new_context(cls: Any, io_threads: int, batch: bool) -> Any:
     call at a time can take a little longer.
     """
     ctx = cls(io_threads)
+    # libzmq's default cap (1,023 sockets) is far below what a controller
+    # fanning out to thousands of hosts, or a receiver with thousands of
+    # topics, needs; each socket costs at least one descriptor, so the
+    # descriptor limit is the real budget.
+    ctx.set(_plain_zmq.MAX_SOCKETS, socket_cap(ctx.get(_plain_zmq.SOCKET_LIMIT)))
     if batch and batch_policy_allowed():
         ctx.set(_plain_zmq.THREAD_SCHED_POLICY, _SCHED_BATCH)
     return ctx
+
+
+#: Descriptors kept out of the sockets' budget for everything else a
+#: process opens (TCP connections, log files, database and liveness links).
+FD_RESERVE = 64
+_fd_limit: list[int] = []
+_fd_limit_lock = threading.Lock()
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (once per
+    process) and return the soft limit now in force.
+
+    Logs once what was set. Never raises: where the system refuses, the
+    current limit stays and is returned.
+    """
+    with _fd_limit_lock:
+        if not _fd_limit:
+            _fd_limit.append(_raise_soft_nofile())
+        return _fd_limit[0]
+
+
+def _raise_soft_nofile() -> int:
+    import logging
+    log = logging.getLogger(__name__)
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 1024
+    infinity = resource.RLIM_INFINITY
+    # Linux refuses an infinite soft limit: nr_open is the real ceiling
+    target = _nr_open() if hard == infinity else hard
+    current = _nr_open() if soft == infinity else soft
+    if current < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            current = target
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d "
+                        "(%s)", current, target, exc)
+    log.debug("open-files limit (RLIMIT_NOFILE) %d (soft was %d, hard %s): "
+             "ZeroMQ sockets of this process are capped by it; for more "
+             "peers or topics raise `ulimit -n` / LimitNOFILE= in the "
+             "service's systemd unit", current, soft,
+             "unlimited" if hard == infinity else hard)
+    return int(current)
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling on descriptors per process (Linux), or 1 Mi."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def socket_cap(socket_limit: int) -> int:
+    """How many sockets one context may hold: the open-files limit (raised
+    first, see ``raise_fd_limit``) less ``FD_RESERVE``, at most libzmq's
+    own ``socket_limit``. Below the descriptor limit, so that an
+    exhausted budget shows as a refused socket (EMFILE from ``socket()``)
+    rather than as a connection or file that cannot be opened elsewhere."""
+    budget = max(raise_fd_limit() - FD_RESERVE, FD_RESERVE)
+    return min(int(socket_limit), budget)
 
 
 _SCHED_BATCH = 3  # Linux's number for SCHED_BATCH
@@ -403,3 +486,29 @@ def get_handler(name: str | None = None) -> Handler:
             h = EventletHandler() if name == "eventlet" else ThreadingHandler()
             _handlers[name] = h
         return h
+
+
+def term_context(ctx: Any, handler: Handler, timeout: float) -> bool:
+    """End the zmq context ``ctx`` within ``timeout`` seconds; True if it
+    ended.
+
+    ZeroMQ's ``term()`` waits for every socket of the context to close, and
+    one still held by a method that runs on (a 30 s call when the service
+    stops) would keep it waiting that long or for ever. So it runs in a
+    native thread, waited for with the handler's sleep (a green hub keeps
+    running); past ``timeout`` it is left to end with the process, logged.
+    """
+    import logging
+    import time
+    thread = handler.spawn_native(ctx.term)
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while thread.is_alive() and time.monotonic() < deadline:
+        handler.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    if thread.is_alive():
+        logging.getLogger(__name__).warning(
+            "ZeroMQ context still has open sockets after %.1fs (a method still "
+            "running?); leaving it to the process's exit", timeout)
+        return False
+    return True

@@ -136,6 +136,30 @@ class AuthenticationError(RPCException):
         super().__init__("host %s refused the connection: %s" % (host, reason))
 
 
+class SocketBudgetError(RPCException):
+    """This process may open no more sockets (EMFILE, or the ZeroMQ
+    context's socket cap reached); the message names the limit and the fix.
+
+    ``host`` is the peer that could not get a socket; ``limit`` the
+    open-files limit in force. A fanout carries on with the other hosts.
+    """
+
+    def __init__(self, host: str, limit: int, open_sockets: int,
+                 detail: str = "") -> None:
+        self.host = host
+        self.limit = limit
+        self.open_sockets = open_sockets
+        super().__init__(
+            "cannot open a socket to host %s: this process reached its "
+            "budget of open files (RLIMIT_NOFILE %d, %d outbound sockets "
+            "open%s); raise the limit (`ulimit -n` before starting it, "
+            "LimitNOFILE= in its systemd unit, nofile in "
+            "/etc/security/limits.conf) or lower "
+            "rpc_zmq_outbound_idle_timeout so idle peers' sockets close "
+            "sooner" % (host, limit, open_sockets,
+                        "; %s" % detail if detail else ""))
+
+
 class LocalError(RPCException):
     """Our caller's mistake: raised at once, never sent on the wire."""
 

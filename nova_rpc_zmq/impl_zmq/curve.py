@@ -1,21 +1,36 @@
 """The sender side of CURVE: keys on every outbound socket, and refusals
 turned into errors that name the host and the reason.
 
-A receiver that refuses our key makes libzmq give up on that socket for
-good, so the next send to that host replaces the socket (the operator may
-have fixed the keys meanwhile); a caller waiting for a reply from a host
-that refused us gets the ``AuthenticationError`` at once instead of a
-Timeout.
+Once a host's refusal is known, every call *and cast* to it raises that
+``AuthenticationError`` at once (a cast used to be queued on a dead socket
+and reported as sent); a caller waiting for a reply from a host that
+refused us gets it at once instead of a Timeout. At most every
+``RETRY_REFUSED`` seconds such a send also replaces the host's socket by an
+empty one (libzmq gives up on a refused socket for good): its own
+handshake tells whether the operator fixed the keys, and a success clears
+the refusal, so sends resume without a restart.
+
+Budget: with CURVE on, each peer socket has a handshake monitor (two more
+sockets). With CURVE off there is nothing to authenticate; only the first
+``PLAINTEXT_WATCHED_HOSTS`` peers are watched, so that a sender whose
+``rpc_zmq_curve`` is off still learns at once that a receiver requires it,
+without tripling the sockets of a controller that talks to thousands.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from nova_rpc_zmq.errors import AuthenticationError
 
 LOG = logging.getLogger(__name__)
+
+#: Seconds between two fresh sockets to a host that refused us.
+RETRY_REFUSED = 5.0
+#: Peers watched with CURVE off (mechanism-mismatch diagnosis only).
+PLAINTEXT_WATCHED_HOSTS = 32
 
 
 class ClientSecurity:
@@ -23,7 +38,7 @@ class ClientSecurity:
 
     def __init__(self, settings: Any, handler: Any) -> None:
         from nova_rpc_zmq.security import HandshakeWatcher, KeyPair
-        # with CURVE off we still watch handshakes: a receiver that
+        # with CURVE off a few peers are still watched: a receiver that
         # requires CURVE is then reported as a mechanism mismatch
         self.curve = bool(settings.rpc_zmq_curve)
         self.keypair = KeyPair.from_settings(settings) if self.curve else None
@@ -31,6 +46,10 @@ class ClientSecurity:
         self.watcher = HandshakeWatcher.from_settings(
             settings, handler, on_failure=self._on_failure)
         self.forget: Callable[[str], None] = lambda host: None
+        #: replaces a host's socket by a new, empty one (Outbound.reopen)
+        self.reopen: Callable[[str], None] | None = None
+        self._watched_plain: set[str] = set()
+        self._retry_at: dict[str, float] = {}
         self.on_refusal: Callable[[str, AuthenticationError], None] = \
             lambda host, error: None
         self.refusals = 0
@@ -48,6 +67,10 @@ class ClientSecurity:
             from nova_rpc_zmq.security import configure_client, server_key_for
             configure_client(sock, self.keypair,
                              server_key_for(host, self.keys_dir))
+        elif host not in self._watched_plain:
+            if len(self._watched_plain) >= PLAINTEXT_WATCHED_HOSTS:
+                return   # one socket per peer: the budget of big fanouts
+            self._watched_plain.add(host)
         self.watcher.watch(sock, host)
 
     def _on_failure(self, host: str, error: AuthenticationError) -> None:
@@ -56,13 +79,39 @@ class ClientSecurity:
         self.on_refusal(host, error)
 
     def check(self, host: str) -> None:
-        """Before sending to ``host``: replace a socket it refused."""
-        if self.watcher.failure(host) is not None:
+        """Before sending to ``host``: raise the AuthenticationError it
+        refused us with, if any (see the module docstring for retries)."""
+        failure = self.watcher.failure(host)
+        if failure is None:
+            return
+        if self.reopen is None:
+            # no way to retry in the background: the old behaviour, a
+            # fresh socket for this message
             self.forget(host)
             self.watcher.clear(host)
+            return
+        now = time.monotonic()
+        if now >= self._retry_at.get(host, 0.0):
+            self._retry_at[host] = now + RETRY_REFUSED
+            try:
+                self.reopen(host)
+            except Exception:  # noqa: BLE001 - the refusal is what we report
+                LOG.exception("could not open a new socket to %s to retry "
+                              "after its refusal", host)
+        raise _fresh(failure)
 
     def failure(self, host: str) -> AuthenticationError | None:
         return self.watcher.failure(host)
 
     def close(self) -> None:
         self.watcher.stop()
+
+
+def _fresh(failure: AuthenticationError) -> AuthenticationError:
+    """A new exception like ``failure``: raising one stored instance again
+    and again would grow its traceback with every send."""
+    from nova_rpc_zmq.security.monitor import HandshakeFailure
+    if isinstance(failure, HandshakeFailure):
+        return HandshakeFailure(failure.host, failure.label, failure.reason,
+                                failure.event, failure.value)
+    return AuthenticationError(failure.host, failure.reason)

@@ -4,17 +4,27 @@ The old driver opened, used and closed a socket for every message; here a
 socket is made on first use of a peer and kept. Every socket has a finite
 linger and a send timeout (a PUSH to a dead peer blocks at the high-water
 mark; it must not block forever).
+
+Budget: one socket per peer (plus, with CURVE, the handshake monitor's
+two), so a controller reaches thousands of hosts within the open-files
+limit (``concurrency.socket_cap``). A socket unused for
+``rpc_zmq_outbound_idle_timeout`` is closed (with linger, so what it
+still holds is flushed) and reopened by the next send; a socket that
+cannot be opened because the budget is spent raises ``SocketBudgetError``
+naming the limit and the fix, never a raw ``ZMQError``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import time
 from typing import Any, Callable
 
 from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import netaddr
-from nova_rpc_zmq.concurrency import Handler
-from nova_rpc_zmq.errors import Timeout
+from nova_rpc_zmq.concurrency import Handler, raise_fd_limit
+from nova_rpc_zmq.errors import RPCException, SocketBudgetError, Timeout
 
 LOG = logging.getLogger(__name__)
 
@@ -22,10 +32,21 @@ LOG = logging.getLogger(__name__)
 SEND_HWM = 10000
 #: Milliseconds a closing socket may keep flushing (cleanup() and exit).
 LINGER_MS = 2000
+#: What libzmq says when the descriptors or the context's socket cap ran out.
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
+#: Seconds between two "budget spent" log lines (each failure is counted).
+_BUDGET_LOG_EVERY = 60.0
+#: Once the budget was spent, sockets idle this long go even with
+#: ``rpc_zmq_outbound_idle_timeout = 0``.
+_BUDGET_IDLE = 60.0
 
 
 class Outbound:
-    """Cached PUSH sockets keyed by peer host. Thread- and green-safe."""
+    """Cached PUSH sockets keyed by peer host. Thread- and green-safe.
+
+    ``evicted`` counts sockets closed for idleness, ``budget_refusals``
+    sockets refused because the open-files budget was spent.
+    """
 
     def __init__(self, handler: Handler, ctx: Any, settings: Any,
                  configure: Callable[[Any, str], None] | None = None) -> None:
@@ -36,12 +57,25 @@ class Outbound:
         self.own_address = netaddr.local_connect_address(
             settings.rpc_zmq_bind_address)
         self.send_timeout = float(settings.rpc_cast_timeout)
+        self.idle_timeout = float(getattr(
+            settings, "rpc_zmq_outbound_idle_timeout", 0) or 0)
         self._configure = configure
         self._socks: dict[str, tuple[Any, Any]] = {}
+        self._used: dict[str, float] = {}
         self._create_lock = handler.Lock()
+        self.closed = False
         # green sockets already serialise blocking sends between green
         # threads; native threads need a lock per socket
         self._needs_lock = handler.name == "threading"
+        # sweeping a few times per idle period bounds how long past its
+        # timeout a socket lives, at one pass over the table each time
+        self._sweep_every = max((self.idle_timeout or _BUDGET_IDLE) / 4.0,
+                                0.05)
+        self._budget_spent = False
+        self._next_sweep = time.monotonic() + self._sweep_every
+        self._last_budget_log = float("-inf")
+        self.evicted = 0
+        self.budget_refusals = 0
 
     def endpoint(self, host: str) -> str:
         """``tcp://`` address of ``host``'s receiver (ours for our own name)."""
@@ -56,38 +90,105 @@ class Outbound:
         with self._create_lock:
             entry = self._socks.get(host)
             if entry is None:
-                zmq = self.handler.zmq
-                sock = self.ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, LINGER_MS)
-                sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-                sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout * 1000))
-                sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-                endpoint = self.endpoint(host)
-                if endpoint.startswith("tcp://["):
-                    sock.setsockopt(zmq.IPV6, 1)
-                if self._configure is not None:
-                    self._configure(sock, host)
-                sock.connect(endpoint)
-                lock = self.handler.Lock() if self._needs_lock else None
-                entry = (sock, lock)
+                if self.closed:
+                    # a socket made now would keep the context's term()
+                    # waiting for ever (a method finishing after cleanup)
+                    raise RPCException("cannot send to host %s: this process's "
+                                       "RPC driver was closed (rpc.cleanup())" % host)
+                entry = (self._open(host),
+                         self.handler.Lock() if self._needs_lock else None)
                 self._socks[host] = entry
-                LOG.debug("connected to %s (%s)", host, endpoint)
         return entry
+
+    def _open(self, host: str) -> Any:
+        """A new PUSH socket connected to ``host``; SocketBudgetError when
+        the process may open no more (the half-made socket is closed)."""
+        zmq = self.handler.zmq
+        try:
+            sock = self.ctx.socket(zmq.PUSH)
+        except zmq.ZMQError as exc:
+            if exc.errno in _EXHAUSTED:
+                raise self._exhausted(host, exc) from exc
+            raise
+        try:
+            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+            sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout * 1000))
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            endpoint = self.endpoint(host)
+            if endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)
+            if self._configure is not None:
+                self._configure(sock, host)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            if exc.errno in _EXHAUSTED:
+                # e.g. the CURVE handshake monitor's sockets did not fit
+                raise self._exhausted(host, exc) from exc
+            raise
+        except BaseException:
+            sock.close(0)   # e.g. no CURVE key for host: leak nothing
+            raise
+        LOG.debug("connected to %s (%s)", host, endpoint)
+        return sock
+
+    def _exhausted(self, host: str, exc: Exception) -> SocketBudgetError:
+        """The error for a spent budget; logged at most once a minute (the
+        caller logs or raises each one, ``budget_refusals`` counts them)."""
+        self.budget_refusals += 1
+        error = SocketBudgetError(host, raise_fd_limit(), len(self._socks),
+                                  detail="ZeroMQ: %s" % exc)
+        now = time.monotonic()
+        if now - self._last_budget_log >= _BUDGET_LOG_EVERY:
+            self._last_budget_log = now
+            LOG.error("%s (%d refused so far)", error, self.budget_refusals)
+        # make room for later sends: the next send sweeps out idle peers,
+        # even with eviction off (not here: the caller holds _create_lock)
+        self._budget_spent = True
+        self._next_sweep = now
+        return error
 
     def send(self, host: str, frames: list[bytes], topic: str = "") -> None:
         """Queue ``frames`` for ``host``'s receiver.
 
         Returns as soon as ZeroMQ holds the message; waits only when the
         peer's queue is full, at most ``rpc_cast_timeout`` seconds, then
-        raises Timeout naming the host.
+        raises Timeout naming the host. Raises SocketBudgetError when no
+        socket to ``host`` can be opened.
         """
-        sock, lock = self._socket(host)
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._evict_idle(now)
+        self._used[host] = now
+        zmq = self.handler.zmq
+        for _attempt in range(2):
+            sock, lock = self._socket(host)
+            try:
+                if self._send_on(sock, lock, frames):
+                    return
+            except (zmq.Again, TimeoutError) as exc:
+                raise Timeout(
+                    info="could not hand a message to host %s (%s) within "
+                         "%.0fs: its receiver is not taking messages; is "
+                         "nova-rpc-zmq-receiver running there?"
+                         % (host, self.endpoint(host), self.send_timeout),
+                    topic=topic) from exc
+            # evicted (or forgotten) between look-up and send: a new one
+            self._drop_entry(host, sock)
+        raise Timeout(info="the socket to host %s kept being closed while "
+                           "sending" % host, topic=topic)
+
+    def _send_on(self, sock: Any, lock: Any, frames: list[bytes]) -> bool:
+        """Send on ``sock``; False when it was closed meanwhile."""
         zmq = self.handler.zmq
         # Frames are copied into ZeroMQ (copy=True): zero-copy sends start
         # pyzmq's garbage-collector thread, which blocks a monkey-patched
         # process's hub; the copy costs less than that risk.
         try:
             if lock is None:
+                if sock.closed:
+                    return False
                 try:
                     frames_io.send(sock, frames, frames_io.NOBLOCK)
                 except zmq.Again:
@@ -95,33 +196,73 @@ class Outbound:
                         sock.send_multipart(frames)
             else:
                 with lock:
+                    if sock.closed:
+                        return False
                     frames_io.send(sock, frames)
-        except (zmq.Again, TimeoutError) as exc:
-            raise Timeout(
-                info="could not hand a message to host %s (%s) within %.0fs: "
-                     "its receiver is not taking messages; is "
-                     "nova-rpc-zmq-receiver running there?"
-                     % (host, self.endpoint(host), self.send_timeout),
-                topic=topic) from exc
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.ENOTSOCK:
+                return False
+            raise
+        return True
+
+    def _drop_entry(self, host: str, sock: Any) -> None:
+        with self._create_lock:
+            entry = self._socks.get(host)
+            if entry is not None and entry[0] is sock:
+                del self._socks[host]
+
+    def _evict_idle(self, now: float) -> None:
+        """Close sockets unused for ``idle_timeout`` seconds (with linger:
+        what they hold is still flushed). Once the budget was spent, also
+        with eviction off, taking peers idle for over a minute."""
+        self._next_sweep = now + self._sweep_every
+        timeout = self.idle_timeout or (_BUDGET_IDLE if self._budget_spent
+                                        else 0)
+        if not timeout:
+            return
+        idle: list[tuple[str, tuple[Any, Any]]] = []
+        with self._create_lock:
+            for host, entry in list(self._socks.items()):
+                if now - self._used.get(host, now) >= timeout:
+                    del self._socks[host]
+                    self._used.pop(host, None)
+                    idle.append((host, entry))
+        for host, (sock, lock) in idle:
+            self._close(sock, lock, LINGER_MS)
+            LOG.debug("closed the socket to %s: unused for %.0fs", host,
+                      timeout)
+        self.evicted += len(idle)
+
+    def _close(self, sock: Any, lock: Any, linger_ms: int) -> None:
+        if lock is None:
+            sock.close(linger_ms)
+        else:
+            with lock:  # not while another thread sends on it
+                sock.close(linger_ms)
 
     def forget(self, host: str) -> None:
         """Close ``host``'s socket (it was refused); the next send makes a new one."""
         with self._create_lock:
             entry = self._socks.pop(host, None)
         if entry is not None:
-            sock, lock = entry
-            if lock is None:
-                sock.close(0)
-            else:
-                with lock:  # not while another thread sends on it
-                    sock.close(0)
+            self._close(entry[0], entry[1], 0)
+
+    def reopen(self, host: str) -> None:
+        """Replace ``host``'s socket by a fresh, empty one now (a refused
+        peer: the new socket's own handshake tells whether it was fixed)."""
+        self.forget(host)
+        self._used[host] = time.monotonic()
+        self._socket(host)
 
     def hosts(self) -> list[str]:
+        """Hosts with an open socket now."""
         return list(self._socks)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close every socket, letting each flush for ``linger_ms``."""
         with self._create_lock:
+            self.closed = True
             socks, self._socks = self._socks, {}
+            self._used.clear()
         for sock, _lock in socks.values():
             sock.close(linger_ms)

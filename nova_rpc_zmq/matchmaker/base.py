@@ -59,6 +59,11 @@ class MatchMaker:
         """
         raise NotImplementedError
 
+    def knows_host(self, host: str) -> bool:
+        """True when ``host`` is one this matchmaker routes to (replies go
+        only to such hosts). By default only this host (``self.host``)."""
+        return host == getattr(self, "host", None)
+
     def register(self, topic: str, host: str) -> None:
         """Announce that ``host`` serves ``topic`` (no-op by default)."""
 

@@ -293,7 +293,7 @@ def unresolved_hosts(ring: RingFile, resolver: Resolver = resolve_host,
 class _Ring:
     """Routing tables built once per file version; never mutated."""
 
-    __slots__ = ("bare", "fanout", "size")
+    __slots__ = ("bare", "fanout", "size", "hosts")
 
     def __init__(self, ring: RingFile) -> None:
         self.bare: dict[str, tuple[Pair, ...]] = {}
@@ -306,6 +306,7 @@ class _Ring:
                 (FANOUT_PREFIX + entry.topic + TOPIC_SEPARATOR + h, h)
                 for h in hosts)
         self.size = len(ring.entries)
+        self.hosts = frozenset(ring.hosts())
 
 
 class RingMatchMaker(MatchMaker):
@@ -490,3 +491,7 @@ class RingMatchMaker(MatchMaker):
     def topics(self) -> list[str]:
         """The bare topics of the current ring."""
         return list(self._ring.bare)
+
+    def knows_host(self, host: str) -> bool:
+        """True when the current ring lists ``host`` under any topic."""
+        return host in self._ring.hosts
