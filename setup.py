@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["nova_rpc_zmq", "nova_rpc_zmq.*"]),
     install_requires=[
         "pyzmq>=22",
-        "eventlet>=0.33",
+        "eventlet>=0.33.3",  # 0.33.0-0.33.2 break on import with dnspython 2.3+
         "greenlet>=2",
         "oslo.config>=9",
         "python-memcached>=1.59",

@@ -19,7 +19,9 @@ czmq read and write), a small subset of ZPL::
 Section names start in column 0; ``name = value`` lines are indented and
 belong to the section above them; values may be quoted.  Everything that
 breaks these rules is a ``ConfigurationError`` naming the file, the line
-and the fix.
+and the fix.  No error message, log line or repr repeats secret key text:
+text quoted from a file that failed to parse has every run of Z85
+characters long enough to be key material hidden.
 
 Keys are kept in their Z85 text form (40 bytes), which pyzmq's
 ``curve_publickey`` / ``curve_serverkey`` options accept directly.
@@ -38,6 +40,7 @@ import zmq
 from zmq.utils import z85
 
 from nova_rpc_zmq.errors import ConfigurationError
+from nova_rpc_zmq.redact import hide_key_text
 
 #: The Z85 digits in value order (ZeroMQ RFC 32).
 Z85_DIGITS = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -83,11 +86,18 @@ class KeyPair:
 
 @dataclasses.dataclass(frozen=True)
 class Certificate:
-    """Everything a certificate file holds: keys (Z85) and metadata."""
+    """Everything a certificate file holds: keys (Z85) and metadata.
+
+    Like KeyPair's, the repr never shows the secret half.
+    """
 
     public: bytes
     secret: bytes | None
     metadata: dict[str, str]
+
+    def __repr__(self) -> str:
+        return "Certificate(public=%r, secret=%s, metadata=%r)" % (
+            self.public, "<hidden>" if self.secret else None, self.metadata)
 
 
 def generate() -> KeyPair:
@@ -137,6 +147,10 @@ def parse_certificate(text: str, path: str) -> Certificate:
         return ConfigurationError("%s line %d: %s; %s"
                                   % (path, lineno, problem, fix))
 
+    def quote(text: str) -> str:
+        # the file may hold a secret key: never repeat what could be one
+        return hide_key_text(repr(text))
+
     section: str | None = None
     curve: dict[str, tuple[str, int]] = {}
     metadata: dict[str, str] = {}
@@ -148,7 +162,7 @@ def parse_certificate(text: str, path: str) -> Certificate:
             continue
         if not line[0].isspace():
             if stripped not in _SECTIONS:
-                raise fail(lineno, "unknown section %r" % stripped,
+                raise fail(lineno, "unknown section %s" % quote(stripped),
                            "a certificate has only the sections 'metadata' "
                            "and 'curve' (names start in column 0, entries "
                            "are indented)")
@@ -156,18 +170,18 @@ def parse_certificate(text: str, path: str) -> Certificate:
             continue
         match = _ENTRY_RE.match(stripped)
         if section is None:
-            raise fail(lineno, "entry %r is outside any section" % stripped,
+            raise fail(lineno, "entry %s is outside any section" % quote(stripped),
                        "put it under an unindented 'curve' or 'metadata' "
                        "line")
         if match is None:
-            raise fail(lineno, "%r is not a 'name = value' entry" % stripped,
+            raise fail(lineno, "%s is not a 'name = value' entry" % quote(stripped),
                        "write e.g. public-key = \"<40 Z85 characters>\"")
         name, value = match.group(1), _unquote(match.group(2))
         if section == "metadata":
             metadata[name] = value
             continue
         if name not in _CURVE_FIELDS:
-            raise fail(lineno, "unknown curve entry %r" % name,
+            raise fail(lineno, "unknown curve entry %s" % quote(name),
                        "the curve section holds only public-key and "
                        "secret-key")
         if name in curve:
@@ -301,9 +315,11 @@ def server_key_for(host: str, keys_dir: str) -> bytes:
 def format_certificate(public: bytes, secret: bytes | None = None,
                        host: str | None = None) -> str:
     """Certificate text for ``public`` (and ``secret``, for a key pair)."""
-    for key in (public, secret):
+    for half, key in (("public", public), ("secret", secret)):
         if key is not None and not is_z85_key(key):
-            raise ValueError("not a Z85 CURVE key: %r" % key[:8])
+            # not even a prefix of the key: it may be the secret half
+            raise ValueError("the %s key is not a %d-character Z85 CURVE key"
+                             % (half, Z85_KEY_LENGTH))
     if secret is not None:
         banner = ["#   ZeroMQ CURVE key pair%s (nova-rpc-zmq)"
                   % (" of host %s" % host if host else ""),

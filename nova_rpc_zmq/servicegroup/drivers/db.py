@@ -1,6 +1,7 @@
 """ServiceGroup driver ``db``: heartbeat rows in an SQL database.
 
-Options (from ``Settings``): ``database_connection`` - any SQLAlchemy 2 URL;
+Options (from ``Settings``): ``database_connection`` - any SQLAlchemy URL
+(SQLAlchemy 1.4 or 2);
 an SQLite file by default (``sqlite:////var/lib/nova/servicegroup.sqlite``),
 PostgreSQL as ``postgresql+pg8000://user:pw@host/db`` (pure Python, works
 under eventlet) or ``postgresql+psycopg://...``; ``report_interval`` -
@@ -22,6 +23,10 @@ While the database is away: heartbeats are retried with capped exponential
 back-off (cap = ``report_interval``, so the first heartbeat after recovery
 comes within one interval); reads raise ``ServiceGroupUnavailable`` and the
 API answers from its last known view.
+
+The URL's password never appears in an error message or a log line: the
+address is shown as ``postgresql+pg8000://user:***@host/db``, and errors
+from the database are masked the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from nova_rpc_zmq import concurrency, errors
+from nova_rpc_zmq.redact import mask_url
 from nova_rpc_zmq.servicegroup.drivers import base
 
 LOG = logging.getLogger(__name__)
@@ -48,13 +54,17 @@ DEFAULT_URL = "sqlite:///" + os.path.join(tempfile.gettempdir(),
                                           "nova-rpc-zmq-servicegroup.sqlite")
 
 metadata = sa.MetaData()
+# Epoch seconds need a double: a single-precision float is 128 s coarse
+# today.  Float(precision=53) is DOUBLE PRECISION on PostgreSQL and MySQL
+# and REAL on SQLite, in SQLAlchemy 1.4 as in 2 (sa.Double is 2.0 only).
+_EPOCH = sa.Float(precision=53)
 heartbeats = sa.Table(
     TABLE_NAME, metadata,
     sa.Column("group_id", sa.String(255), primary_key=True),
     sa.Column("member_id", sa.String(255), primary_key=True),
-    sa.Column("last_seen", sa.Double, nullable=False),
-    sa.Column("joined_at", sa.Double, nullable=False),
-    sa.Column("left_at", sa.Double, nullable=True),
+    sa.Column("last_seen", _EPOCH, nullable=False),
+    sa.Column("joined_at", _EPOCH, nullable=False),
+    sa.Column("left_at", _EPOCH, nullable=True),
     sa.Column("service", sa.Text, nullable=True),
 )
 
@@ -65,20 +75,33 @@ def _service_json(service: Any) -> str | None:
     return json.dumps(service, default=str, sort_keys=True)
 
 
-def make_engine(url: str, connect_timeout: float) -> sa.Engine:
+def make_engine(url: str, connect_timeout: float) -> "sa.engine.Engine":
     """An engine for ``url`` with timeouts fit for liveness work.
 
     Raises ``errors.ConfigurationError`` for a URL SQLAlchemy cannot use
-    (unknown dialect, missing DB-API module), naming the option.
+    (unparsable, unknown dialect, missing DB-API module), naming the
+    option and showing the URL with its password masked.
     """
     try:
-        parsed = sa.make_url(url)
-    except sa_exc.ArgumentError as exc:
+        parsed = sa.engine.make_url(url)
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        # ValueError: a port that is no number; neither error has the
+        # password in it, but the URL we quote does
         raise errors.ConfigurationError(
             "database_connection %r is not an SQLAlchemy URL (%s); use e.g. "
-            "sqlite:////var/lib/nova/servicegroup.sqlite" % (url, exc)) from exc
+            "sqlite:////var/lib/nova/servicegroup.sqlite or "
+            "postgresql+pg8000://user:password@host/db"
+            % (mask_url(url), mask_url(str(exc)))) from None
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    try:
+        # the driver name is looked up in the dialect: an unknown one raises
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    except (ImportError, sa_exc.NoSuchModuleError) as exc:
+        raise errors.ConfigurationError(
+            "database_connection %s: %s; use a dialect SQLAlchemy knows, e.g. "
+            "sqlite:// or postgresql+pg8000://"
+            % (parsed.render_as_string(hide_password=True),
+               mask_url(str(exc), [parsed.password]))) from exc
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": connect_timeout,
                                   "check_same_thread": False}
@@ -95,7 +118,8 @@ def make_engine(url: str, connect_timeout: float) -> sa.Engine:
         raise errors.ConfigurationError(
             "database_connection %s: %s; install the DB-API module or pick "
             "another driver in the URL (e.g. postgresql+pg8000://)"
-            % (parsed.render_as_string(hide_password=True), exc)) from exc
+            % (parsed.render_as_string(hide_password=True),
+               mask_url(str(exc), [parsed.password]))) from exc
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -117,7 +141,7 @@ class _Pulse:
     _registry: dict[str, "_Pulse"] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, url: str, engine: sa.Engine,
+    def __init__(self, url: str, engine: "sa.engine.Engine",
                  handler: concurrency.Handler, health: base.BackendHealth) -> None:
         self.url = url
         self.engine = engine
@@ -154,8 +178,9 @@ class _Pulse:
                     metadata.create_all(engine, checkfirst=True)
                 except sa_exc.SQLAlchemyError as exc:
                     engine.dispose()
+                    # from None: the chained DB-API error may quote the URL
                     raise base.ServiceGroupUnavailable(
-                        "db", shown, _short(exc)) from exc
+                        "db", shown, _short(exc, engine.url.password)) from None
                 pulse = cls(url, engine, handler, health)
                 cls._registry[url] = pulse
             pulse.refs += 1
@@ -207,7 +232,7 @@ class _Pulse:
                 self.health.restored()
                 backoff.reset()
             except sa_exc.SQLAlchemyError as exc:
-                self.health.lost(_short(exc))
+                self.health.lost(_short(exc, self.engine.url.password))
                 delay = backoff.next()
             except Exception:  # noqa: BLE001 - keep heartbeating regardless
                 LOG.exception("servicegroup db heartbeat failed")
@@ -260,11 +285,13 @@ class _Pulse:
                 conn.execute(sa.insert(heartbeats), missing)
 
 
-def _short(exc: BaseException) -> str:
-    """One line of an SQLAlchemy error, without the SQL and its URL."""
+def _short(exc: BaseException, password: str | None = None) -> str:
+    """One line of an SQLAlchemy error, without the SQL, with any URL's
+    password and the literal ``password`` masked."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    line = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    return mask_url(line, [password])
 
 
 class DbDriver(base.Driver):
@@ -301,7 +328,7 @@ class DbDriver(base.Driver):
         return self.health.address
 
     @property
-    def engine(self) -> sa.Engine:
+    def engine(self) -> "sa.engine.Engine":
         """The shared engine (tests and the status command read through it)."""
         return self._pulse.engine
 
@@ -338,7 +365,7 @@ class DbDriver(base.Driver):
             # statements: the heartbeat task refreshes it from now on
             pass
         except sa_exc.SQLAlchemyError as exc:
-            self.health.lost(_short(exc))
+            self.health.lost(_short(exc, self.engine.url.password))
         self._pulse.add(key, svc, new_holder=key not in self._mine)
         self._mine.add(key)
 
@@ -362,10 +389,10 @@ class DbDriver(base.Driver):
                 with self.engine.begin() as conn:
                     conn.execute(stmt, [{"g": g, "m": m, "now": now} for g, m in keys])
         except sa_exc.SQLAlchemyError as exc:
-            self.health.lost(_short(exc))
+            self.health.lost(_short(exc, self.engine.url.password))
             LOG.warning("servicegroup db: could not mark %s as left (%s); "
                         "seen down after service_down_time instead",
-                        ", ".join("%s/%s" % k for k in keys), _short(exc))
+                        ", ".join("%s/%s" % k for k in keys), _short(exc, self.engine.url.password))
 
     def _record(self, row: Any, now: float) -> base.MemberRecord:
         up = row.left_at is None and now - row.last_seen <= self.service_down_time
@@ -392,7 +419,7 @@ class DbDriver(base.Driver):
                 rows = conn.execute(sa.select(heartbeats).where(
                     heartbeats.c.group_id.in_(groups))).all()
         except sa_exc.SQLAlchemyError as exc:
-            raise self.health.unavailable(_short(exc)) from exc
+            raise self.health.unavailable(_short(exc, self.engine.url.password)) from exc
         self.health.restored()
         now = time.time()
         for row in rows:
@@ -406,7 +433,7 @@ class DbDriver(base.Driver):
                     heartbeats.c.group_id == group_id,
                     heartbeats.c.member_id == member_id)).first()
         except sa_exc.SQLAlchemyError as exc:
-            raise self.health.unavailable(_short(exc)) from exc
+            raise self.health.unavailable(_short(exc, self.engine.url.password)) from exc
         self.health.restored()
         return row is not None and self._record(row, time.time()).up
 
@@ -416,7 +443,7 @@ class DbDriver(base.Driver):
                 rows = conn.execute(
                     sa.select(heartbeats.c.group_id).distinct()).all()
         except sa_exc.SQLAlchemyError as exc:
-            raise self.health.unavailable(_short(exc)) from exc
+            raise self.health.unavailable(_short(exc, self.engine.url.password)) from exc
         self.health.restored()
         return sorted(r.group_id for r in rows)
 

@@ -35,10 +35,23 @@ missing, so members keyed on live servers stay visible meanwhile.
 While every server is away: heartbeats are retried with capped back-off
 (cap ``report_interval``), reads raise ``ServiceGroupUnavailable`` and the
 API answers from its last known view.
+
+Never unpickled: python-memcached by default unpickles every value stored
+with flag 1, so anyone who can write to memcached would run code in every
+service using this driver.  This driver writes only ``str`` values (JSON)
+and reads through ``SafeClient``, which hands back the raw text of values
+stored as bytes or text and refuses everything else (pickles, integers,
+compressed values) without decoding it; its pickler and unpickler refuse
+too.  A value that is not ours - any of those, text that is not JSON, or
+JSON of the wrong shape - is logged (at most once a minute, with how many
+were ignored) and ignored: the member is treated as not heard from, and the
+next heartbeat or index merge overwrites the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -62,6 +75,10 @@ MERGE_TRIES = 8
 #: sooner under memory pressure; the verdict never depends on the key's
 #: presence, only on the heartbeat time it holds)
 RETAIN_SECONDS = 24 * 3600
+#: seconds between two log lines about values this driver did not write
+NOT_OURS_LOG_INTERVAL = 60.0
+#: python-memcached's flags for a value stored as bytes (0) or as text
+_RAW_FLAGS = (0, 1 << 4)
 
 
 def safe_key(*parts: str) -> str:
@@ -83,15 +100,191 @@ def index_key(group_id: str) -> str:
     return safe_key("i", group_id)
 
 
-def _loads(value: Any) -> Any:
-    if value is None:
+@dataclasses.dataclass(frozen=True)
+class NotOurs:
+    """What ``SafeClient`` returns for a value it will not decode.
+
+    ``flags`` are the memcached flags it was stored with (1 is a pickle),
+    ``size`` its length in bytes, ``server`` where it came from.  The value
+    itself is dropped unread.
+    """
+
+    server: str
+    flags: int
+    size: int
+
+
+class RefusedValue(errors.RPCException):
+    """A memcached value this driver will not unpickle or decompress."""
+
+
+class RefusingUnpickler:
+    """Stands in for ``pickle.Unpickler`` in the memcached client.
+
+    ``load`` always raises ``RefusedValue``: a value stored with the pickle
+    flag is someone else's, and unpickling it would run their code.
+    """
+
+    def __init__(self, file: Any, *args: Any, **kwargs: Any) -> None:
+        self._file = file
+
+    def load(self) -> Any:
+        """Raise ``RefusedValue``; nothing is read."""
+        raise RefusedValue("servicegroup mc never unpickles a memcached value")
+
+
+class RefusingPickler:
+    """Stands in for ``pickle.Pickler``: this driver stores only ``str``.
+
+    Accepts the client's probing construction; ``dump`` raises TypeError,
+    so a non-string value is a bug that shows, never a pickle in memcached.
+    """
+
+    def __init__(self, file: Any, *args: Any, **kwargs: Any) -> None:
+        self._file = file
+
+    def dump(self, obj: Any) -> None:
+        """Raise TypeError naming the type that was about to be pickled."""
+        raise TypeError("servicegroup mc stores only str values, not %s"
+                        % type(obj).__name__)
+
+
+def _refuse_decompress(data: bytes) -> bytes:
+    """The client's decompressor: we never write compressed values, and
+    inflating someone else's could exhaust memory."""
+    raise RefusedValue("servicegroup mc never decompresses a memcached value")
+
+
+@functools.lru_cache(maxsize=None)
+def _safe_client_class() -> type:
+    """``SafeClient``, built on first use so that python-memcached is
+    imported only when memcached is configured."""
+    import memcache  # python-memcached
+
+    class SafeClient(memcache.Client):  # type: ignore[misc, name-defined]
+        """python-memcached's Client that decodes only text values.
+
+        Values stored as bytes or text come back as ``str``; any other
+        value (pickle, integer, compressed, not UTF-8) comes back as a
+        ``NotOurs`` record without being decoded.  Never raises for a
+        value, so a planted one cannot desynchronise the connection.
+        """
+
+        def _recv_value(self, server: Any, flags: int, rlen: int) -> Any:
+            # flags 0 makes the base class read the value off the socket
+            # and return its bytes untouched: it never sees the real flags
+            raw = super()._recv_value(server, 0, rlen)
+            if flags in _RAW_FLAGS and isinstance(raw, (bytes, str)):
+                try:
+                    return raw.decode("utf-8") if isinstance(raw, bytes) else raw
+                except UnicodeDecodeError:
+                    pass
+            return NotOurs(str(server), int(flags), int(rlen))
+
+    return SafeClient
+
+
+def make_client(servers: list[str], socket_timeout: float,
+                dead_retry: float) -> Any:
+    """A memcached client that never unpickles: a ``SafeClient`` whose
+    pickler, unpickler and decompressor refuse as well."""
+    cls = _safe_client_class()
+    return cls(list(servers), socket_timeout=socket_timeout,
+               dead_retry=dead_retry, cache_cas=True,
+               pickler=RefusingPickler, unpickler=RefusingUnpickler,
+               decompressor=_refuse_decompress)
+
+
+class NotOursLog:
+    """Warns about values this driver did not write, at most once per
+    ``interval`` seconds, with how many were ignored meanwhile.
+
+    ``count`` is the total ignored.  Thread-safe.
+    """
+
+    def __init__(self, interval: float = NOT_OURS_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.count = 0
+        self._unlogged = 0
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def note(self, key: str, problem: str) -> None:
+        """Count one ignored value of ``key``; log if the interval passed."""
+        now = time.monotonic()
+        with self._lock:
+            self.count += 1
+            self._unlogged += 1
+            if self._last is not None and now - self._last < self.interval:
+                return
+            self._last, ignored, self._unlogged = now, self._unlogged, 0
+        LOG.warning("servicegroup mc: ignored memcached key %s: %s; it is not "
+                    "a value this driver wrote and is never unpickled (%d "
+                    "such value(s) ignored since the last report). Something "
+                    "else writes to these memcached servers: give the "
+                    "servicegroup its own memcached or find the writer",
+                    key, problem, ignored)
+
+
+def _decode(raw: Any, key: str, not_ours: NotOursLog | None) -> Any:
+    """The JSON document in ``raw`` (None when absent or not ours; the
+    latter is reported to ``not_ours``)."""
+    if raw is None:
         return None
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError):
-        LOG.warning("servicegroup mc: ignoring a value that is not JSON: %r",
-                    str(value)[:80])
+    if isinstance(raw, NotOurs):
+        problem = "stored with flags %d (%s), %d bytes, at %s" % (
+            raw.flags, "a pickle" if raw.flags & 1 else "not text",
+            raw.size, raw.server)
+    else:
+        try:
+            return json.loads(raw)
+        except (TypeError, ValueError):
+            problem = "not JSON (%d characters)" % len(raw) \
+                if isinstance(raw, (str, bytes)) else "not text"
+    if not_ours is not None:
+        not_ours.note(key, problem)
+    return None
+
+
+def _index_names(raw: Any, key: str, field: str,
+                 not_ours: NotOursLog | None) -> dict[str, Any]:
+    """The names an index (``field`` "m": name -> first seen) or the group
+    list (``field`` "g": a list) holds, as a dict; {} when absent or not
+    ours."""
+    doc = _decode(raw, key, not_ours)
+    if doc is None:
+        return {}
+    listed = doc.get(field) if isinstance(doc, dict) else None
+    if field == "g" and isinstance(listed, list) \
+            and all(isinstance(n, str) for n in listed):
+        return dict.fromkeys(listed)
+    if field == "m" and isinstance(listed, dict):
+        return listed
+    if not_ours is not None:
+        not_ours.note(key, "JSON without a valid %r field" % field)
+    return {}
+
+
+def _heartbeat(raw: Any, key: str,
+               not_ours: NotOursLog | None) -> dict[str, Any] | None:
+    """A member key's document if it has our shape: finite numbers ``t``
+    (and ``left``, when set); None otherwise."""
+    doc = _decode(raw, key, not_ours)
+    if doc is None:
         return None
+    if isinstance(doc, dict) and _finite(doc.get("t")) and (
+            doc.get("left") is None or _finite(doc.get("left"))):
+        return doc
+    if not_ours is not None:
+        not_ours.note(key, "JSON that is not a heartbeat")
+    return None
+
+
+def _finite(value: Any) -> bool:
+    """A real, finite number (JSON's NaN and Infinity would make a member
+    up for ever; a bool is no time)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 class LocalStore:
@@ -146,7 +339,7 @@ class LocalStore:
                 self._data[k] = (v, expires)
         return []
 
-    def merge(self, key: str, fn: Callable[[str | None], str | None]) -> bool:
+    def merge(self, key: str, fn: Callable[[Any], str | None]) -> bool:
         with self._lock:
             new = fn(self._live(key, time.time()))
             if new is not None:
@@ -162,25 +355,31 @@ class MemcachedStore:
 
     def __init__(self, servers: list[str], socket_timeout: float,
                  dead_retry: float) -> None:
-        import memcache  # python-memcached; imported only when configured
         self.servers = list(servers)
-        self._client = memcache.Client(self.servers, socket_timeout=socket_timeout,
-                                       dead_retry=dead_retry, cache_cas=True)
+        self._client = make_client(self.servers, socket_timeout, dead_retry)
+
+    @property
+    def client(self) -> Any:
+        """The ``SafeClient`` (tests check that it never unpickles)."""
+        return self._client
 
     def alive(self) -> bool:
         """True when at least one server accepts a connection."""
         return any(s.connect() for s in self._client.servers)
 
-    def get_multi(self, keys: Iterable[str]) -> dict[str, str]:
+    def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
+        """key -> str, or ``NotOurs`` for a value this driver did not write."""
         return self._client.get_multi(list(keys))
 
     def set_multi(self, mapping: dict[str, str], ttl: int) -> list[str]:
         return list(self._client.set_multi(mapping, time=ttl))
 
-    def merge(self, key: str, fn: Callable[[str | None], str | None]) -> bool:
+    def merge(self, key: str, fn: Callable[[Any], str | None]) -> bool:
         """Read-modify-write with gets/cas; False when it kept racing."""
         client = self._client
         for _ in range(MERGE_TRIES):
+            # a NotOurs value is passed on (fn ignores it) and replaced by
+            # cas below: add would fail for ever on the planted key
             current = client.gets(key)
             new = fn(current)
             if new is None:
@@ -219,6 +418,8 @@ class McDriver(base.Driver):
         else:
             self.store = LocalStore.shared()
         self.health = base.BackendHealth("mc", self.address, LOG)
+        #: values found in memcached that this driver did not write
+        self.not_ours = NotOursLog()
         if not self.store.alive():
             self.store.close()
             raise base.ServiceGroupUnavailable(
@@ -333,10 +534,12 @@ class McDriver(base.Driver):
         keys = [index_key(g) for g in by_group] + [GROUPS_KEY]
         current = self.store.get_multi(keys)
         for g, names in by_group.items():
-            listed = (_loads(current.get(index_key(g))) or {}).get("m", {})
+            listed = _index_names(current.get(index_key(g)), index_key(g), "m",
+                                  self.not_ours)
             if not names <= set(listed):
                 self._merge_index(g, names, now)
-        groups_now = set((_loads(current.get(GROUPS_KEY)) or {}).get("g", []))
+        groups_now = set(_index_names(current.get(GROUPS_KEY), GROUPS_KEY, "g",
+                                      self.not_ours))
         if not set(by_group) <= groups_now:
             self.store.merge(GROUPS_KEY, _adder("g", set(by_group), now))
         self._known_groups.update(by_group)
@@ -359,9 +562,9 @@ class McDriver(base.Driver):
         return base.MemberRecord(key[0], key[1], up, t, svc)
 
     def _observe(self, key: tuple[str, str], raw: Any) -> None:
-        value = _loads(raw)
-        if not isinstance(value, dict) or not isinstance(value.get("t"), (int, float)):
-            return
+        value = _heartbeat(raw, member_key(*key), self.not_ours)
+        if value is None:
+            return  # absent or not ours: not heard from
         t = float(value["t"])
         old_t, old_left, old_svc = self._seen.get(key, (None, None, None))
         left = value.get("left")
@@ -380,7 +583,8 @@ class McDriver(base.Driver):
         indexes = self.store.get_multi([index_key(g) for g in groups])
         names: dict[str, set[str]] = {}
         for g in groups:
-            listed = (_loads(indexes.get(index_key(g))) or {}).get("m", {})
+            listed = _index_names(indexes.get(index_key(g)), index_key(g), "m",
+                                  self.not_ours)
             names[g] = set(listed) | {m for (gg, m) in list(self._seen) if gg == g}
         wanted = {member_key(g, m): (g, m) for g in groups for m in names[g]}
         values = self.store.get_multi(list(wanted))
@@ -405,7 +609,7 @@ class McDriver(base.Driver):
         if not self.store.alive():
             raise self.health.unavailable("no memcached server answers")
         raw = self.store.get_multi([GROUPS_KEY]).get(GROUPS_KEY)
-        listed = set((_loads(raw) or {}).get("g", []))
+        listed = set(_index_names(raw, GROUPS_KEY, "g", self.not_ours))
         return sorted(listed | self._known_groups)
 
     def stop(self, leave: bool = True) -> None:
@@ -425,16 +629,20 @@ class McDriver(base.Driver):
         self.store.close()
 
 
-def _adder(field: str, names: set[str], now: float) -> Callable[[str | None], str | None]:
+def _adder(field: str, names: set[str], now: float) -> Callable[[Any], str | None]:
     """A merge function adding ``names`` to the JSON object's ``field``
-    (a dict name -> first seen, or a list); None when nothing is missing."""
+    (a dict name -> first seen, or a list); None when nothing is missing.
+    A value that is not ours is replaced (the caller already reported it;
+    other members re-add themselves at their next heartbeat)."""
 
-    def fn(raw: str | None) -> str | None:
-        doc = _loads(raw)
+    def fn(raw: Any) -> str | None:
+        doc = _decode(raw, "", None)
         if not isinstance(doc, dict):
             doc = {}
         if field == "g":
-            have = set(doc.get("g") or [])
+            listed = doc.get("g")
+            have = {n for n in listed if isinstance(n, str)} \
+                if isinstance(listed, list) else set()
             if names <= have:
                 return None
             doc["g"] = sorted(have | names)
