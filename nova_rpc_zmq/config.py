@@ -24,11 +24,13 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from typing import Any, Sequence
 
 from oslo_config import cfg
 
 from nova_rpc_zmq.errors import ConfigurationError
+from nova_rpc_zmq.redact import mask_url
 
 _HOST = socket.gethostname()
 
@@ -63,9 +65,17 @@ DEFAULT_OPTS = [
             "consumer also binds a socket under rpc_zmq_ipc_dir/zmq_local.<topic>), "
             "one process hop less than through the receiver. Casts and fanouts always "
             "go through the receiver, in order."),
-    _I("rpc_zmq_topic_backlog", default=None,
-       help="Most messages queued per local topic before the receiver drops (and "
-            "counts) new ones; unset = no limit."),
+    _I("rpc_zmq_topic_backlog", default=10000,
+       help="Most messages the receiver holds for one local topic whose consumers "
+            "cannot take them yet (on top of ZeroMQ's 10,000 per consumer); beyond it "
+            "new ones are dropped and counted on /metrics as dropped.no_consumer (no "
+            "consumer ever took one: a stopped compute.<host>, a host-name mismatch) "
+            "or dropped.backlog_full (consumers too slow). Raise it only with the "
+            "memory to match; all topics together hold at most 4 x this."),
+    _I("rpc_zmq_topic_backlog_bytes", default=64 * 1024 * 1024,
+       help="Most bytes the receiver holds for one local topic (see "
+            "rpc_zmq_topic_backlog; whichever bound comes first applies); all "
+            "topics together hold at most 4 x this."),
     _S("rpc_zmq_ipc_dir", default="/var/run/openstack",
        help="Directory of the IPC sockets between the receiver and local services; must "
             "exist, be writable by both, and be short (IPC paths hold ~107 bytes)."),
@@ -80,6 +90,17 @@ DEFAULT_OPTS = [
     _F("rpc_cast_timeout", default=30,
        help="Seconds a cast may wait to hand its message to the network before it is "
             "dropped and logged."),
+    _F("rpc_zmq_outbound_idle_timeout", default=600,
+       help="Seconds an outbound socket to a peer host may go unused before it is "
+            "closed (after flushing, bounded linger); the next message to that host "
+            "opens a new one. Lower it when a process talks to thousands of hosts and "
+            "runs out of open files; 0 keeps sockets open for ever."),
+    _L("rpc_zmq_reply_hosts", default=[],
+       help="Hosts, besides those in the ring file and (with rpc_zmq_curve) the keys "
+            "dir, that a service may send replies to: callers that serve no topic of "
+            "the ring (e.g. an API host) when CURVE is off. A reply to any other host "
+            "named by a request is dropped and counted (consumer.dropped."
+            "unknown_reply_host)."),
     _L("allowed_rpc_exception_modules",
        default=["nova.exception", "cinder.exception", "nova.openstack.common.exception",
                 "builtins", "exceptions"],
@@ -93,9 +114,19 @@ DEFAULT_OPTS = [
        help="Longest accepted topic in bytes; longer ones are dropped and counted."),
     _I("rpc_zmq_max_json_depth", default=64,
        help="Deepest JSON nesting accepted in a message body; deeper is dropped."),
-    _I("rpc_zmq_health_port", default=9503,
+    _I("rpc_zmq_health_port", default=None, sample_default="rpc_zmq_port + 2",
        help="Port of the receiver's text health/metrics page (HAProxy httpchk, "
-            "Pacemaker); 0 disables it."),
+            "Pacemaker); unset = rpc_zmq_port + 2 (9503 for 9501), so receivers "
+            "with different rpc_zmq_port values coexist; 0 disables it."),
+    _S("rpc_zmq_health_bind_address", default=None,
+       help="Where the health/metrics page listens: an IP address of this host, "
+            "'*' for every address, or an interface name (eth0); unset = "
+            "rpc_zmq_bind_address, so HAProxy and Pacemaker on other hosts reach it. "
+            "127.0.0.1 keeps it to this host."),
+    _F("rpc_zmq_health_stuck_after", default=10,
+       help="Seconds the receiver's routing loop may go without turning before "
+            "GET /health answers 503 STUCK (the loop turns at least 5 times a "
+            "second when healthy; blocked log output or a bug stops it)."),
     _S("control_exchange", default="nova",
        help="Exchange name of this project's topics (kept for AMQP-driver compatibility)."),
     _S("servicegroup_driver", default="db",
@@ -200,85 +231,80 @@ _MAX_INCLUDE_DEPTH = 8
 _MAX_IPC_DIR = 107 - len("/zmq_topic_x")
 
 
-def register_opts(conf: cfg.ConfigOpts) -> None:
-    """Register every option on ``conf`` (idempotent)."""
-    conf.register_opts(DEFAULT_OPTS)
-    for group, opts in GROUP_OPTS.items():
-        conf.register_opts(opts, group=group)
+def _own(group: str | None, opt: cfg.Opt) -> bool:
+    """Options only this transport defines (the old ``impl_zmq`` and its
+    ring matchmaker registered these); the rest (``rpc_response_timeout``,
+    ``servicegroup_driver``, ``[database] connection`` ...) are generic and
+    usually registered by the host program with its own help and defaults."""
+    return group == "matchmaker_ring" or (group is None and opt.dest.startswith("rpc_zmq_"))
 
 
-class NovaConfigOpts(cfg.ConfigOpts):
-    """ConfigOpts that also reads Essex-style flagfiles given as config files.
+def _register(conf: cfg.ConfigOpts, group: str | None, opt: cfg.Opt) -> None:
+    try:
+        conf.register_opt(opt, group=group)
+    except cfg.DuplicateOptError:
+        pass  # the host program's own definition of a generic option wins
+
+
+def register_opts(conf: cfg.ConfigOpts, generic: bool = True) -> None:
+    """Register our options on ``conf`` (idempotent).
+
+    An option the host program already registered under the same name (its
+    ``rpc_response_timeout``, with its help and default) is left as it is and
+    read through its definition. ``generic=False`` registers only the options
+    of this transport, as importing the old ``impl_zmq`` did.
+    """
+    for (group, _name), opt in _OPTS.items():
+        if generic or _own(group, opt):
+            _register(conf, group, opt)
+
+
+class FlagfileTranslator:
+    """Turns the Essex flagfiles among a parse's config files into INI files.
 
     Each ``--config-file`` (and default config file) whose first significant
     line starts with ``--`` is translated into an INI file in a private 0700
     directory, removed once oslo.config has read it (so reload_config_files()
-    cannot re-read flagfiles).  Raises ConfigurationError for a bad flagfile,
-    a missing or unparsable config file.
+    cannot re-read flagfiles). ``original_path`` maps a translated file back
+    to the flagfile the operator named, for error messages.
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self._flag_dir: str | None = None
         self._translated: dict[str, str] = {}  # INI path -> original path
 
-    def __call__(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                 project: str | None = None, prog: str | None = None,
-                 version: str | None = None, usage: str | None = None,
-                 default_config_files: list[str] | None = None, **kwargs: Any) -> None:
-        self.forget_flagfiles()
-        try:
-            argv, defaults = self._translate(
-                list(sys.argv[1:] if args is None else args),
-                cfg.find_config_files(project, prog) if default_config_files is None
-                else default_config_files)
-            super().__call__(argv, project=project, prog=prog, version=version, usage=usage,
-                             default_config_files=defaults, **kwargs)
-        except cfg.ConfigFilesNotFoundError as exc:
-            raise ConfigurationError("config file(s) not found: %s; fix the --config-file path"
-                                     % ", ".join(map(self.original_path, exc.config_files))
-                                     ) from exc
-        except cfg.ConfigFilesPermissionDeniedError as exc:
-            raise ConfigurationError("config file(s) not readable: %s; make them readable "
-                                     "by this user"
-                                     % ", ".join(map(self.original_path, exc.config_files))
-                                     ) from exc
-        except cfg.ConfigFileParseError as exc:
-            raise ConfigurationError("%s: %s; fix the file's INI syntax"
-                                     % (self.original_path(exc.config_file), exc.msg)) from exc
-        finally:
-            # oslo.config has read every file into its namespace by now, so
-            # the translations go at once: nothing lingers if we are killed.
-            self._remove_flag_dir()
-
-    def _translate(self, argv: list[str], defaults: list[str]) -> tuple[list[str], list[str]]:
+    def translate(self, argv: list[str], defaults: list[str]) -> tuple[list[str], list[str]]:
+        """``argv`` and the default config files with flagfiles replaced by
+        INI files. Raises ConfigurationError for a bad flagfile."""
         given = False
         for i, arg in enumerate(argv):
             if arg.startswith("--config-file="):
-                argv[i] = "--config-file=" + self._as_ini(arg.split("=", 1)[1])
+                argv[i] = "--config-file=" + self.as_ini(arg.split("=", 1)[1])
                 given = True
             elif arg == "--config-file" and i + 1 < len(argv):
-                argv[i + 1] = self._as_ini(argv[i + 1])
+                argv[i + 1] = self.as_ini(argv[i + 1])
                 given = True
         if not given:   # oslo.config reads the default files only then
-            defaults = [self._as_ini(p) for p in defaults]
+            defaults = [self.as_ini(p) for p in defaults]
         return argv, defaults
 
     def original_path(self, path: str) -> str:
         """The file the operator named, for a path we may have translated."""
         return self._translated.get(path, path)
 
-    def forget_flagfiles(self) -> None:
+    def forget(self) -> None:
         """Forget which translated file came from which flagfile."""
-        self._remove_flag_dir()
+        self.remove_dir()
         self._translated.clear()
 
-    def _remove_flag_dir(self) -> None:
+    def remove_dir(self) -> None:
         if self._flag_dir is not None:
             shutil.rmtree(self._flag_dir, ignore_errors=True)
             self._flag_dir = None
 
-    def _as_ini(self, path: str) -> str:
+    def as_ini(self, path: str) -> str:
+        """``path`` itself, or the INI file translated from it when it is a
+        flagfile."""
         if not _is_flagfile(path):
             return path
         sections = translate_flagfile(path)
@@ -293,6 +319,81 @@ class NovaConfigOpts(cfg.ConfigOpts):
                 out.writelines("%s = %s\n" % item for item in values.items())
         self._translated[ini] = path
         return ini
+
+
+# one translator per ConfigOpts we parsed (id -> translator); the objects
+# are long-lived (usually just CONF), so this stays tiny
+_translators: dict[int, FlagfileTranslator] = {}
+
+
+def flagfiles(conf: cfg.ConfigOpts) -> FlagfileTranslator:
+    """The flagfile translator of ``conf`` (made on first use)."""
+    translator = getattr(conf, "flagfiles", None)
+    if isinstance(translator, FlagfileTranslator):
+        return translator
+    return _translators.setdefault(id(conf), FlagfileTranslator())
+
+
+def parse(conf: cfg.ConfigOpts, args: Sequence[str] | None = None,
+          project: str | None = None, prog: str | None = None,
+          default_config_files: list[str] | None = None, **kwargs: Any) -> None:
+    """``conf(args, ...)`` that also reads Essex flagfiles given as config
+    files (see ``FlagfileTranslator``).
+
+    Raises ConfigurationError for a bad flagfile, a missing, unreadable or
+    unparsable config file, naming the file the operator gave.
+    """
+    translator = flagfiles(conf)
+    translator.forget()
+    call = super(NovaConfigOpts, conf).__call__ if isinstance(conf, NovaConfigOpts) \
+        else conf.__call__
+    try:
+        argv, defaults = translator.translate(
+            list(sys.argv[1:] if args is None else args),
+            cfg.find_config_files(project, prog) if default_config_files is None
+            else default_config_files)
+        call(argv, project=project, prog=prog, default_config_files=defaults, **kwargs)
+    except cfg.ConfigFilesNotFoundError as exc:
+        raise ConfigurationError("config file(s) not found: %s; fix the --config-file path"
+                                 % ", ".join(map(translator.original_path, exc.config_files))
+                                 ) from exc
+    except cfg.ConfigFilesPermissionDeniedError as exc:
+        raise ConfigurationError("config file(s) not readable: %s; make them readable "
+                                 "by this user"
+                                 % ", ".join(map(translator.original_path, exc.config_files))
+                                 ) from exc
+    except cfg.ConfigFileParseError as exc:
+        raise ConfigurationError("%s: %s; fix the file's INI syntax"
+                                 % (translator.original_path(exc.config_file), exc.msg)) from exc
+    finally:
+        # oslo.config has read every file into its namespace by now, so
+        # the translations go at once: nothing lingers if we are killed.
+        translator.remove_dir()
+
+
+class NovaConfigOpts(cfg.ConfigOpts):
+    """A ConfigOpts of its own whose ``__call__`` also reads Essex-style
+    flagfiles (``parse``); for programs and tests that want a configuration
+    apart from the process's ``CONF``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flagfiles = FlagfileTranslator()
+
+    def __call__(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                 project: str | None = None, prog: str | None = None,
+                 version: str | None = None, usage: str | None = None,
+                 default_config_files: list[str] | None = None, **kwargs: Any) -> None:
+        parse(self, args, project=project, prog=prog, version=version, usage=usage,
+              default_config_files=default_config_files, **kwargs)
+
+    def original_path(self, path: str) -> str:
+        """The file the operator named, for a path we may have translated."""
+        return self.flagfiles.original_path(path)
+
+    def forget_flagfiles(self) -> None:
+        """Forget which translated file came from which flagfile."""
+        self.flagfiles.forget()
 
 
 def _is_flagfile(path: str) -> bool:
@@ -386,15 +487,20 @@ def translate_flagfile(path: str, _depth: int = 0, _seen: tuple[str, ...] = ()
     return sections
 
 
-CONF = NovaConfigOpts()
-register_opts(CONF)
+#: The process's configuration: oslo.config's own ``cfg.CONF``, so a program
+#: that parses nova.conf into it and one that calls ``parse_args`` see the
+#: same values. Importing this module registers only this transport's
+#: options there, as importing the old ``impl_zmq`` did; ``parse_args``
+#: registers the generic ones too, and ``load_settings`` reads a generic
+#: option the host program did not register from the same files.
+CONF: cfg.ConfigOpts = cfg.CONF
+register_opts(CONF, generic=False)
 
 
 def reset(conf: cfg.ConfigOpts = CONF) -> None:
     """Forget parsed files, overrides and translated flagfiles (for tests)."""
     conf.reset()
-    if isinstance(conf, NovaConfigOpts):
-        conf.forget_flagfiles()
+    flagfiles(conf).forget()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,18 +521,23 @@ class Settings:
     rpc_zmq_contexts: int
     rpc_zmq_io_batch: bool
     rpc_zmq_local_calls: bool
-    rpc_zmq_topic_backlog: int | None
+    rpc_zmq_topic_backlog: int
+    rpc_zmq_topic_backlog_bytes: int
     rpc_zmq_ipc_dir: str
     rpc_zmq_host: str
     rpc_thread_pool_size: int
     rpc_response_timeout: float
     rpc_cast_timeout: float
+    rpc_zmq_outbound_idle_timeout: float
+    rpc_zmq_reply_hosts: tuple[str, ...]
     allowed_rpc_exception_modules: tuple[str, ...]
     rpc_zmq_max_msg_size: int
     rpc_zmq_max_frames: int
     rpc_zmq_max_topic_length: int
     rpc_zmq_max_json_depth: int
     rpc_zmq_health_port: int
+    rpc_zmq_health_bind_address: str | None
+    rpc_zmq_health_stuck_after: float
     control_exchange: str
     servicegroup_driver: str
     service_down_time: float
@@ -446,6 +557,12 @@ class Settings:
     #: was set explicitly (its default alone keeps the all-in-one simple).
     servicegroup_enabled: bool = False
 
+    def __repr__(self) -> str:
+        # the generated repr would show database_connection's password
+        return "Settings(%s)" % ", ".join(
+            "%s=%s" % (f.name, _shown(getattr(self, f.name)))
+            for f in dataclasses.fields(self))
+
     @functools.cached_property
     def limits(self) -> Any:
         """The inbound message limits as a ``wire.Limits``."""
@@ -462,7 +579,41 @@ def option_name(field: str) -> str:
 
 
 def _original_path(conf: cfg.ConfigOpts, path: str) -> str:
-    return conf.original_path(path) if isinstance(conf, NovaConfigOpts) else path
+    translator = getattr(conf, "flagfiles", None) or _translators.get(id(conf))
+    return translator.original_path(path) if translator is not None else path
+
+
+def _registered(conf: cfg.ConfigOpts, field: str) -> bool:
+    group, name = FIELDS[field]
+    try:
+        conf.get_location(name, group)
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return False
+    except Exception:  # noqa: BLE001 - a bad value: registered all the same
+        return True
+    return True
+
+
+def _config_files(conf: cfg.ConfigOpts) -> tuple[list[str], list[str]]:
+    """The config files and dirs ``conf`` was parsed from (none before it was)."""
+    try:
+        files = [f for f in (conf.config_file or []) if os.path.isfile(f)]
+        dirs = conf.config_dir or []
+    except cfg.Error:
+        return [], []
+    return files, [dirs] if isinstance(dirs, str) else list(dirs)
+
+
+def _shadow(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    """A private ConfigOpts with every option of ours, parsed from the files
+    ``conf`` read: where the generic options the host program did not
+    register are read, so registering them cannot clash with a definition
+    the host program (or a library) registers later."""
+    files, dirs = _config_files(conf)
+    shadow = cfg.ConfigOpts()
+    register_opts(shadow)
+    shadow(args=[], default_config_files=files, default_config_dirs=dirs, use_env=False)
+    return shadow
 
 
 def _where(conf: cfg.ConfigOpts, field: str) -> str:
@@ -497,8 +648,14 @@ def _coerce(field: str, value: Any) -> Any:
     try:
         return None if value is None else _OPTS[FIELDS[field]].type(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError("%s = %r (passed to load_settings) is not valid: %s"
-                                 % (option_name(field), value, exc)) from exc
+        raise ConfigurationError("%s = %s (passed to load_settings) is not valid: %s"
+                                 % (option_name(field), _shown(value), exc)) from exc
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, any URL's password masked
+    (database_connection = 'postgresql://nova:***@db/nova')."""
+    return mask_url(repr(value))
 
 
 class _Checker:
@@ -509,8 +666,8 @@ class _Checker:
         self.where = where
 
     def fail(self, field: str, problem: str, fix: str) -> ConfigurationError:
-        return ConfigurationError("%s = %r%s %s; %s" % (
-            option_name(field), self.v[field], self.where[field], problem, fix))
+        return ConfigurationError("%s = %s%s %s; %s" % (
+            option_name(field), _shown(self.v[field]), self.where[field], problem, fix))
 
     def choice(self, field: str, table: dict[str, str]) -> None:
         raw = self.v[field]
@@ -567,15 +724,26 @@ def _validate(c: _Checker) -> None:
     c.choice("servicegroup_driver", SERVICEGROUP_DRIVERS)
     for field in ("rpc_zmq_port", "rpc_zmq_start_port"):
         c.number(field, 1, 65535)
+    if v["rpc_zmq_health_port"] is None:
+        # derived, so that a second receiver with its own rpc_zmq_port starts
+        v["rpc_zmq_health_port"] = v["rpc_zmq_port"] + 2
+        if v["rpc_zmq_health_port"] > 65535:
+            raise c.fail("rpc_zmq_port", "leaves no room for the health port "
+                         "(rpc_zmq_port + 2)", "set rpc_zmq_health_port to a free port, or 0")
     c.number("rpc_zmq_health_port", 0, 65535)
     for field in ("rpc_zmq_contexts", "rpc_thread_pool_size", "rpc_zmq_max_msg_size",
                   "rpc_zmq_max_frames", "rpc_zmq_max_topic_length", "rpc_zmq_max_json_depth"):
         c.number(field, 1)
-    c.number("rpc_zmq_topic_backlog", 1, nullable=True)
+    c.number("rpc_zmq_topic_backlog", 1)
+    c.number("rpc_zmq_topic_backlog_bytes", 1)
+    c.number("rpc_zmq_health_stuck_after", 0, positive=True)
     for field in ("rpc_response_timeout", "rpc_cast_timeout", "service_down_time",
                   "report_interval", "zookeeper_recv_timeout", "zookeeper_sg_retry_interval"):
         c.number(field, 0, positive=True)
-    for field in ("rpc_zmq_bind_address", "rpc_zmq_ipc_dir", "rpc_zmq_host", "control_exchange",
+    if v["rpc_zmq_health_bind_address"] is not None:
+        c.text("rpc_zmq_health_bind_address")
+    for field in ("rpc_zmq_bind_address", "rpc_zmq_ipc_dir",
+                  "rpc_zmq_host", "control_exchange",
                   "rpc_zmq_receiver_group", "rpc_zmq_curve_key_file", "rpc_zmq_curve_keys_dir",
                   "matchmaker_ringfile", "zookeeper_sg_prefix", "database_connection"):
         c.text(field)
@@ -605,7 +773,9 @@ def _validate(c: _Checker) -> None:
                      "set [zookeeper] address = host:port[,host:port...]")
     c.host_ports("memcached_servers", v["memcached_servers"] or (),
                  "memcached_servers = 10.0.0.1:11211,10.0.0.2:11211")
-    for field in ("allowed_rpc_exception_modules", "memcached_servers"):
+    c.number("rpc_zmq_outbound_idle_timeout", 0)
+    for field in ("allowed_rpc_exception_modules", "memcached_servers",
+                  "rpc_zmq_reply_hosts"):
         if v[field] is not None:
             v[field] = tuple(str(x).strip() for x in v[field] if str(x).strip())
     v["rpc_zmq_curve"] = bool(v["rpc_zmq_curve"])
@@ -616,7 +786,10 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
     """Validated, normalised ``Settings`` from ``conf`` plus ``overrides``.
 
     ``conf`` is a ConfigOpts (None means ``CONF``) or an existing Settings
-    to which ``overrides`` are applied.  ``overrides`` use Settings field
+    to which ``overrides`` are applied. A generic option that ``conf`` has
+    not registered (the host program registers its own) is read from the
+    files ``conf`` was parsed from.  Builds anew on every call: per message,
+    use ``settings_for``.  ``overrides`` use Settings field
     names (``rpc_zmq_port=9601``, ``matchmaker_ringfile=path``) and are
     validated like file values.  Raises ConfigurationError naming the
     option, the value, where it was set and the accepted values; TypeError
@@ -628,8 +801,9 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
         raise TypeError("load_settings() got unknown option(s) %s; valid names are the "
                         "Settings fields" % ", ".join(unknown))
     conf = CONF if conf is None else conf
+    shadow: cfg.ConfigOpts | None = None
     if not isinstance(conf, Settings):
-        register_opts(conf)
+        register_opts(conf, generic=False)
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
     for field in FIELDS:
@@ -640,8 +814,12 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
             values[field] = getattr(conf, field)
             where[field] = ""
         else:
-            values[field] = _read(conf, field)
-            where[field] = _where(conf, field)
+            source = conf
+            if not _registered(conf, field):
+                shadow = shadow or _shadow(conf)
+                source = shadow
+            values[field] = _read(source, field)
+            where[field] = _where(source, field)
     _validate(_Checker(values, where))
     if enabled is None:
         if isinstance(conf, Settings):
@@ -652,9 +830,63 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
     return Settings(servicegroup_enabled=bool(enabled), **values)
 
 
+# A key no option can have (option names hold no NUL) in oslo.config's own
+# value cache, which it empties whenever a value may change (parse, reload,
+# override, reset, register): while our key is there, the Settings derived
+# from that ConfigOpts still hold.
+_SETTINGS_KEY = (None, "\0nova_rpc_zmq.settings")
+_derived: dict[tuple, tuple[cfg.ConfigOpts, Settings]] = {}
+_derived_lock = threading.Lock()
+
+
+def _value_cache(conf: cfg.ConfigOpts) -> dict | None:
+    cache = getattr(conf, "_ConfigOpts__cache", None)
+    return cache if isinstance(cache, dict) else None
+
+
+def settings_for(conf: cfg.ConfigOpts | Settings | None = None, **fixed: Any) -> Settings:
+    """The Settings of ``conf``, derived once and then cached: what code
+    that is handed a ConfigOpts per message (``impl.call(CONF, ...)``) uses.
+
+    ``conf`` is a ConfigOpts (None: ``CONF``) or a Settings (returned as it
+    is). ``fixed`` are overrides that always apply (the drop-in module fixes
+    ``rpc_backend``). The cache holds until ``conf`` changes (parsed again,
+    reloaded, an override set or cleared); every thread gets the same
+    Settings object. Thread-safe; raises ConfigurationError like
+    ``load_settings``.
+    """
+    if isinstance(conf, Settings):
+        return conf
+    conf = CONF if conf is None else conf
+    key = (id(conf), tuple(fixed.items())) if fixed else (id(conf),)
+    entry = _derived.get(key)
+    if entry is not None and entry[0] is conf:
+        cache = _value_cache(conf)
+        if cache is None or cache.get(_SETTINGS_KEY) is entry[1]:
+            return entry[1]
+    with _derived_lock:
+        entry = _derived.get(key)
+        cache = _value_cache(conf)
+        if entry is not None and entry[0] is conf and (
+                cache is None or cache.get(_SETTINGS_KEY) is entry[1]):
+            return entry[1]
+        settings = load_settings(conf, **fixed)
+        if entry is not None and entry[1] == settings:
+            settings = entry[1]  # nothing changed: keep the object callers hold
+        cache = _value_cache(conf)  # registering may have replaced nothing, but re-read
+        if cache is not None:
+            cache[_SETTINGS_KEY] = settings
+        _derived[key] = (conf, settings)
+        return settings
+
+
 def parse_args(argv: Sequence[str], default_config_files: list[str] | None = None) -> Settings:
     """Parse ``argv`` (without the program name) into the global CONF and
     return its Settings.  Raises ConfigurationError on any bad file or value.
+
+    Registers every option of ours on CONF (the generic ones too, where the
+    program has not): for our own programs, which own CONF.
     """
-    CONF(list(argv), project="nova", default_config_files=default_config_files)
+    register_opts(CONF)
+    parse(CONF, list(argv), project="nova", default_config_files=default_config_files)
     return load_settings(CONF)

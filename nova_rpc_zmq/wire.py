@@ -56,6 +56,11 @@ ROUTE_PUSH = "push"
 
 # -- message bodies -------------------------------------------------------------
 REPLY_METHOD = "-reply"
+#: Last part of a notification topic (``notifications-info``): its messages
+#: are notifications (``event_type``, ``payload``...), with no ``method``.
+NOTIFICATION_PRIORITIES = ("debug", "info", "warn", "warning", "error",
+                           "critical", "audit", "sample")
+NOTIFICATION_SEPARATOR = "-"
 PROCESS_REPLY_METHOD = "-process_reply"
 METHOD_KEY = "method"
 ARGS_KEY = "args"
@@ -66,6 +71,8 @@ REPLY_TOPIC_KEY = "topic"      # in the args of -reply
 REPLY_MSG_KEY = "msg"          # in the args of -reply: [context json, msg]
 RESPONSE_KEY = "response"      # in the args of -process_reply
 MORE_KEY = "more"              # ours: more streamed parts follow
+SEQ_KEY = "seq"                # ours: a streamed part's position (0, 1, ...)
+MAX_SEQ = 1 << 31
 EXC_KEY = "exc"                # a response element carrying a remote error
 
 # -- oslo envelope --------------------------------------------------------------
@@ -160,14 +167,20 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(slots=True)
+# __slots__ by hand, not dataclass(slots=True): that needs Python 3.10 and
+# we promise 3.9; with no field defaults the two are the same class.
+@dataclass
 class Message:
     """A decoded RPC message.
 
     ``style`` is ``STYLE_LEGACY`` or ``STYLE_V2``; ``envelope`` is True when
     the body came in an oslo envelope (always for v2).  ``body`` has been
-    checked: ``method`` is a non-empty str, ``args`` (if present) a dict.
+    checked: ``method`` is a non-empty str, ``args`` (if present) a dict;
+    or, on a notification topic only, a notification with no ``method``
+    (``is_notification``).
     """
+
+    __slots__ = ("msg_id", "topic", "style", "context", "body", "envelope")
 
     msg_id: str
     topic: str
@@ -187,36 +200,48 @@ class Message:
         return self.body.get(ARGS_KEY, {})
 
     @property
+    def is_notification(self) -> bool:
+        """True for a notification (a body with no ``method``, which decode
+        accepts on notification topics only)."""
+        return METHOD_KEY not in self.body
+
+    @property
     def caller_streams(self) -> bool:
         """True when frame 0 (``stream`` or ``stream.<token>``) says the
         caller accepts streamed replies."""
         return self.msg_id == _STREAMS or self.msg_id.startswith(_STREAMS_DOT)
 
 
-@dataclass(slots=True)
+@dataclass
 class Probe:
     """A path check of our own nodes; old nodes drop it as an unknown style."""
+
+    __slots__ = ("probe_id", "topic")
 
     probe_id: str
     topic: str
 
 
-@dataclass(slots=True)
+@dataclass
 class CallRequest:
     """The parts of a curried ``-reply`` body (see ``parse_call_request``)."""
+
+    __slots__ = ("msg_id", "reply_topic", "msg")
 
     msg_id: str
     reply_topic: str
     msg: dict
 
 
-@dataclass(slots=True)
+@dataclass
 class Reply:
     """The parts of a ``-process_reply`` body (see ``parse_reply``).
 
     ``more`` is True when further streamed parts follow; legacy replies
     carry no flag and are complete (``more`` False).
     """
+
+    __slots__ = ("msg_id", "response", "more")
 
     msg_id: str
     response: list
@@ -516,7 +541,10 @@ def _reply_of(args: dict) -> Reply:
     return Reply(msg_id, response, more)
 
 
-def _check_message_body(body: Any) -> dict:
+def _check_message_body(body: Any, topic: str = "") -> dict:
+    if type(body) is dict and METHOD_KEY not in body and topic \
+            and is_notification_topic(topic):
+        return body
     body = _check_body(body)
     method = body[METHOD_KEY]
     if method == REPLY_METHOD:
@@ -553,17 +581,19 @@ def _unwrap_legacy(msg: Any, limits: Limits) -> tuple[Any, bool]:
     return _loads_text(inner, limits, "enveloped message"), True
 
 
-def _decode_legacy(raw: bytes, limits: Limits) -> tuple[dict, dict, bool]:
+def _decode_legacy(raw: bytes, limits: Limits, topic: str = ""
+                   ) -> tuple[dict, dict, bool]:
     payload = _loads_bytes(raw, limits, "legacy payload")
     if type(payload) is not list or len(payload) != 2:
         raise _error("bad_body", "legacy payload must be the JSON list "
                      "[context, message]")
     context = _context_of(payload[0], limits)
     msg, envelope = _unwrap_legacy(payload[1], limits)
-    return context, _check_message_body(msg), envelope
+    return context, _check_message_body(msg, topic), envelope
 
 
-def _decode_v2(frames: list | tuple, limits: Limits) -> tuple[dict, dict]:
+def _decode_v2(frames: list | tuple, limits: Limits, topic: str = ""
+               ) -> tuple[dict, dict]:
     context = _context_of(
         _loads_bytes(_frame_bytes(frames[V2_CONTEXT]), limits, "context"),
         limits)
@@ -587,7 +617,7 @@ def _decode_v2(frames: list | tuple, limits: Limits) -> tuple[dict, dict]:
         version = None
     _check_envelope_version(version)
     body = _loads_bytes(raw_msg, limits, "enveloped message")
-    return context, _check_message_body(body)
+    return context, _check_message_body(body, topic)
 
 
 # -- decoding ------------------------------------------------------------------
@@ -618,10 +648,10 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS
         msg_id, topic, style = _header(frames, limits)
         if style is STYLE_LEGACY:
             context, body, envelope = _decode_legacy(
-                _frame_bytes(frames[LEGACY_PAYLOAD]), limits)
+                _frame_bytes(frames[LEGACY_PAYLOAD]), limits, topic)
             return Message(msg_id, topic, style, context, body, envelope)
         if style is STYLE_V2:
-            context, body = _decode_v2(frames, limits)
+            context, body = _decode_v2(frames, limits, topic)
             return Message(msg_id, topic, style, context, body, True)
         return Probe(msg_id, topic)
     except RecursionError:
@@ -692,6 +722,20 @@ def route(topic: str) -> tuple[str, str]:
     if is_reply_topic(topic):
         return topic, ROUTE_PUB
     return topic, ROUTE_PUSH
+
+
+def is_notification_topic(topic: str) -> bool:
+    """True for ``notifications-info`` and the like (bare, directed or
+    fanout): a topic whose last ``-`` part is a priority of
+    ``NOTIFICATION_PRIORITIES``."""
+    head, sep, priority = bare_topic(topic).rpartition(NOTIFICATION_SEPARATOR)
+    return bool(sep and head) and priority in NOTIFICATION_PRIORITIES
+
+
+def notification_topic(topic: str) -> str:
+    """Where a notification for ``topic`` goes: ``notifications.info`` ->
+    ``notifications-info`` (a dot would direct it to a host named info)."""
+    return topic.replace(TOPIC_SEPARATOR, NOTIFICATION_SEPARATOR)
 
 
 def bare_topic(topic: str) -> str:
@@ -828,8 +872,14 @@ def _local_msg_id(msg_id: str | bytes | None) -> bytes:
     return raw
 
 
-def _local_body(body: Any, what: str = "message body") -> None:
+def _local_body(body: Any, what: str = "message body",
+                notification: bool = False) -> None:
     """Our caller's body must be one that a peer's decode would accept."""
+    if notification:
+        if type(body) is not dict:
+            raise errors.LocalError("cannot send: a notification must be a "
+                                    "dict, got %s" % type(body).__name__)
+        return
     try:
         _check_body(body, what)
     except errors.RemoteProtocolError as exc:
@@ -844,9 +894,12 @@ def _local_body(body: Any, what: str = "message body") -> None:
 
 
 def encode(msg_id: str | bytes | None, topic: str, context: dict, body: dict,
-           envelope: bool = False, limits: Limits | None = None
-           ) -> list[bytes]:
+           envelope: bool = False, limits: Limits | None = None,
+           notification: bool = False) -> list[bytes]:
     """Frames for one message: legacy style, or v2 when ``envelope``.
+
+    ``notification``: ``body`` is a notification (``event_type``,
+    ``payload``..., no ``method``) for a notification topic.
 
     ``msg_id`` None or empty means ``NO_MSG_ID``.  The context is always
     written as a JSON string (as old nodes expect).  When ``limits`` is
@@ -858,7 +911,12 @@ def encode(msg_id: str | bytes | None, topic: str, context: dict, body: dict,
     if type(context) is not dict:
         raise errors.LocalError("cannot send: the context must be a dict, "
                                 "got %s" % type(context).__name__)
-    _local_body(body)
+    if notification and not is_notification_topic(topic):
+        raise errors.LocalError(
+            "cannot send a notification to %r: notification topics end in "
+            "-<priority> (%s), e.g. notifications-info"
+            % (topic, ", ".join(NOTIFICATION_PRIORITIES)))
+    _local_body(body, notification=notification)
     ctx_text = _json_text(context, "context")
     if envelope:
         try:
@@ -905,13 +963,16 @@ def call_request(msg_id: str, reply_topic: str, context: dict, msg: dict
 
 
 def reply_body(msg_id: str, response: Iterable[Any],
-               more: bool | None = None) -> dict:
+               more: bool | None = None, seq: int | None = None) -> dict:
     """The ``-process_reply`` body answering call ``msg_id``.
 
     ``more`` None writes no flag (a complete legacy reply); True/False mark
-    a streamed part and the last one.
+    a streamed part and the last one; ``seq`` numbers streamed parts from 0
+    (parts may take different paths and arrive out of order).
     """
     args: dict[str, Any] = {MSG_ID_KEY: msg_id, RESPONSE_KEY: list(response)}
     if more is not None:
         args[MORE_KEY] = bool(more)
+    if seq is not None:
+        args[SEQ_KEY] = int(seq)
     return {METHOD_KEY: PROCESS_REPLY_METHOD, ARGS_KEY: args}

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     name = args.name
-    seen: dict[str, int] = {"record": 0, "fanout": 0}
+    seen: dict[str, int] = {"record": 0, "fanout": 0, "slow_started": 0}
     recorded: list = []
 
     class DemoAPI:
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(message)
 
         def slow(self, context, seconds=2.0):
+            seen["slow_started"] += 1
             time.sleep(float(seconds))
             return "slept"
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def stats(self, context):
             return {"name": name, "record": seen["record"],
-                    "fanout": seen["fanout"], "values": recorded[-1000:]}
+                    "fanout": seen["fanout"], "slow_started": seen["slow_started"],
+                    "values": recorded[-1000:]}
 
     return serve(args, DemoAPI())
 

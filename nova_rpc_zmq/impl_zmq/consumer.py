@@ -41,6 +41,7 @@ from nova_rpc_zmq import wire
 from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
 from nova_rpc_zmq.impl_zmq.local import bind_local, unbind_local
 from nova_rpc_zmq.metrics import Counters
+from nova_rpc_zmq.rpc.notifications import NotificationProxy
 
 LOG = logging.getLogger(__name__)
 
@@ -335,9 +336,14 @@ class Connection:
         """Receive messages of ``topic`` (or its fanout) into ``proxy``.
 
         ``proxy`` is an RpcDispatcher or any object with ``dispatch(ctxt,
-        version, method, namespace, **kwargs)``.
+        version, method, namespace, **kwargs)``; on a notification topic
+        (``notifications-info``) what ``rpc.notifications`` describes.
+        Raises TypeError for a proxy that cannot take the topic's messages.
         """
-        if not hasattr(proxy, "dispatch"):
+        if wire.is_notification_topic(topic):
+            # TypeError here, at once, when it cannot take notifications
+            proxy = NotificationProxy(proxy, topic)
+        elif not hasattr(proxy, "dispatch"):
             raise TypeError("proxy %r has no dispatch() method: pass an "
                             "RpcDispatcher or an object with dispatch()"
                             % (proxy,))

@@ -13,6 +13,7 @@ callers expect.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -20,17 +21,24 @@ import types
 from typing import Any, Iterator
 
 from nova_rpc_zmq import wire
-from nova_rpc_zmq.concurrency import Handler, get_handler
+from nova_rpc_zmq.concurrency import Handler, get_handler, term_context
 from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Timeout
 from nova_rpc_zmq.impl_zmq.local import LocalCalls
 from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, caller_mark
-from nova_rpc_zmq.impl_zmq.sockets import Outbound
+from nova_rpc_zmq.impl_zmq.reply_policy import ReplyPolicy
+from nova_rpc_zmq.impl_zmq.sockets import LINGER_MS, Outbound
 from nova_rpc_zmq.metrics import Counters
 # contexts and remote exceptions are shared with the legacy API (as in the
 # old driver); imported once here, not per message
 from nova_rpc_zmq.rpc import common
 
 LOG = logging.getLogger(__name__)
+
+#: Seconds ``cleanup()`` may take: queued casts flush (the sockets' linger)
+#: and the context ends, even while a method still runs.
+CLOSE_TIMEOUT = LINGER_MS / 1000.0 + 3.0
+#: Streamed reply parts a call keeps while an earlier one is still on its way.
+MAX_EARLY_PARTS = 10000
 
 
 def context_dict(context: Any) -> dict:
@@ -55,6 +63,7 @@ class Driver:
         self.settings = settings
         self.handler = handler or get_handler()
         self.pid = os.getpid()
+        self.closed = False
         self.counters = Counters("driver")
         self.ctx = self.handler.context(settings.rpc_zmq_contexts,
                                         batch=settings.rpc_zmq_io_batch)
@@ -72,7 +81,10 @@ class Driver:
                                  if self.security else None)
         if self.security is not None:
             self.security.forget = self.outbound.forget
+            self.security.reopen = self.outbound.reopen
             self.security.on_refusal = self._refused
+        # a request's reply topic comes from the network: answer known hosts only
+        self.reply_policy = ReplyPolicy.from_settings(settings, matchmaker)
         self.replies = ReplyWaiter(self)
         self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
         self.direct = DirectReplies(self)
@@ -161,11 +173,21 @@ class Driver:
     def multicall(self, context: Any, topic: str, msg: dict,
                   timeout: float | None = None,
                   envelope: bool = False) -> Iterator[Any]:
-        """Send a call; yield each value as the server produces it.
+        """Send a call now; return an iterator over each value as the
+        server produces it, in the order it produced them (parts that took
+        different paths are put back in order).
 
-        ``timeout`` (default ``rpc_response_timeout``) bounds the wait for
-        each value. Raises Timeout, or the remote exception rebuilt.
+        Sending errors (NoHostsError, a full peer's Timeout) raise here;
+        iterating raises Timeout when ``timeout`` (default
+        ``rpc_response_timeout``) passes without the next value, or the
+        remote exception rebuilt.
         """
+        stream = self._stream(context, topic, msg, timeout, envelope)
+        next(stream)  # sends; the values come with the iteration
+        return stream
+
+    def _stream(self, context: Any, topic: str, msg: dict,
+                timeout: float | None, envelope: bool) -> Iterator[Any]:
         timeout = float(timeout or self.settings.rpc_response_timeout)
         ctx = context_dict(context)
         dtopic, host = self._queues(topic)[0]
@@ -182,31 +204,46 @@ class Driver:
             if local is None or host != self.settings.rpc_zmq_host or \
                     not local.send(dtopic, frames):
                 self._send(host, frames, dtopic)
+            yield None  # sent: multicall() returns the iterator now
+            expected = 0  # the next streamed part to hand out
+            early: dict[int, tuple[list, Any]] = {}
             while True:
                 try:
-                    response, more = self._wait(queue, host, timeout)
+                    response, more, seq = self._wait(queue, host, timeout)
                 except empty:
                     self.counters.incr("call_timeouts")
                     raise Timeout(info="no reply from host %s within %.1fs"
                                        % (host, timeout),
                                   topic=topic, method=method) from None
-                for value in response:
-                    if isinstance(value, dict) and "exc" in value:
-                        raise self.remote_exception(value["exc"])
-                    yield value
-                if not more:
-                    return
+                parts = [(response, more)]
+                if seq is not None:
+                    if seq != expected:
+                        # it overtook an earlier part on a faster path
+                        if seq > expected and len(early) < MAX_EARLY_PARTS:
+                            early[seq] = (response, more)
+                        continue
+                    expected += 1
+                    while expected in early:
+                        parts.append(early.pop(expected))
+                        expected += 1
+                for response, more in parts:
+                    for value in response:
+                        if isinstance(value, dict) and "exc" in value:
+                            raise self.remote_exception(value["exc"])
+                        yield value
+                    if not more:
+                        return
         finally:
             replies.unregister(msg_id)
 
     def _wait(self, queue: Any, host: str, timeout: float) -> Any:
         """The next reply part; a refusal by ``host`` (CURVE keys, mechanism)
         ends the wait at once with its AuthenticationError."""
-        first, second = queue.get(timeout=timeout)
+        first, second, seq = queue.get(timeout=timeout)
         if first is REFUSED:
             self.counters.incr("refused_by_peer")
             raise second
-        return first, second
+        return first, second, seq
 
     def _refused(self, host: str, error: Exception) -> None:
         """The handshake watcher saw ``host`` refuse us."""
@@ -240,8 +277,11 @@ class Driver:
 
     def _process(self, proxy: Any, msg: wire.Message) -> None:
         body = msg.body
-        method = body.get("method")
         ctx = common.RpcContext.from_dict(msg.context)
+        if msg.is_notification:  # decode lets them in on notification topics only
+            self._notify(proxy, ctx, msg)
+            return
+        method = body.get("method")
         if method == wire.REPLY_METHOD:
             self._answer(proxy, ctx, msg)
             return
@@ -258,6 +298,32 @@ class Driver:
             LOG.exception("cast %s on %s raised %s", method, msg.topic,
                           type(exc).__name__)
 
+    def _notify(self, proxy: Any, ctx: Any, msg: wire.Message) -> None:
+        deliver = getattr(proxy, "deliver", None)
+        if deliver is None:
+            self.counters.incr("consumer.dropped.notification")
+            LOG.warning("dropped a notification on %s: its consumer takes "
+                        "no notifications", msg.topic)
+            return
+        try:
+            deliver(ctx, msg.body)
+        except Exception as exc:  # noqa: BLE001
+            self.counters.incr("consumer.notification_failed")
+            LOG.exception("notification %s on %s raised %s",
+                          msg.body.get("event_type"), msg.topic, type(exc).__name__)
+
+    def notify(self, context: Any, topic: str, msg: dict,
+               envelope: bool = False) -> None:
+        """Send notification ``msg`` (no ``method``) to one consumer of
+        ``topic`` (``notifications.info`` goes to ``notifications-info``).
+        Raises like ``cast``; LocalError for a body that is not a dict."""
+        topic = wire.notification_topic(topic)
+        ctx = context_dict(context)
+        for dtopic, host in self._queues(topic):
+            frames = wire.encode(wire.NO_MSG_ID, dtopic, ctx, msg, envelope,
+                                 notification=True)
+            self._send(host, frames, dtopic)
+
     def _answer(self, proxy: Any, ctx: Any, msg: wire.Message) -> None:
         args = msg.body.get("args", {})
         msg_id = args.get("msg_id")
@@ -273,11 +339,20 @@ class Driver:
         stream, token = caller_mark(msg.msg_id)
         if token and reply_topic != self.own_reply_topic:
             token = None  # the caller is on another host: via its receiver
+        if not token and not self.reply_policy.allows(reply_topic):
+            self.counters.incr("consumer.dropped.unknown_reply_host")
+            self.reply_policy.refused(reply_topic, msg.topic)
+            return
         ctx_dict = msg.context
 
+        parts = itertools.count()
+
         def send(response: list, more: bool | None) -> None:
-            frames = wire.encode(msg_id, reply_topic, ctx_dict,
-                                 wire.reply_body(msg_id, response, more))
+            # streamed parts are numbered: one may go straight to the caller
+            # and the next through the receivers when the direct queue is full
+            body = wire.reply_body(msg_id, response, more,
+                                   next(parts) if stream else None)
+            frames = wire.encode(msg_id, reply_topic, ctx_dict, body)
             if token and self.direct.send(token, frames):
                 return
             for dtopic, host in self._queues(reply_topic):
@@ -335,9 +410,14 @@ class Driver:
             send(collected + final, None)
 
     # -- shutdown ---------------------------------------------------------
-    def cleanup(self) -> None:
+    def cleanup(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close consumers and the reply listener, flush queued casts
-        (bounded linger) and end the context."""
+        (bounded linger) and end the context; returns within about
+        ``timeout`` seconds even with methods still running (their answers
+        are then dropped, logged). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         for conn in list(self.connections):
             conn.close()
         self.replies.close()
@@ -353,4 +433,4 @@ class Driver:
             # leave=False: other worker processes of this host may still
             # serve the same topics; a crash and an exit look alike
             self.servicegroup.stop(leave=False)
-        self.ctx.term()
+        term_context(self.ctx, self.handler, timeout)

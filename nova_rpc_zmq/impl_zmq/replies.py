@@ -152,7 +152,7 @@ class ReplyWaiter:
             if waiting_on == host:
                 q = self._waiters.get(msg_id)
                 if q is not None:
-                    q.put((REFUSED, error))
+                    q.put((REFUSED, error, None))
 
     def _loop(self, sock: Any) -> None:
         zmq = self.handler.zmq
@@ -202,7 +202,10 @@ class ReplyWaiter:
         response = args.get("response")
         if not isinstance(response, list):
             response = [response]
-        q.put((response, args.get("more")))
+        seq = args.get(wire.SEQ_KEY)
+        if type(seq) is not int or not 0 <= seq < wire.MAX_SEQ:
+            seq = None  # unnumbered: an old server's complete reply
+        q.put((response, args.get("more"), seq))
 
     def close(self) -> None:
         """Stop the listener; returns once its socket is closed (<0.5 s)."""
@@ -253,10 +256,13 @@ class DirectReplies:
         self.handler = driver.handler
         self._socks: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
         self._lock = self.handler.Lock()
+        self._closed = False
 
     def send(self, token: str, frames: list[bytes]) -> bool:
         zmq = self.handler.zmq
         with self._lock:
+            if self._closed:
+                return False  # a socket made now would hold up the context's end
             sock = self._socks.get(token)
             if sock is None:
                 sock = self.driver.ctx.socket(zmq.PUSH)
@@ -278,6 +284,7 @@ class DirectReplies:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             socks, self._socks = self._socks, type(self._socks)()
         for sock in socks.values():
             sock.close(0)

@@ -25,20 +25,25 @@ _BACKENDS = {
 }
 
 _state_lock = threading.Lock()
+_first_use = threading.Lock()
 _settings: Any = None
 _backend: ModuleType | None = None
 
 
 def init(settings: Any = None, **overrides: Any) -> Any:
-    """Use ``settings`` (or ``config.load_settings(CONF, **overrides)``).
+    """Use ``settings`` (a Settings or a ConfigOpts; default: ``CONF``'s,
+    with ``overrides``).
 
     Call before the first message, or again to switch (tests); returns the
     Settings in force. Raises ConfigurationError for bad values.
     """
     global _settings, _backend
+    from nova_rpc_zmq import config
     if settings is None:
-        from nova_rpc_zmq import config
-        settings = config.load_settings(config.CONF, **overrides)
+        settings = config.load_settings(config.CONF, **overrides) if overrides \
+            else config.settings_for(config.CONF)
+    elif not isinstance(settings, config.Settings):
+        settings = config.settings_for(settings, **overrides)  # a ConfigOpts
     name = settings.rpc_backend
     if name not in _BACKENDS:
         raise ConfigurationError(
@@ -70,10 +75,16 @@ def get_settings() -> Any:
 
 
 def _current() -> tuple[Any, ModuleType]:
-    if _backend is None:
-        init()
-    assert _backend is not None
-    return _settings, _backend
+    backend = _backend
+    if backend is None:
+        # the first use, maybe by many threads at once: one of them loads
+        # the settings, the others wait and share them
+        with _first_use:
+            if _backend is None:
+                init()
+        backend = _backend
+    assert backend is not None
+    return _settings, backend
 
 
 def create_connection(new: bool = True) -> Any:

@@ -47,6 +47,8 @@ import logging
 import threading
 from typing import Any, Callable, Iterable
 
+from oslo_config import cfg
+
 from nova_rpc_zmq import concurrency, errors
 from nova_rpc_zmq.servicegroup.drivers import DRIVER_NAMES, load_driver
 from nova_rpc_zmq.servicegroup.drivers.base import (
@@ -81,7 +83,11 @@ class API:
     """Join groups and ask who is up; see the module docstring.
 
     ``settings`` is a ``config.Settings`` (or any object with the same
-    attribute names); ``driver`` overrides ``settings.servicegroup_driver``
+    attribute names), an oslo.config ``ConfigOpts``, or None: the process's
+    configuration (``oslo_config.cfg.CONF``, through ``config.settings_for``), as
+    Nova's ``servicegroup.API()`` reads it (``servicegroup_driver``,
+    ``service_down_time``, ``report_interval``, ``[zookeeper]``,
+    ``memcached_servers``, ``[database]``); ``driver`` overrides ``settings.servicegroup_driver``
     with a name ('db', 'zk', 'mc') or a ready ``Driver``; ``handler`` picks
     the concurrency model (default: the one this process runs).
     Raises ``ServiceGroupUnavailable`` when the back end does not answer at
@@ -91,6 +97,12 @@ class API:
     def __init__(self, settings: Any = None, driver: str | Driver | None = None,
                  handler: concurrency.Handler | None = None) -> None:
         self.handler = handler or concurrency.get_handler()
+        if settings is None or isinstance(settings, cfg.ConfigOpts):
+            from nova_rpc_zmq import config
+            # rpc_backend does not matter here (it may name another
+            # transport): fixed as the drop-in module fixes it, so both
+            # share one Settings
+            settings = config.settings_for(settings, rpc_backend="impl_zmq")
         self.settings = settings
         if isinstance(driver, Driver):
             self.driver = driver

@@ -199,13 +199,23 @@ def test_threaded_callers_in_this_process_get_their_own_answers(host):
 
 
 def test_notify_goes_to_topic_dash_priority(host):
-    proc = host.start_service("notif", topic="notifications-info")
+    got = []
+    conn = rpc.create_connection()
     try:
-        rpc.notify({}, "notifications.info", m("record", value="n1"), envelope=True)
-        wait_for(lambda: rpc.call({}, "notifications-info_notif", m("stats"))["record"] == 1,
-                 timeout=5, what="the notification")
+        conn.create_consumer("notifications-info", got.append)
+        conn.consume_in_thread()
+        rpc.notify({}, "notifications.info", {"event_type": "e1", "payload": {}},
+                   envelope=True)
+        wait_for(lambda: got, timeout=5, what="the notification")
+        assert got == [{"event_type": "e1", "payload": {}}]
     finally:
-        proc.stop()
+        conn.close()
+
+
+def test_a_service_without_notification_endpoint_is_refused_at_start(host):
+    """An RpcDispatcher takes calls, not notifications: told at once."""
+    with pytest.raises(RuntimeError, match="cannot take the notifications"):
+        host.start_service("notif", topic="notifications-info")
 
 
 @pytest.mark.parametrize("name", ["green", "threads"])

@@ -31,7 +31,7 @@ def read(*paths: Path | str):
     argv: list[str] = []
     for path in paths:
         argv += ["--config-file", str(path)]
-    config.CONF(argv, project="nova", default_config_files=[])
+    config.parse(config.CONF, argv, project="nova", default_config_files=[])
     return config.load_settings()
 
 
@@ -51,7 +51,8 @@ def test_defaults():
     assert (s.rpc_zmq_port, s.rpc_zmq_start_port) == (9501, 9500)
     assert s.rpc_zmq_contexts == 1
     assert s.rpc_zmq_io_batch is True
-    assert s.rpc_zmq_topic_backlog is None
+    assert (s.rpc_zmq_topic_backlog, s.rpc_zmq_topic_backlog_bytes) == \
+        (10000, 64 * 1024 * 1024)
     assert s.rpc_zmq_ipc_dir == "/var/run/openstack"
     assert s.rpc_zmq_host == socket.gethostname()
     assert s.rpc_thread_pool_size == 1024
@@ -63,6 +64,8 @@ def test_defaults():
     assert (s.rpc_zmq_max_frames, s.rpc_zmq_max_topic_length,
             s.rpc_zmq_max_json_depth) == (64, 255, 64)
     assert s.rpc_zmq_health_port == 9503
+    assert s.rpc_zmq_health_bind_address is None   # rpc_zmq_bind_address
+    assert s.rpc_zmq_health_stuck_after == 10
     assert s.control_exchange == "nova"
     assert s.servicegroup_driver == "db"
     assert (s.service_down_time, s.report_interval) == (60, 10)
@@ -328,20 +331,21 @@ def test_bad_flagfile_line_names_original_file_and_line(tmp_path, line, words):
 
 def test_flagfile_translation_is_private_and_cleaned(tmp_path):
     flags = write(tmp_path, "nova.conf", "--rpc_zmq_port=9601\n")
-    ini = config.CONF._as_ini(str(flags))
+    translator = config.flagfiles(config.CONF)
+    ini = translator.as_ini(str(flags))
     assert stat.S_IMODE(os.stat(os.path.dirname(ini)).st_mode) == 0o700
     assert "rpc_zmq_port = 9601" in Path(ini).read_text()
-    assert config.CONF.original_path(ini) == str(flags)
+    assert translator.original_path(ini) == str(flags)
     config.reset()
     assert not os.path.exists(os.path.dirname(ini))
     # a full parse leaves no translated file behind, not even until exit
     assert read(flags).rpc_zmq_port == 9601
-    (translated,) = config.CONF._translated
+    (translated,) = translator._translated
     assert not os.path.exists(translated)
-    assert config.CONF.original_path(translated) == str(flags)
+    assert translator.original_path(translated) == str(flags)
     with pytest.raises(ConfigurationError):
         read(write(tmp_path, "bad.conf", "--rpc_zmq_port=1\n--rpc_zmq_prot=2\n"))
-    assert config.CONF._flag_dir is None
+    assert translator._flag_dir is None
 
 
 def test_file_starting_with_comment_then_flags_is_a_flagfile(tmp_path):
@@ -427,7 +431,10 @@ def test_unknown_value_error_text(tmp_path, field, value, accepted):
     ("rpc_cast_timeout", -3, "greater than 0"),
     ("rpc_thread_pool_size", 0, "at least 1"),
     ("rpc_zmq_contexts", 0, "at least 1"),
-    ("rpc_zmq_topic_backlog", 0, "or leave it unset"),
+    ("rpc_zmq_topic_backlog", 0, "at least 1"),
+    ("rpc_zmq_topic_backlog_bytes", 0, "at least 1"),
+    ("rpc_zmq_health_stuck_after", 0, "greater than 0"),
+    ("rpc_zmq_health_bind_address", " ", "is empty"),
     ("rpc_zmq_max_frames", 0, "at least 1"),
     ("zookeeper_recv_timeout", 0, "greater than 0"),
     ("rpc_zmq_host", "bad host", "host name"),
@@ -453,6 +460,16 @@ def test_edge_values_accepted():
     assert (s.rpc_zmq_port, s.rpc_zmq_health_port,
             s.rpc_zmq_topic_backlog) == (1, 0, 1)
     assert s.rpc_response_timeout == 0.5
+
+
+def test_health_port_follows_rpc_zmq_port():
+    """Unset: rpc_zmq_port + 2, so receivers on other ports coexist."""
+    s = config.load_settings(config.CONF, rpc_zmq_port=9601)
+    assert s.rpc_zmq_health_port == 9603
+    s = config.load_settings(config.CONF, rpc_zmq_port=9601, rpc_zmq_health_port=0)
+    assert s.rpc_zmq_health_port == 0
+    with pytest.raises(ConfigurationError, match="rpc_zmq_health_port"):
+        config.load_settings(config.CONF, rpc_zmq_port=65535)
 
 
 def test_zk_driver_needs_an_address():
@@ -484,7 +501,11 @@ def test_default_config_file_may_be_a_flagfile(tmp_path):
 
 
 def test_layers_below_rpc_do_not_read_global_config():
-    """DESIGN: config is passed down as Settings, not read below rpc/."""
+    """DESIGN: config is passed down as Settings, not read below rpc/.
+
+    The entry points that Nova-era code calls with a ConfigOpts or with
+    nothing (the drop-in ``impl_zmq`` functions, ``servicegroup.API()``)
+    derive their Settings once through ``config.settings_for``."""
     package = ROOT / "nova_rpc_zmq"
     below = [package / "wire.py"] + [
         p for sub in ("matchmaker", "impl_zmq", "receiver", "servicegroup",
