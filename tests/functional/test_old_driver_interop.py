@@ -8,6 +8,7 @@ is used to make them), against our real receiver and services.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -38,10 +39,19 @@ def zctx():
     ctx.destroy(linger=0)
 
 
+#: the probe id of each old caller's SUB socket (pyzmq sockets take no
+#: attributes of ours), keyed by id(socket)
+PROBES: dict = {}
+
+
 def old_reply_listener(ctx, host, msg_id):
-    """The old caller's SUB socket on the host's reply topic, filtered on msg_id."""
+    """The old caller's SUB socket on the host's reply topic, filtered on
+    msg_id, and on a probe id (see ``wait_subscribed``): both filters go to
+    the receiver together when the SUB connects."""
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, msg_id.encode())
+    probe = PROBES[id(sub)] = "probe-" + uuid.uuid4().hex
+    sub.setsockopt(zmq.SUBSCRIBE, probe.encode())
     sub.setsockopt(zmq.RCVTIMEO, int(scaled(10) * 1000))
     sub.connect("ipc://%s/zmq_topic_zmq_replies.localhost" % host.ipc_dir)
     return sub
@@ -66,16 +76,42 @@ def old_call_frames(style, msg_id, topic, method, args):
             b"oslo.message", json.dumps(body).encode(), b"oslo.version", b"2.0"]
 
 
-def receive_reply(sub, push, frames):
-    """Send until the old SUB sees the reply (the old driver had the same
-    slow-joiner race; retrying with the same msg_id is what it can do)."""
-    for _ in range(20):
+def wait_subscribed(sub, push):
+    """Return once the receiver holds ``sub``'s subscriptions.
+
+    The old driver subscribed, then sent, and lost a reply that beat the
+    subscription (the slow joiner).  Here a probe reply addressed to the
+    SUB's probe id is sent through the receiver until one comes back: the
+    msg_id filter went with the probe's, so from then on the real reply
+    cannot be lost to the race.  Probes are not the request: it is sent
+    exactly once afterwards, so a lost request fails the test."""
+    probe = PROBES.pop(id(sub))
+    frames = [probe.encode(), b"zmq_replies.localhost", b"cast",
+              json.dumps(["{}", {"method": "-process_reply",
+                                 "args": {"msg_id": probe, "response": []}}]
+                         ).encode()]
+    deadline = time.monotonic() + scaled(10)
+    while time.monotonic() < deadline:
         push.send_multipart(frames)
-        try:
-            return sub.recv_multipart()
-        except zmq.Again:
-            continue
-    raise AssertionError("no reply for the old caller")
+        if sub.poll(100):
+            got = sub.recv_multipart()
+            assert got[0] == probe.encode(), got
+            # late probes are filtered out by the SUB from now on
+            sub.setsockopt(zmq.UNSUBSCRIBE, probe.encode())
+            return
+    raise AssertionError("the old caller's SUB never got a probe back")
+
+
+def receive_reply(sub, push, frames):
+    """Send the old call once the SUB is known to be subscribed, exactly
+    once, and wait for its reply."""
+    wait_subscribed(sub, push)
+    push.send_multipart(frames)
+    try:
+        return sub.recv_multipart()
+    except zmq.Again:
+        raise AssertionError("no reply for the old caller's only request"
+                             ) from None
 
 
 @pytest.mark.parametrize("style", ["cast", "impl_zmq_v2"])
