@@ -1,7 +1,7 @@
 #!/bin/bash
 # Install the servers the functional tests start by themselves: ZooKeeper,
-# memcached, Redis and PostgreSQL (Debian 12 packages), plus a JRE for
-# ZooKeeper.  Idempotent and non-interactive; run as root.
+# memcached, Redis, PostgreSQL and HAProxy (Debian 12 packages), plus a JRE
+# for ZooKeeper.  Idempotent and non-interactive; run as root.
 #
 # The packages' own system services are NOT started or needed: the test
 # fixtures (tests/fixtures/servers.py) run private instances on free
@@ -9,7 +9,8 @@
 # the post-install scripts from starting the services during install.
 set -euo pipefail
 
-want=(zookeeper memcached redis-server postgresql default-jre-headless iproute2)
+want=(zookeeper memcached redis-server postgresql default-jre-headless iproute2
+      haproxy)
 missing=()
 for pkg in "${want[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -48,7 +49,7 @@ fi
 
 # what the fixtures look for
 test -e /usr/share/java/zookeeper.jar || ls /usr/share/zookeeper/lib/*.jar >/dev/null
-command -v java memcached redis-server >/dev/null
+command -v java memcached redis-server haproxy >/dev/null
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null
 id postgres >/dev/null
 echo "install-servers: ok"

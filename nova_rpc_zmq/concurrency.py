@@ -452,6 +452,17 @@ class _GreenEvent:
         return self._ev.ready()
 
 
+def original(name: str) -> Any:
+    """The module ``name`` as it was before eventlet patched it (the module
+    itself when eventlet is not loaded): for code that runs in a native
+    thread (``spawn_native``) and must block there, not on the hub."""
+    if "eventlet" in sys.modules:
+        from eventlet import patcher
+        return patcher.original(name)
+    import importlib
+    return importlib.import_module(name)
+
+
 def is_monkey_patched() -> bool:
     """True when eventlet has patched this process's socket module.
 

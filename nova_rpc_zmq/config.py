@@ -9,8 +9,10 @@ comments, ``--flagfile=OTHER`` includes.  A flagfile is translated into a
 private INI file first; a malformed line, a bad value of one of our flags or an
 unknown flag that looks like ours (``--rpc_zmq_...``, near misses such as
 ``--rpc_zmq_prot``) raises ConfigurationError naming the original file and
-line.  Other flags (Nova's ``--verbose``, ``--logdir`` ...) are ignored as in
-INI files, so an unchanged Essex nova.conf is read.
+line.  The logging flags ``--logdir``, ``--logfile``, ``--verbose`` (and
+``--debug``, ``--use_syslog``) become oslo.log's ``log_dir``, ``log_file``,
+``debug``, ``use_syslog``; other flags (Nova's ``--sql_connection`` ...) are
+ignored as in INI files, so an unchanged Essex nova.conf is read.
 """
 
 from __future__ import annotations
@@ -118,15 +120,32 @@ DEFAULT_OPTS = [
        help="Port of the receiver's text health/metrics page (HAProxy httpchk, "
             "Pacemaker); unset = rpc_zmq_port + 2 (9503 for 9501), so receivers "
             "with different rpc_zmq_port values coexist; 0 disables it."),
+    _I("rpc_zmq_metrics_port", default=0,
+       help="Port on which a service process (not the receiver) serves its "
+            "driver's counters and gauges as GET /metrics in the Prometheus "
+            "text format, on the address of rpc_zmq_health_bind_address (unset: "
+            "rpc_zmq_bind_address, as the receiver's page); 0 (the default) "
+            "turns it off. One port per process: give each worker its own."),
     _S("rpc_zmq_health_bind_address", default=None,
        help="Where the health/metrics page listens: an IP address of this host, "
             "'*' for every address, or an interface name (eth0); unset = "
             "rpc_zmq_bind_address, so HAProxy and Pacemaker on other hosts reach it. "
             "127.0.0.1 keeps it to this host."),
-    _F("rpc_zmq_health_stuck_after", default=10,
+    _F("rpc_zmq_health_stuck_after", default=1,
        help="Seconds the receiver's routing loop may go without turning before "
             "GET /health answers 503 STUCK (the loop turns at least 5 times a "
-            "second when healthy; blocked log output or a bug stops it)."),
+            "second when healthy; blocked log output or a bug stops it). Keep "
+            "it short: a load balancer should move traffic within a few checks."),
+    _S("rpc_zmq_drain_file", default=None,
+       help="A path that, while it exists, makes the receiver's GET /health "
+            "answer 503 DRAINING so HAProxy and Pacemaker move traffic away "
+            "before maintenance (touch it, wait for the checks, then stop the "
+            "receiver; remove it afterwards). Unset = no drain file. Keep it "
+            "outside rpc_zmq_ipc_dir if it must survive a restart."),
+    _F("rpc_zmq_drain_timeout", default=5,
+       help="Seconds the receiver may take after SIGTERM to hand the messages "
+            "it holds to the local services before it exits anyway (0 = exit "
+            "at once); keep it below the init system's stop timeout."),
     _S("control_exchange", default="nova",
        help="Exchange name of this project's topics (kept for AMQP-driver compatibility)."),
     _S("servicegroup_driver", default="db",
@@ -201,6 +220,13 @@ for (_g, _n), _opt in _OPTS.items():
     for _dep in getattr(_opt, "deprecated_opts", []):
         if _dep.group in (None, "DEFAULT") and _dep.name:
             _FLAGS[_dep.name] = (_g, _n)
+
+# Essex logging flags -> oslo.log options (registered by nova_rpc_zmq.logs;
+# a program that does not set up logging ignores them, as INI files do).
+_LOG_FLAGS = {"logdir": "log_dir", "log_dir": "log_dir", "logfile": "log_file",
+              "log_file": "log_file", "verbose": "debug", "debug": "debug",
+              "use_syslog": "use_syslog"}
+_LOG_BOOL_FLAGS = ("verbose", "debug", "use_syslog")
 
 BACKENDS = {"%s%s" % (prefix, impl): impl
             for impl in ("impl_zmq", "impl_fake")
@@ -459,6 +485,13 @@ def translate_flagfile(path: str, _depth: int = 0, _seen: tuple[str, ...] = ()
                                                     _seen + (real,)).items():
                 sections.setdefault(group, {}).update(values)
             continue
+        if name in _LOG_FLAGS or (name[:2] == "no" and name[2:] in _LOG_BOOL_FLAGS
+                                  and not eq):
+            log_name = _LOG_FLAGS.get(name) or _LOG_FLAGS[name[2:]]
+            if name in _LOG_BOOL_FLAGS or name[2:] in _LOG_BOOL_FLAGS:
+                value = value if eq else ("false" if name[:2] == "no" else "true")
+            sections.setdefault(None, {})[log_name] = value
+            continue
         negated = not eq and name not in _FLAGS and name[:2] == "no" and name[2:] in _FLAGS
         if negated:
             name = name[2:]
@@ -537,7 +570,10 @@ class Settings:
     rpc_zmq_max_json_depth: int
     rpc_zmq_health_port: int
     rpc_zmq_health_bind_address: str | None
+    rpc_zmq_metrics_port: int
     rpc_zmq_health_stuck_after: float
+    rpc_zmq_drain_file: str | None
+    rpc_zmq_drain_timeout: float
     control_exchange: str
     servicegroup_driver: str
     service_down_time: float
@@ -731,12 +767,16 @@ def _validate(c: _Checker) -> None:
             raise c.fail("rpc_zmq_port", "leaves no room for the health port "
                          "(rpc_zmq_port + 2)", "set rpc_zmq_health_port to a free port, or 0")
     c.number("rpc_zmq_health_port", 0, 65535)
+    c.number("rpc_zmq_metrics_port", 0, 65535)
     for field in ("rpc_zmq_contexts", "rpc_thread_pool_size", "rpc_zmq_max_msg_size",
                   "rpc_zmq_max_frames", "rpc_zmq_max_topic_length", "rpc_zmq_max_json_depth"):
         c.number(field, 1)
     c.number("rpc_zmq_topic_backlog", 1)
     c.number("rpc_zmq_topic_backlog_bytes", 1)
     c.number("rpc_zmq_health_stuck_after", 0, positive=True)
+    c.number("rpc_zmq_drain_timeout", 0)
+    if v["rpc_zmq_drain_file"] is not None:
+        c.text("rpc_zmq_drain_file")
     for field in ("rpc_response_timeout", "rpc_cast_timeout", "service_down_time",
                   "report_interval", "zookeeper_recv_timeout", "zookeeper_sg_retry_interval"):
         c.number(field, 0, positive=True)

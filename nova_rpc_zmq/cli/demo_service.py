@@ -31,12 +31,13 @@ def start(argv: list[str] | None, prog: str, topic: str) -> argparse.Namespace:
     if args.eventlet:
         import eventlet
         eventlet.monkey_patch()
-    from nova_rpc_zmq import config, rpc
+    from nova_rpc_zmq import logs, rpc
 
     cli: list[str] = []
     for path in args.config_file:
         cli += ["--config-file", path]
-    rpc.init(config.parse_args(cli + rest))
+    # oslo.log's options (debug, log_file ...) from nova.conf and ``rest``
+    rpc.init(logs.parse_args(cli + rest, prog))
     return args
 
 
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(float(seconds))
             return "slept"
 
-        def record(self, context, value=None):
+        def record(self, context, value=None, pad=None):
+            # pad: bulk that tests add to fill send queues; not kept
             seen["record"] += 1
             recorded.append(value)
 

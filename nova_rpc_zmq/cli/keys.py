@@ -68,8 +68,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _settings(config_files: list[str]) -> Any | None:
-    """The configured Settings, or None without a config module."""
+def _settings(config_files: list[str], log_argv: list[str] = ()) -> Any | None:
+    """The configured Settings (logging set up from the same files and the
+    oslo.log flags ``log_argv``), or None without a config module."""
     try:
         from nova_rpc_zmq import config
     except ImportError:
@@ -78,7 +79,8 @@ def _settings(config_files: list[str]) -> Any | None:
     for path in config_files:
         argv += ["--config-file", path]
     if hasattr(config, "parse_args"):
-        return config.parse_args(argv)
+        from nova_rpc_zmq import logs
+        return logs.parse_args(argv + list(log_argv), "nova-rpc-zmq")
     return config.load_settings()
 
 
@@ -89,7 +91,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str, str]:
     host = args.host
     if key_file is None or keys_dir is None or host is None \
             or args.config_file:
-        settings = _settings(args.config_file)
+        settings = _settings(args.config_file, getattr(args, "log_argv", []))
         if settings is not None:
             key_file = key_file or settings.rpc_zmq_curve_key_file
             keys_dir = keys_dir or settings.rpc_zmq_curve_keys_dir

@@ -75,7 +75,9 @@ def load(args: argparse.Namespace) -> Any:
     argv: list[str] = []
     for path in args.config_file:
         argv += ["--config-file", path]
-    settings = config.parse_args(argv)
+    from nova_rpc_zmq import logs
+    # the oslo.log flags main() left over (--log-file, --debug ...)
+    settings = logs.parse_args(argv + list(getattr(args, "log_argv", [])))
     overrides = _overrides(args)
     return config.load_settings(settings, **overrides) if overrides else settings
 

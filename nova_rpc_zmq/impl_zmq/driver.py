@@ -93,6 +93,9 @@ class Driver:
             self.local = LocalCalls(self)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
+        # opt-in GET /metrics of this process (rpc_zmq_metrics_port)
+        from nova_rpc_zmq.impl_zmq import exporter
+        self.metrics_server = exporter.start(self)
 
     # -- hooks for later layers ------------------------------------------
     def _start_liveness(self) -> None:
@@ -155,6 +158,7 @@ class Driver:
         errors = []
         for dtopic, host in self._queues(topic):
             frames = wire.encode(msg_id, dtopic, ctx, msg, envelope)
+            self.counters.incr("casts")
             try:
                 self._send(host, frames, dtopic)
             except RPCException as exc:
@@ -197,6 +201,7 @@ class Driver:
         body = wire.call_request(msg_id, replies.reply_topic, ctx, msg)
         frames = wire.encode(replies.caller_mark, dtopic, ctx, body, envelope)
         queue = replies.register(msg_id, host)
+        self.counters.incr("calls")
         empty = self.handler.Empty
         method = msg.get("method") if isinstance(msg, dict) else None
         local = self.local
@@ -418,6 +423,9 @@ class Driver:
         if self.closed:
             return
         self.closed = True
+        server = getattr(self, "metrics_server", None)
+        if server is not None:
+            server.stop()
         for conn in list(self.connections):
             conn.close()
         self.replies.close()

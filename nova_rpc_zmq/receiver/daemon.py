@@ -25,8 +25,12 @@ off): the others get the backlog at once, and the cut-off one misses the
 topic's messages until it has read its pipe down (counted in
 ``fanout_cut_off``, logged once per interval as ``subscriber_full``).
 
-The loop notes when it last turned; ``stuck()`` tells the health page when
-it has not for ``rpc_zmq_health_stuck_after`` seconds. A lock file in
+The loop notes when it last turned; the health page (``health.py``) says
+503 when it has not for ``rpc_zmq_health_stuck_after`` seconds. ``drain()``
+(SIGTERM) stops accepting, hands what the receiver holds to the local
+consumers for at most ``rpc_zmq_drain_timeout`` seconds, then ends
+``run()``; ``request_reload()`` (SIGHUP) runs ``on_reload`` (or ``reload()``)
+in the loop's own thread at its next turn. A lock file in
 ``rpc_zmq_ipc_dir``, held while the receiver runs, keeps a second receiver
 from taking over the first one's sockets.
 
@@ -43,9 +47,10 @@ import fcntl
 import logging
 import os
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -84,6 +89,12 @@ TOPIC_HWM = 10000
 LINGER_MS = 1000
 #: Milliseconds a TCP peer has to complete the ZMTP (and CURVE) handshake.
 HANDSHAKE_MS = 5000
+#: The inbound socket's MAXMSGSIZE is this many times rpc_zmq_max_msg_size:
+#: a frame over the limit but under this arrives and is dropped as
+#: ``too_large`` (counted, logged with its peer); libzmq cuts the
+#: connection of a larger one before the receiver sees it, and reports that
+#: exactly like a peer that went away, so that one is not counted.
+OVERSIZE_MARGIN = 2
 
 
 class ReceiverError(ConfigurationError):
@@ -209,7 +220,18 @@ class Receiver:
         self.backlog_bytes_limit = settings.rpc_zmq_topic_backlog_bytes
         self.total_limit = TOTAL_FACTOR * self.backlog_limit
         self.total_bytes_limit = TOTAL_FACTOR * self.backlog_bytes_limit
-        self.stuck_after = float(getattr(settings, "rpc_zmq_health_stuck_after", 10))
+        self.stuck_after = float(getattr(settings, "rpc_zmq_health_stuck_after", 1))
+        self.drain_timeout = float(getattr(settings, "rpc_zmq_drain_timeout", 5))
+        #: True from drain() on: the health page says DRAINING
+        self.draining = False
+        #: run in the loop's thread after request_reload(); default reload()
+        self.on_reload: Callable[[], None] | None = None
+        # set from signal handlers, acted on by the loop (one read per turn)
+        self._signalled = False
+        self._drain_requested = False
+        self._reload_requested = False
+        #: linger of the topic sockets at shutdown (drain: the time left)
+        self._close_linger_ms: int | None = None
         self.counters = Counters("receiver")
         self.droplog = DropLog()
         self.ctx: zmq.Context | None = None
@@ -249,7 +271,12 @@ class Receiver:
             self.authenticator.start()
         sock = self.ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_msg_size)
+        # not the limit itself: libzmq would cut the connection of a frame
+        # over it before we see the message, and the drop would go uncounted
+        # and unlogged; frames up to the margin reach _read_batch, which
+        # drops and counts them (too_large); libzmq still bounds the memory
+        sock.setsockopt(zmq.MAXMSGSIZE,
+                        self.limits.max_msg_size * OVERSIZE_MARGIN)
         sock.setsockopt(zmq.RCVHWM, TOPIC_HWM)
         # a peer that does not finish the ZMTP handshake is cut off soon
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
@@ -377,15 +404,12 @@ class Receiver:
 
     def _drop(self, reason: str, topic: str | None, frames: Any,
               detail: str = "") -> None:
-        """Count and log one dropped message; drops caused by consumers
-        (``FLOW_REASONS``) are logged as summaries, never one line each."""
+        """Count and log one dropped message: every reason, hostile input
+        as well as ``FLOW_REASONS``, is logged as summaries (``droplog``),
+        never one line each, so a flood cannot flood the log."""
         self.counters.incr("dropped." + reason)
-        peer = self._peer(frames)
-        if reason in FLOW_REASONS:
-            self.droplog.record(reason, topic, peer, detail, time.monotonic())
-            return
-        LOG.warning("dropped a message from %s (topic %r): %s%s", peer,
-                    topic, reason, " (%s)" % detail if detail else "")
+        self.droplog.record(reason, topic, self._peer(frames), detail,
+                            time.monotonic())
 
     def _accept(self, frames: list) -> None:
         """Check one inbound message and hand it to its topic socket."""
@@ -554,35 +578,128 @@ class Receiver:
     def stuck(self) -> str | None:
         """Why the receiver is not routing (for the health page), or None.
 
-        Thread-safe: reads two attributes the loop writes.
+        Thread-safe: reads attributes the loop writes. The health page uses
+        ``health.ReceiverHealth``, which adds the drain file and ZAP.
         """
+        if self.draining:
+            return "DRAINING"
         if self._stopping:
             return "STOPPING"
         idle = time.monotonic() - self.turned
         if idle > self.stuck_after:
-            return ("STUCK: the routing loop has not turned for %.0f s "
+            return ("STUCK: the routing loop has not turned for %.1f s "
                     "(rpc_zmq_health_stuck_after = %g)" % (idle, self.stuck_after))
         return None
 
     def metrics(self) -> str:
-        """Counters as text: routing, backlog sizes, and CURVE refusals
-        when on."""
-        text = self.counters.render()
-        text += ("receiver.backlog.messages %d\nreceiver.backlog.bytes %d\n"
-                 "receiver.backlog.topics %d\n"
-                 % (self.backlogged, self.backlogged_bytes, len(self.waiting)))
-        auth = self.authenticator
-        if auth is not None:
-            lines = ["receiver.curve.accepted %d" % auth.accepted]
-            for reason, n in sorted(auth.refused.items()):
-                lines.append("receiver.curve.refused.%s %d"
-                             % (reason.replace(" ", "_"), n))
-            text += "\n".join(lines) + "\n"
-        return text
+        """``GET /metrics``: the Prometheus text format 0.0.4
+        (``exposition``). Thread-safe: reads, never locks the loop."""
+        from nova_rpc_zmq.receiver import exposition
+        return exposition.render(self)
 
     def stop(self) -> None:
-        """Ask ``run()`` to return; safe from signal handlers and threads."""
+        """Ask ``run()`` to return at once, dropping what the backlogs hold
+        (a drain in progress is cut short); safe from signal handlers and
+        threads."""
         self._stopping = True
+
+    def drain(self) -> None:
+        """Ask ``run()`` to stop accepting, hand what it holds to the local
+        consumers for at most ``rpc_zmq_drain_timeout`` seconds, then
+        return. Safe from signal handlers and threads; seen within
+        ``IDLE_WAIT_MS``."""
+        self.draining = True
+        self._drain_requested = True
+        self._signalled = True
+
+    def request_reload(self) -> None:
+        """Ask the loop to run ``on_reload`` (default ``reload()``) at its
+        next turn, in its own thread. Safe from signal handlers."""
+        self._reload_requested = True
+        self._signalled = True
+
+    def reload(self) -> list[str]:
+        """Re-read what can change without a restart: the CURVE keys dir
+        now (it is also re-read within a second of a change). Returns what
+        was re-read, for the log. Call from the loop's thread."""
+        done = []
+        auth = self.authenticator
+        if auth is not None:
+            auth.allow_list.refresh(force=True)
+            done.append("CURVE keys dir %s" % auth.allow_list.keys_dir)
+        return done
+
+    def _on_signal_requests(self) -> bool:
+        """Act on drain()/request_reload(); True when run() must end."""
+        self._signalled = False
+        if self._reload_requested:
+            self._reload_requested = False
+            try:
+                if self.on_reload is not None:
+                    self.on_reload()
+                else:
+                    self.reload()
+            except Exception:  # noqa: BLE001 - a bad reload must not stop routing
+                LOG.exception("reload failed; running on with what was "
+                              "loaded before")
+        if self._drain_requested:
+            self._drain_requested = False
+            self._drain()
+            return True
+        return False
+
+    def _drain(self) -> None:
+        """Take what libzmq already read off the network, close the TCP
+        socket (peers keep what they have not sent and deliver it to the
+        next receiver), then flush the backlogs while consumers take them,
+        until empty or ``drain_timeout``."""
+        monotonic = time.monotonic
+        deadline = monotonic() + self.drain_timeout
+        inbound = self.inbound
+        LOG.info("draining: no longer accepting; handing %d held messages to "
+                 "local services (at most %g s, rpc_zmq_drain_timeout)",
+                 self.backlogged, self.drain_timeout)
+        if inbound is not None:
+            # bounded: a peer that keeps sending must not hold us here
+            while not self._stopping and monotonic() < deadline \
+                    and self._read_batch(inbound) == BATCH:
+                self.turned = monotonic()
+            inbound.close(0)
+            self.inbound = None
+        poller = zmq.Poller()
+        while self.waiting and not self._stopping:
+            now = self.turned = monotonic()
+            if now >= deadline:
+                break
+            waiting = list(self.waiting.values())
+            timeout = min(float(IDLE_WAIT_MS), (deadline - now) * 1000)
+            for t in waiting:
+                if t.hold_until:
+                    # no new subscriber is worth waiting for past the grace
+                    timeout = min(timeout, max(0.0, (t.hold_until - now) * 1000))
+                poller.register(t.sock, zmq.POLLIN if t.hold_until else zmq.POLLOUT)
+            try:
+                events = dict(poller.poll(timeout))
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EINTR:
+                    raise
+                events = {}
+            now = monotonic()
+            for t in waiting:
+                poller.unregister(t.sock)
+                if t.name not in self.waiting:
+                    continue
+                if t.hold_until and events.get(t.sock, 0) & zmq.POLLIN:
+                    self._subscribed(t)
+                self._flush(t, now)
+        # what went into a socket's pipe still needs time to reach its
+        # consumer: give the sockets what is left of the drain time
+        left = max(0.0, deadline - monotonic())
+        if not self._stopping:  # stop() during the drain: as a plain stop
+            self._close_linger_ms = int(min(left, self.drain_timeout) * 1000)
+        if self.waiting:
+            LOG.warning("drain timeout (%g s): %d messages still held",
+                        self.drain_timeout, self.backlogged)
 
     def run(self) -> None:
         """Route until ``stop()``; then close every socket."""
@@ -596,6 +713,8 @@ class Receiver:
         try:
             while not self._stopping:
                 now = self.turned = monotonic()
+                if self._signalled and self._on_signal_requests():
+                    break
                 if now >= droplog.due:
                     droplog.flush(now)
                 if not self.waiting:
@@ -673,8 +792,20 @@ class Receiver:
             except again:
                 return n
             flags = nonblock
-            frames = [first.bytes]
             self._peer_frame = first
+            if len(first) > max_bytes:
+                # over the limit in one frame (libzmq let it in, up to
+                # OVERSIZE_MARGIN times the limit): never copied into Python
+                if first.more:
+                    # keeps no part: takes the rest off the socket unread
+                    recv_rest(inbound, [], 0)
+                self.counters.incr("received")
+                self._drop("too_large", None, first,
+                           "one frame of %d bytes, over %d "
+                           "(rpc_zmq_max_msg_size); discarded unread"
+                           % (len(first), max_bytes))
+                continue
+            frames = [first.bytes]
             if first.more:
                 status = recv_rest(inbound, frames, max_parts, max_bytes)
                 if status == too_many:
@@ -687,7 +818,12 @@ class Receiver:
                 self._accept(frames)
             except Exception:  # noqa: BLE001 - one message must not kill the loop
                 self.counters.incr("dropped.internal_error")
-                LOG.exception("internal error routing a message; dropped it")
+                # the traceback once per place; repeats summed up
+                topic = None
+                if len(frames) > 1 and len(frames[1]) <= 300:
+                    topic = frames[1].decode("utf-8", "replace")
+                self.droplog.internal_error(sys.exc_info(), topic,
+                                            self._peer(frames), time.monotonic())
         return BATCH
 
     def _too_large(self, kept: list) -> None:
@@ -710,8 +846,12 @@ class Receiver:
         if self.inbound is not None:
             self.inbound.close(0)
             self.inbound = None
+        linger = self._close_linger_ms
         for t in self.topics.values():
-            t.sock.close(0 if t.backlog else LINGER_MS)
+            if linger is not None:  # drained: the pipes get the time left
+                t.sock.close(linger)
+            else:
+                t.sock.close(0 if t.backlog else LINGER_MS)
         self.topics.clear()
         self.waiting.clear()
         self.droplog.flush(time.monotonic(), force=True)

@@ -157,18 +157,22 @@ class ZapAuthenticator:
     loop in a daemon thread; ``stop`` ends it within ``timeout``.
     ``on_refusal(decision, peer_address)`` runs in the loop thread for each
     refusal; its exceptions are logged, never fatal.  Counters are safe to
-    read from any thread.
+    read from any thread.  ``warn_every``: seconds between two log lines of
+    one repeating monitor refusal (endpoint and reason); the next line says
+    how many came in between (``WARN_EVERY`` by default).
     """
 
     def __init__(self, context: zmq.Context, allow_list: AllowList,
                  on_refusal: RefusalCallback | None = None,
                  domain: str = DEFAULT_DOMAIN,
-                 poll_interval: float = 0.1) -> None:
+                 poll_interval: float = 0.1,
+                 warn_every: float = WARN_EVERY) -> None:
         self.context = context
         self.allow_list = allow_list
         self.on_refusal = on_refusal
         self.domain = domain.encode("utf-8")
         self.poll_interval = poll_interval
+        self.warn_every = warn_every
         self._lock = threading.Lock()
         self._accepted = 0
         self._refused: dict[str, int] = {}
@@ -273,8 +277,8 @@ class ZapAuthenticator:
         key = (endpoint, reason)
         now = time.monotonic()
         with self._lock:
-            last, held = self._warned.get(key, (-WARN_EVERY, 0))
-            if now - last < WARN_EVERY:
+            last, held = self._warned.get(key, (-self.warn_every, 0))
+            if now - last < self.warn_every:
                 self._warned[key] = (last, held + 1)
                 return
             self._warned[key] = (now, 0)

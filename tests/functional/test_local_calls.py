@@ -39,7 +39,7 @@ def served() -> Iterator[Served]:
 
 
 def received(served: Served) -> int:
-    return served.counters().get("receiver.received", 0)
+    return served.counters()["nova_rpc_zmq_receiver_received_total"]
 
 
 def folder(served: Served, name: str = TOPIC) -> str:

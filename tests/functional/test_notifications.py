@@ -125,7 +125,7 @@ def test_a_thousand_notifications_none_lost(cluster, mode):
 
 
 def test_method_less_body_elsewhere_is_still_dropped_and_counted(cluster):
-    before = metrics(cluster[1]).get("receiver.dropped.bad_body", 0)
+    before = metrics(cluster[1]).get('nova_rpc_zmq_receiver_dropped_total{reason="bad_body"}', 0)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
@@ -133,7 +133,7 @@ def test_method_less_body_elsewhere_is_still_dropped_and_counted(cluster):
     push.send_multipart(old_node_frames("compute", notification(9), False))
     push.close()
     ctx.term()
-    wait_for(lambda: metrics(cluster[1]).get("receiver.dropped.bad_body", 0) == before + 1,
+    wait_for(lambda: metrics(cluster[1]).get('nova_rpc_zmq_receiver_dropped_total{reason="bad_body"}', 0) == before + 1,
              timeout=10, what="the drop to be counted")
 
 

@@ -105,12 +105,15 @@ def test_remote_exception_not_allowed_is_remote_error(host):
 def test_timeout_and_late_reply_never_reaches_another_caller(host):
     from nova_rpc_zmq.impl_zmq import get_driver
     with pytest.raises(Timeout):
-        rpc.call({}, "demo_green", m("slow", seconds=1.0), timeout=0.3)
+        rpc.call({}, "demo_green", m("slow", seconds=scaled(1.0)),
+                 timeout=scaled(0.3))
     late_before = get_driver(rpc.get_settings()).counters.get("replies.late")
     # calls made while the late reply is on its way get their own answers
     for i in range(20):
         assert rpc.call({}, "demo_green", m("echo", value=i)) == i
-        time.sleep(0.05)
+        # the point: spread the calls over the time the late reply arrives
+        # in (20 x 0.05 s = the slow call's 1 s, both scaled)
+        time.sleep(scaled(0.05))
     wait_for(lambda: get_driver(rpc.get_settings()).counters.get("replies.late")
              > late_before, timeout=5, what="the late reply to be counted")
 
@@ -223,12 +226,20 @@ def test_slow_methods_do_not_hold_up_the_others(host, name):
     # a threaded service runs messages on the reading thread until one runs
     # long: then another thread must take over the socket
     results: list = []
+    # the slow calls outlast the bound on the quick ones at every scale, so
+    # quick calls stuck behind a slow one cannot pass in time (wait_for
+    # below scales its 1.5 s itself)
+    slow_for, quick_bound = scaled(1.5), scaled(1.0)
+    slow_before = stats(name)["slow_started"]
     slow = [threading.Thread(target=lambda: results.append(rpc.call(
-        {}, "demo_" + name, m("slow", seconds=1.5), timeout=scaled(10))))
+        {}, "demo_" + name, m("slow", seconds=slow_for), timeout=scaled(10))))
         for _ in range(3)]
     for t in slow:
         t.start()
-    time.sleep(0.2)  # the slow calls are running
+    # all three running at once: only possible when other threads took
+    # over the socket (waiting for it rather than for a fixed time)
+    wait_for(lambda: stats(name)["slow_started"] >= slow_before + 3,
+             timeout=1.5, interval=0.05, what="3 slow calls running")
     started = time.monotonic()
     for i in range(20):
         assert rpc.call({}, "demo_" + name, m("echo", value=i),
@@ -237,7 +248,7 @@ def test_slow_methods_do_not_hold_up_the_others(host, name):
     for t in slow:
         t.join(scaled(10))
     assert results == ["slept"] * 3
-    assert fast < 1.0, "20 quick calls took %.2fs behind 3 slow ones" % fast
+    assert fast < quick_bound, "20 quick calls took %.2fs behind 3 slow ones" % fast
 
 
 @pytest.mark.parametrize("name", ["green", "threads"])
@@ -248,7 +259,7 @@ def test_waves_of_slow_calls_are_all_answered_whole(host, name):
     lock = threading.Lock()
 
     def caller(i):
-        got = rpc.call({}, "demo_" + name, m("slow", seconds=0.8),
+        got = rpc.call({}, "demo_" + name, m("slow", seconds=scaled(0.8)),
                        timeout=scaled(30))
         with lock:
             results.append(got)
@@ -259,7 +270,9 @@ def test_waves_of_slow_calls_are_all_answered_whole(host, name):
             t = threading.Thread(target=caller, args=(i,))
             t.start()
             threads.append(t)
-        time.sleep(0.6)
+        # the point: the next wave lands while this one's slow calls still
+        # run (0.6 s of their 0.8 s), so hand-offs overlap; both scaled
+        time.sleep(scaled(0.6))
     for t in threads:
         t.join(scaled(60))
     assert results == ["slept"] * 360
@@ -301,10 +314,10 @@ def test_an_idle_service_sleeps(host, name):
     service = [p for p in host.procs
                if p.name.startswith("service %s@" % name)][0]
     rates = []
-    deadline = time.monotonic() + 20  # FOLLOWER_IDLE is 5 s
+    deadline = time.monotonic() + scaled(20)  # FOLLOWER_IDLE is 5 s
     while time.monotonic() < deadline:
         before = _wakeups(service.popen.pid)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the point: wake-ups per second, not scaled
         rates.append(_wakeups(service.popen.pid) - before)
         if rates[-1] < 100:
             break

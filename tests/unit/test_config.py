@@ -65,7 +65,9 @@ def test_defaults():
             s.rpc_zmq_max_json_depth) == (64, 255, 64)
     assert s.rpc_zmq_health_port == 9503
     assert s.rpc_zmq_health_bind_address is None   # rpc_zmq_bind_address
-    assert s.rpc_zmq_health_stuck_after == 10
+    assert s.rpc_zmq_health_stuck_after == 1
+    assert s.rpc_zmq_drain_file is None
+    assert s.rpc_zmq_drain_timeout == 5
     assert s.control_exchange == "nova"
     assert s.servicegroup_driver == "db"
     assert (s.service_down_time, s.report_interval) == (60, 10)
