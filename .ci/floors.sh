@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Test the promises of setup.py: the oldest Python (python_requires) with
-# the lowest version of every dependency (each '>=' floor of
-# install_requires pinned with '=='), in a venv of its own, .venv-floors.
+# Test the promises of pyproject.toml: the oldest Python (requires-python)
+# with the lowest version of every dependency (each '>=' floor of
+# [project] dependencies and of the back-end extras pinned with '=='), in a
+# venv of its own, .venv-floors, with extra "all" installed.
 # Runs tests/unit and the db servicegroup tests there.
 #
 # Python 3.9 comes from, in order: $FLOORS_PYTHON, pyenv, python3.9 on
@@ -47,28 +48,84 @@ else
     # pinned floors such as pyzmq 22.0 have no wheels for newer Pythons:
     # without 3.9 the floors cannot be tested as promised, so say so loudly
     say "************************************************************************"
-    say "Python $WANT WAS NOT AVAILABLE: the floors of setup.py were NOT tested."
+    say "Python $WANT WAS NOT AVAILABLE: the floors of pyproject.toml were NOT tested."
     say "Set FLOORS_PYTHON to a Python $WANT to test them."
     say "************************************************************************"
     exit 0
 fi
 
-# The floors, from setup.py itself: 'name>=x' -> 'name==x'.
+# The floors, from pyproject.toml itself: 'name>=x' -> 'name==x', for the
+# core and for every back-end extra ("all").  tomllib is 3.11+: parse with
+# an interpreter that has it, else with a small reader of the one shape
+# pyproject.toml uses there (arrays of "strings").
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
-"$PY" - "$CONSTRAINTS" <<'EOF'
-import ast, re, sys
-tree = ast.parse(open("setup.py").read())
-call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
-            and getattr(n.func, "id", "") == "setup")
-reqs = next(k.value for k in call.keywords if k.arg == "install_requires")
+PARSE_PY=$PY
+for c in python3 "$PY"; do
+    if "$c" -c 'import tomllib' >/dev/null 2>&1; then PARSE_PY=$c; break; fi
+done
+"$PARSE_PY" - "$CONSTRAINTS" <<'EOF'
+import re, sys
+
+def load(path):
+    """[project] of pyproject.toml: tomllib when there is one, else a tiny
+    reader of `key = [ "string", ... ]` arrays under [project] and
+    [project.optional-dependencies] (all this script needs)."""
+    try:
+        import tomllib
+    except ImportError:
+        tomllib = None
+    if tomllib is not None:
+        with open(path, "rb") as f:
+            return tomllib.load(f)["project"]
+    project = {"optional-dependencies": {}}
+    table, key, items = None, None, None
+    for raw in open(path, encoding="utf-8"):
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        line = re.sub(r'#[^"]*$', "", line).strip()  # a comment after the strings
+        if items is not None:  # inside a multi-line array
+            items += re.findall(r'"([^"]*)"', line)
+            if line.endswith("]"):
+                table[key], items = items, None
+            continue
+        head = re.fullmatch(r"\[([^\]]+)\]", line)
+        if head:
+            name = head.group(1).strip()
+            table = (project if name == "project" else
+                     project["optional-dependencies"]
+                     if name == "project.optional-dependencies" else None)
+            continue
+        m = re.fullmatch(r'("?[A-Za-z0-9_.\-]+"?)\s*=\s*\[(.*)', line)
+        if table is not None and m:
+            key, rest = m.group(1).strip('"'), m.group(2)
+            found = re.findall(r'"([^"]*)"', rest)
+            if rest.endswith("]"):
+                table[key] = found
+            else:
+                items = found
+    return project
+
+project = load("pyproject.toml")
+extras = project.get("optional-dependencies", {})
+reqs = list(project.get("dependencies", []))
+for entry in extras.get("all", []):  # nova-rpc-zmq[zookeeper,memcached,...]
+    m = re.fullmatch(r"\s*nova-rpc-zmq\[([^\]]*)\]\s*", entry)
+    if not m:
+        reqs.append(entry)
+        continue
+    for name in m.group(1).split(","):
+        reqs += extras[name.strip()]
 pins = []
-for req in ast.literal_eval(reqs):
+for req in reqs:
     m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)\s*", req)
-    if m:
-        pins.append("%s==%s" % m.groups())
-    else:
+    if not m:
         print("[floors] no '>=' floor to pin: %s" % req)
+    elif "%s==%s" % m.groups() not in pins:
+        pins.append("%s==%s" % m.groups())
+if not project.get("dependencies") or not extras.get("all"):
+    sys.exit("[floors] pyproject.toml: no [project] dependencies or extra 'all'")
 open(sys.argv[1], "w").write("\n".join(pins) + "\n")
 print("[floors] pinned: " + " ".join(pins))
 EOF
@@ -78,7 +135,7 @@ rm -rf "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # only the tools the tests need, not the lint and fuzz extras; pg8000 for
 # the db tests on PostgreSQL (skipped when PostgreSQL cannot start)
-"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -e . \
+"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -e ".[all]" \
     "pytest>=7" pytest-timeout hypothesis psutil pg8000
 say "installed:"
 "$VENV/bin/python" -m pip freeze --exclude-editable | sed 's/^/[floors]   /'
