@@ -126,6 +126,21 @@ class LocalHost:
         with open(self.conf_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
+    def enable_curve(self) -> Any:
+        """Turn CURVE on for this host: a new key pair in its directory, its
+        public half in its own keys dir (so the host accepts itself), the
+        options written to its nova.conf. Returns the KeyPair."""
+        from nova_rpc_zmq.security import generate, write_keypair, write_public
+        keys = os.path.join(self.dir, "keys")
+        pair = generate()
+        write_keypair(os.path.join(self.dir, "host.key"), pair)
+        write_public(os.path.join(keys, "%s.key" % self.host), pair.public)
+        self.options.update(rpc_zmq_curve=True,
+                            rpc_zmq_curve_key_file=os.path.join(self.dir, "host.key"),
+                            rpc_zmq_curve_keys_dir=keys)
+        self.write_conf()
+        return pair
+
     def settings(self, **overrides: Any) -> Any:
         """Settings for an in-process client of this host."""
         from nova_rpc_zmq import config

@@ -258,16 +258,8 @@ def test_idle_outbound_sockets_are_closed_and_reopened():
 
 @pytest.fixture(scope="module")
 def curve_host() -> Iterator[LocalHost]:
-    from nova_rpc_zmq.security import generate, write_keypair, write_public
     h = LocalHost(host="localhost")
-    keys = os.path.join(h.dir, "keys")
-    kp = generate()
-    write_keypair(os.path.join(h.dir, "host.key"), kp)
-    write_public(os.path.join(keys, "localhost.key"), kp.public)
-    h.options.update(rpc_zmq_curve=True,
-                     rpc_zmq_curve_key_file=os.path.join(h.dir, "host.key"),
-                     rpc_zmq_curve_keys_dir=keys)
-    h.write_conf()
+    h.enable_curve()
     try:
         h.start_receiver(scaled(20))
         h.start_service("svc", timeout=scaled(30))

@@ -161,14 +161,7 @@ def test_cast_to_a_topic_without_host_raises_logs_and_counts(
 @pytest.fixture
 def curve_host() -> Iterator[LocalHost]:
     h = LocalHost(host="localhost")
-    keys = os.path.join(h.dir, "keys")
-    pair = generate()
-    write_keypair(os.path.join(h.dir, "host.key"), pair)
-    write_public(os.path.join(keys, "localhost.key"), pair.public)
-    h.options.update(rpc_zmq_curve=True,
-                     rpc_zmq_curve_key_file=os.path.join(h.dir, "host.key"),
-                     rpc_zmq_curve_keys_dir=keys)
-    h.write_conf()
+    h.enable_curve()
     try:
         h.start_receiver(scaled(20))
         h.start_service("svc", timeout=scaled(30))
