@@ -7,8 +7,12 @@ latency. Used to prove "the first call of a fresh process gets its reply".
 """
 
 import json
+import os
 import sys
 import time
+
+# the suite's timeout scale (tests/support.py), inherited from the test run
+SCALE = float(os.environ.get("NOVA_RPC_ZMQ_TEST_TIMEOUT_SCALE", "1"))
 
 
 def main() -> int:
@@ -21,13 +25,13 @@ def main() -> int:
 
     rpc.init(config.parse_args(["--config-file", conf]))
     t0 = time.perf_counter()
-    first = rpc.call({}, topic, {"method": "echo", "args": {"value": -1}}, timeout=20)
+    first = rpc.call({}, topic, {"method": "echo", "args": {"value": -1}}, timeout=20 * SCALE)
     first_ms = (time.perf_counter() - t0) * 1000
     results: list = [None] * n
 
     def one(i: int) -> None:
         results[i] = rpc.call({"request_id": "r%d" % i}, topic,
-                              {"method": "echo", "args": {"value": i}}, timeout=30)
+                              {"method": "echo", "args": {"value": i}}, timeout=30 * SCALE)
 
     if mode == "eventlet":
         import eventlet

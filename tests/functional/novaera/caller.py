@@ -14,6 +14,7 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 from tests.functional.novaera import rpc  # noqa: E402
+from tests.support import scaled  # noqa: E402
 
 TOPIC = "novaera"
 
@@ -27,11 +28,11 @@ def main():
     rpc.CONF(["--config-file", conf_path], project="nova")
     ctx = {"user_id": "u1", "project_id": "p1"}
     out = {"eventlet": "eventlet" in sys.modules}
-    out["call"] = rpc.call(ctx, TOPIC, m("echo", value=[mode, 1]), timeout=20)
+    out["call"] = rpc.call(ctx, TOPIC, m("echo", value=[mode, 1]), timeout=scaled(20))
     host = rpc.CONF.rpc_zmq_host  # registered by the backend on import
     out["call_directed"] = rpc.call(ctx, rpc.queue_get_for(ctx, TOPIC, host),
                                     m("echo", value="directed"))
-    out["multicall"] = list(rpc.multicall(ctx, TOPIC, m("count", n=3), timeout=20))
+    out["multicall"] = list(rpc.multicall(ctx, TOPIC, m("count", n=3), timeout=scaled(20)))
     try:
         rpc.call(ctx, TOPIC, m("fail"))
     except Exception as exc:  # noqa: BLE001 - what the caller sees is the point
