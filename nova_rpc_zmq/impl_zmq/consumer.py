@@ -41,7 +41,7 @@ from nova_rpc_zmq import wire
 from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
 from nova_rpc_zmq.impl_zmq.local import bind_local, unbind_local
 from nova_rpc_zmq.metrics import Counters
-from nova_rpc_zmq.rpc.notifications import NotificationProxy
+from nova_rpc_zmq.notifications import NotificationProxy
 
 LOG = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class Connection:
 
         ``proxy`` is an RpcDispatcher or any object with ``dispatch(ctxt,
         version, method, namespace, **kwargs)``; on a notification topic
-        (``notifications-info``) what ``rpc.notifications`` describes.
+        (``notifications-info``) what ``notifications`` describes.
         Raises TypeError for a proxy that cannot take the topic's messages.
         """
         if wire.is_notification_topic(topic):

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from nova_rpc_zmq import frames as frames_io
-from nova_rpc_zmq.receiver.daemon import IPC_PATH_MAX, prepare_ipc_dir
+from nova_rpc_zmq.ipcdir import IPC_PATH_MAX, prepare_ipc_dir
 
 LOG = logging.getLogger(__name__)
 
