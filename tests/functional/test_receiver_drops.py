@@ -221,8 +221,10 @@ def test_internal_error_is_counted_logged_and_routing_goes_on(
         key = metrics.counter_key("receiver", "dropped.internal_error")
         wait_for(lambda: metrics.parse(receiver.metrics())[key] == 1, 10,
                  what="internal_error counted")
-        errors = [r for r in caplog.records if "internal error routing" in
-                  r.getMessage()]
+        # the loop counts, then logs: wait for the line too
+        errors = wait_for(lambda: [r for r in caplog.records
+                                   if "internal error routing" in r.getMessage()],
+                          10, what="the internal error logged")
         assert len(errors) == 1 and errors[0].exc_info is not None
         assert "'boom'" in errors[0].getMessage()
         # routing goes on: a consumer of another topic gets its message
