@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     receiver = None
     health = None
+    # a SIGTERM while starting (the receiver logs "listening on" before the
+    # handlers below are in place) is kept and honoured, never the default
+    # action that kills the process mid-start
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
     try:
         from nova_rpc_zmq import netaddr
         cli = []
@@ -156,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     # only now: the TCP port and the health port accept connections
     sdnotify.ready("listening on %s" % receiver.endpoint)
+    if early:
+        _on_signal(early[0], None)
     try:
         receiver.run()
     finally:
