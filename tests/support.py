@@ -36,3 +36,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def hang_up(*socks: socket.socket) -> None:
+    """Shut down and close each TCP socket, so its peer sees the end at
+    once; sockets already gone are ignored."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.support import hang_up
+
 
 class RecordingProxy:
     """Listens on ``listen`` (address, port), forwards each connection to
@@ -79,12 +81,7 @@ class RecordingProxy:
         finally:
             # either side gone: close both, so the peer sees it and
             # reconnects (through us again)
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            hang_up(src, dst)
 
     def close(self) -> None:
         """Stop accepting, close every connection, join the threads."""
@@ -92,11 +89,6 @@ class RecordingProxy:
         self._listener.close()
         with self._lock:
             socks = list(self._socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        hang_up(*socks)
         for t in self._threads:
             t.join(5)
