@@ -24,6 +24,10 @@ class Handler:
     """What the rest of the code needs from a concurrency model."""
 
     name = "abstract"
+    #: True when ``spawn`` makes green threads: they switch only where one
+    #: blocks, so code between blocking calls needs no lock, and a blocking
+    #: C call that does not yield to the hub stops every green thread.
+    green = False
     zmq: Any = _plain_zmq
     Empty = _queue.Empty
 
@@ -136,6 +140,7 @@ class EventletHandler(Handler):
     """Green threads; sockets come from ``eventlet.green.zmq``."""
 
     name = "eventlet"
+    green = True
 
     def __init__(self) -> None:
         import eventlet
