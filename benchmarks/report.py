@@ -224,7 +224,8 @@ def chart(doc: dict, path: str) -> str | None:
                                                           "rt_16", "rate")) or 0)),
              (ax2, 2, tg.CAST_OF_RAW * (index.get((PYZMQ, "plain", "push",
                                                    "rate")) or 0)),
-             (ax2, 3, tg.FANOUT_MIN)]
+             (ax2, 3, tg.FANOUT_OF_RAW * (index.get((PYZMQ, "plain", "push",
+                                                     "rate")) or 0))]
     for n, (ax, group, level) in enumerate(marks):
         if level:
             ax.hlines(level, group - width, group + 0.8, colors="black",

@@ -27,7 +27,11 @@ LATENCY_X_RAW = 3.0            # call p50 <= 3x raw round trip p50
 THROUGHPUT_OF_RAW = 0.25       # 16 callers >= 25% of raw 16-in-flight
 THROUGHPUT_X_RABBIT = 7.0      # 16 callers >= 7x RabbitMQ's 16 callers
 CAST_OF_RAW = 0.20             # casts >= 20% of raw PUSH/PULL
-FANOUT_MIN = 30000.0           # deliveries/s to 3 services
+#: fanout deliveries to 3 services >= 30% of raw PUSH/PULL: the bar that
+#: was 30,000/s when raw PUSH/PULL ran at 100,000/s on the reference
+#: machine, now a ratio like every other target, so that a slower machine
+#: moves both sides
+FANOUT_OF_RAW = 0.30
 RECEIVER_RSS_MAX = 60.0        # MiB, 1,000 topics and 10,000 calls in flight
 RING_GROWTH_MAX = 1.5          # cost with 5,000 hosts / cost with 10
 
@@ -184,9 +188,9 @@ def evaluate(medians: list[dict], peers: dict[str, str],
                              ">= %.0f%% of raw PUSH/PULL" % (CAST_OF_RAW * 100),
                              CAST_OF_RAW))
         fan = _get(index, OURS, mode, "fanout_3", "rate")
-        out.append(_absolute("fanout to 3, deliveries/s", mode, fan, "1/s",
-                             ">= %.0f" % FANOUT_MIN,
-                             lambda v: v >= FANOUT_MIN, FANOUT_MIN))
+        out.append(_relative("fanout to 3, deliveries/s", mode, fan, raw_push,
+                             "1/s", ">= %.0f%% of raw PUSH/PULL"
+                             % (FANOUT_OF_RAW * 100), FANOUT_OF_RAW))
         lost = [_get(index, OURS, mode, w, "lost") for w in ("cast", "fanout_3")]
         if any(f is None for f in lost):
             out.append(_target("nothing lost (casts, fanout)", mode, None,
