@@ -35,13 +35,20 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from nova_rpc_zmq import wire
+import zmq
+
+from nova_rpc_zmq import wire, zmqio
+from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
 from nova_rpc_zmq.impl_zmq.local import bind_local, unbind_local
+from nova_rpc_zmq.ipcdir import ipc_path
 from nova_rpc_zmq.metrics import Counters
 from nova_rpc_zmq.notifications import NotificationProxy
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -73,33 +80,30 @@ class _Consumer:
     def __init__(self, conn: "Connection", ipc_topic: str, proxy: Any,
                  fanout: bool, extra_paths: list[str],
                  local_topics: tuple[str, ...] | list[str] = ()) -> None:
-        driver = conn.driver
-        zmq = driver.handler.zmq
+        settings = conn.settings
         self.conn = conn
         self.ipc_topic = ipc_topic
         self.proxy = proxy
         self.fanout = fanout
-        self.sock = driver.ctx.socket(zmq.SUB if fanout else zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
         # readers notice close() by polling (a green one starts its timer
         # only when it has to wait)
-        self.sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
-        self.sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, driver.settings.limits.max_msg_size)
-        if fanout:
-            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        for path in [driver.ipc_path(ipc_topic)] + extra_paths:
+        self.sock = zmqio.make_socket(
+            conn.ctx, zmq.SUB if fanout else zmq.PULL, linger=0,
+            rcvtimeo=POLL_MS, maxmsgsize=settings.limits.max_msg_size,
+            subscribe=b"" if fanout else None,
+            options={zmq.RECONNECT_IVL: 20, zmq.RECONNECT_IVL_MAX: 100})
+        for path in [ipc_path(settings.rpc_zmq_ipc_dir, ipc_topic)] + \
+                extra_paths:
             self.sock.connect("ipc://" + path)
         # callers on this host may skip the receiver (impl_zmq.local)
         self.local_paths: list[str] = []
-        if local_topics and driver.settings.rpc_zmq_local_calls:
+        if local_topics and settings.rpc_zmq_local_calls:
             self.local_paths = bind_local(self.sock,
-                                          driver.settings.rpc_zmq_ipc_dir,
+                                          settings.rpc_zmq_ipc_dir,
                                           list(local_topics),
                                           uuid.uuid4().hex[:16])
-        self.probe_prefix = "%sprobe" % uuid.uuid4().hex[:16]
-        self.ready = driver.handler.Event()
+        self.probe_prefix = uuid.uuid4().hex[:16] + wire.PROBE_MARK
+        self.ready = conn.handler.Event()
         self.thread: Any = None
 
     def run(self) -> None:
@@ -113,19 +117,19 @@ class _Consumer:
     # passes the socket to a follower (starting one if none waits, up to
     # rpc_thread_pool_size), so a slow method never holds up the others.
     def _lead_and_follow(self) -> None:
-        handler = self.conn.driver.handler
+        handler = self.conn.handler
         self._leader = handler.Lock()
         self._state = handler.Lock()
         self._followers = 0
         self._workers = 1
-        self._limit = max(1, self.conn.driver.settings.rpc_thread_pool_size)
+        self._limit = max(1, self.conn.settings.rpc_thread_pool_size)
         self._seq = 0
         self._busy = 0        # seq of the message the leader runs, 0: none
         self._busy_at = 0.0
         self._busy_tid = 0    # the leader's kernel thread id (native only)
         # (seq, wall, runnable ns) of the leader at the last watchdog tick
         self._runnable: tuple[int, float, int] | None = None
-        self._native = handler.name == "threading"
+        self._native = not handler.green
         self._parked = False  # the watchdog sleeps until the next message
         self._eager_until = 0.0  # hand off before running, until then
         self._failed = False  # the socket failed: every worker stops
@@ -135,7 +139,6 @@ class _Consumer:
 
     def _worker(self) -> None:
         conn = self.conn
-        zmq = conn.driver.handler.zmq
         leader, state = self._leader, self._state
         idle_since = time.monotonic()
         while not conn.closed and not self._failed:
@@ -176,10 +179,9 @@ class _Consumer:
         """Read and run messages until the socket is handed on (False) or
         the connection closes (True: we still hold the leader lock)."""
         conn = self.conn
-        driver = conn.driver
-        zmq = driver.handler.zmq
+        process = conn.process
         sock = self.sock
-        recv = driver.handler.recv
+        recv = zmqio.recv_function(conn.handler)
         state = self._state
         clock = time.monotonic
         tid = threading.get_native_id() if self._native else 0
@@ -199,8 +201,8 @@ class _Consumer:
                     grow = self._claim_worker()
                 self._leader.release()
                 if grow:
-                    driver.handler.spawn(self._worker)
-                driver.process(self.proxy, msg)
+                    conn.handler.spawn(self._worker)
+                process(self.proxy, msg)
                 return False
             with state:
                 self._seq += 1
@@ -211,7 +213,7 @@ class _Consumer:
                 self._parked = False
             if wake:
                 self._wake.set()
-            driver.process(self.proxy, msg)
+            process(self.proxy, msg)
             with state:
                 if self._busy != seq:
                     # the watchdog gave the socket away (and cleared _busy);
@@ -236,7 +238,7 @@ class _Consumer:
         and once idle it parks until a message starts."""
         conn = self.conn
         state = self._state
-        sleep = conn.driver.handler.sleep
+        sleep = conn.handler.sleep
         idle = 0
         pause = HANDOFF / 2
         while not conn.closed and not self._failed:
@@ -271,9 +273,9 @@ class _Consumer:
                 self._eager_until = time.monotonic() + EAGER_FOR
                 grow = self._claim_worker()
                 self._leader.release()
-            conn.driver.counters.incr("consumer.handoffs")
+            conn.counters.incr("consumer.handoffs")
             if grow:
-                conn.driver.handler.spawn(self._worker)
+                conn.handler.spawn(self._worker)
 
     def _keeps_running(self, seq: int, tid: int) -> bool:
         """Whether the native thread ``tid`` running message ``seq`` was
@@ -295,11 +297,11 @@ class _Consumer:
         unbind_local(self.local_paths)
 
     def _decode(self, frames: list) -> Any:
-        driver = self.conn.driver
+        conn = self.conn
         try:
-            msg = wire.decode(frames, driver.settings.limits)
+            msg = wire.decode(frames, conn.settings.limits)
         except RemoteProtocolError as exc:
-            driver.counters.incr("consumer.dropped." + exc.reason)
+            conn.counters.incr("consumer.dropped." + exc.reason)
             LOG.warning("dropped a malformed message on %s: %s",
                         self.ipc_topic, exc)
             return None
@@ -307,7 +309,7 @@ class _Consumer:
             if msg.probe_id.startswith(self.probe_prefix):
                 self.ready.set()
             return None
-        driver.counters.incr("consumer.received")
+        conn.counters.incr("consumer.received")
         return msg
 
 
@@ -323,14 +325,33 @@ def runnable_ns(tid: int) -> int | None:
 
 
 class Connection:
-    """Legacy ``Connection``: create consumers, run them, close them."""
+    """Legacy ``Connection``: create consumers, run them, close them.
 
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
+    What it needs comes from the driver: ``ctx`` (``zmqio.context``),
+    ``send(host, frames, topic)`` to a receiver (for probes),
+    ``process(proxy, msg)`` to run one received message (never raises),
+    ``on_join(bare_topic)`` when a consumer starts, ``on_close(conn)``
+    once closed.
+    """
+
+    def __init__(self, handler: Handler, ctx: Any, settings: Settings,
+                 counters: Counters, *,
+                 send: Callable[[str, list, str], None],
+                 process: Callable[[Any, wire.Message], None],
+                 on_join: Callable[[str], None] = lambda topic: None,
+                 on_close: Callable[["Connection"], None] = lambda conn: None
+                 ) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.settings = settings
+        self.counters = counters
+        self.send = send
+        self.process = process
+        self.on_join = on_join
+        self.on_close = on_close
         self.consumers: dict[str, _Consumer] = {}
         self.closed = False
-        self._done = driver.handler.Event()
-        self.counters: Counters = driver.counters
+        self._done = handler.Event()
 
     def create_consumer(self, topic: str, proxy: Any, fanout: bool = False) -> None:
         """Receive messages of ``topic`` (or its fanout) into ``proxy``.
@@ -348,29 +369,29 @@ class Connection:
                             "RpcDispatcher or an object with dispatch()"
                             % (proxy,))
         bare = wire.bare_topic(topic)
-        host = self.driver.settings.rpc_zmq_host
+        settings = self.settings
+        host = settings.rpc_zmq_host
         extra: list[str] = []
         local: list[str] = []
         if fanout:
             ipc_topic = wire.fanout_topic(bare)
         else:
             ipc_topic = wire.directed_topic(bare, host)
-            extra = [self.driver.ipc_path(bare)]
+            extra = [ipc_path(settings.rpc_zmq_ipc_dir, bare)]
             local = [ipc_topic, bare]
-        wire.check_topic(ipc_topic, self.driver.settings.limits)
+        wire.check_topic(ipc_topic, settings.limits)
         if ipc_topic in self.consumers:
             LOG.info("already consuming %s; skipping", ipc_topic)
             return
         self.consumers[ipc_topic] = _Consumer(self, ipc_topic, proxy, fanout,
                                               extra, local)
-        self.driver.joined_topic(bare)
+        self.on_join(bare)
 
     def _probe(self, consumer: _Consumer, n: int) -> None:
         frames = wire.encode_probe("%s%d" % (consumer.probe_prefix, n),
                                    consumer.ipc_topic)
         try:
-            self.driver._send(self.driver.settings.rpc_zmq_host, frames,
-                              consumer.ipc_topic)
+            self.send(self.settings.rpc_zmq_host, frames, consumer.ipc_topic)
         except RPCException:
             LOG.warning("could not probe %s through the local receiver",
                         consumer.ipc_topic)
@@ -378,7 +399,7 @@ class Connection:
     def consume_in_thread(self) -> Any:
         """Start reading every consumer; returns once fanout subscriptions
         are proven (or after READY_TIMEOUT seconds, with a warning)."""
-        handler = self.driver.handler
+        handler = self.handler
         for consumer in self.consumers.values():
             if consumer.thread is None:
                 consumer.thread = handler.spawn(consumer.run)
@@ -424,8 +445,8 @@ class Connection:
                 continue
             # its readers see the flag within POLL_MS; a message running
             # now finishes in its thread
-            self.driver.handler.join(thread, 2 * POLL_MS / 1000.0)
+            self.handler.join(thread, 2 * POLL_MS / 1000.0)
         self.consumers.clear()
-        self.driver.left_connection(self)
+        self.on_close(self)
         self._done.set()
 

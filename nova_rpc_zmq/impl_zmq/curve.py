@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import AuthenticationError
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ PLAINTEXT_WATCHED_HOSTS = 32
 class ClientSecurity:
     """CURVE client set-up and refusal tracking for one driver."""
 
-    def __init__(self, settings: Any, handler: Any) -> None:
+    def __init__(self, settings: Settings, handler: Handler) -> None:
         from nova_rpc_zmq.security import HandshakeWatcher, KeyPair
         # with CURVE off a few peers are still watched: a receiver that
         # requires CURVE is then reported as a mechanism mismatch
@@ -55,7 +59,8 @@ class ClientSecurity:
         self.refusals = 0
 
     @classmethod
-    def from_settings(cls, settings: Any, handler: Any) -> "ClientSecurity":
+    def from_settings(cls, settings: Settings, handler: Handler
+                      ) -> "ClientSecurity":
         return cls(settings, handler)
 
     def configure(self, sock: Any, host: str) -> None:
@@ -63,7 +68,7 @@ class ClientSecurity:
 
         Raises ConfigurationError when ``host`` has no public key file.
         """
-        if self.curve:
+        if self.keypair is not None:  # CURVE on
             from nova_rpc_zmq.security import configure_client, server_key_for
             configure_client(sock, self.keypair,
                              server_key_for(host, self.keys_dir))

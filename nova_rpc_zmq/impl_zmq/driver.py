@@ -16,21 +16,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import sys
-import types
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from nova_rpc_zmq import wire
-from nova_rpc_zmq.concurrency import Handler, get_handler, term_context
-from nova_rpc_zmq.errors import ClientException, NoHostsError, RPCException, Timeout
+from nova_rpc_zmq import codec, wire, zmqio
+from nova_rpc_zmq.concurrency import Handler, get_handler
+from nova_rpc_zmq.errors import NoHostsError, RPCException, Timeout
+from nova_rpc_zmq.impl_zmq import routes
 from nova_rpc_zmq.impl_zmq.local import LocalCalls
-from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, caller_mark
-from nova_rpc_zmq.impl_zmq.reply_policy import ReplyPolicy
+from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, direct_reply_path
 from nova_rpc_zmq.impl_zmq.sockets import LINGER_MS, Outbound
+from nova_rpc_zmq.ipcdir import ipc_path
 from nova_rpc_zmq.metrics import Counters
-# contexts and remote exceptions are shared with the legacy API (as in the
-# old driver); imported once here, not per message
-from nova_rpc_zmq.rpc import common
+from nova_rpc_zmq.runner import FAILURE, VALUE, run_request
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -58,15 +58,15 @@ class Driver:
     """Everything one process needs to send and receive. Fork-aware:
     ``get_driver`` makes a new one in a child process."""
 
-    def __init__(self, settings: Any, handler: Handler | None = None,
+    def __init__(self, settings: Settings, handler: Handler | None = None,
                  matchmaker: Any = None) -> None:
         self.settings = settings
-        self.handler = handler or get_handler()
+        self.handler = handler = handler or get_handler()
         self.pid = os.getpid()
         self.closed = False
-        self.counters = Counters("driver")
-        self.ctx = self.handler.context(settings.rpc_zmq_contexts,
-                                        batch=settings.rpc_zmq_io_batch)
+        self.counters = counters = Counters("driver")
+        self.ctx = ctx = zmqio.context(handler, settings.rpc_zmq_contexts,
+                                       batch=settings.rpc_zmq_io_batch)
         self.servicegroup: Any = None
         self.liveness: Any = None
         if settings.servicegroup_enabled:
@@ -83,14 +83,21 @@ class Driver:
             self.security.forget = self.outbound.forget
             self.security.reopen = self.outbound.reopen
             self.security.on_refusal = self._refused
-        # a request's reply topic comes from the network: answer known hosts only
-        self.reply_policy = ReplyPolicy.from_settings(settings, matchmaker)
-        self.replies = ReplyWaiter(self)
-        self.own_reply_topic = wire.reply_topic(settings.rpc_zmq_host)
-        self.direct = DirectReplies(self)
+        # which route a call and its reply take; a request's reply topic
+        # comes from the network: answer known hosts only
+        self.routes = routes.RoutePolicy.from_settings(settings, matchmaker)
+        self.reply_policy = self.routes.reply_policy
+        security = self.security
+        self.replies = ReplyWaiter(
+            handler, ctx, settings, self._send, counters,
+            endpoint=self.outbound.endpoint,
+            refusal=security.failure if security is not None else None)
+        self.direct = DirectReplies(handler, ctx, settings.rpc_zmq_ipc_dir,
+                                    counters)
         self.local: LocalCalls | None = None
         if settings.rpc_zmq_local_calls:
-            self.local = LocalCalls(self)
+            self.local = LocalCalls(handler, ctx, settings.rpc_zmq_ipc_dir,
+                                    counters)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
         # opt-in GET /metrics of this process (rpc_zmq_metrics_port)
@@ -125,11 +132,12 @@ class Driver:
 
     # -- paths ------------------------------------------------------------
     def ipc_path(self, topic: str) -> str:
-        return os.path.join(self.settings.rpc_zmq_ipc_dir, "zmq_topic_" + topic)
+        """The receiver's socket file of ``topic`` on this host."""
+        return ipc_path(self.settings.rpc_zmq_ipc_dir, topic)
 
     def direct_reply_path(self, token: str) -> str:
         """The reply socket a caller process binds for servers on its host."""
-        return os.path.join(self.settings.rpc_zmq_ipc_dir, "zmq_direct_" + token)
+        return direct_reply_path(self.settings.rpc_zmq_ipc_dir, token)
 
     # -- sending ----------------------------------------------------------
     def _queues(self, topic: str) -> list[tuple[str, str]]:
@@ -203,11 +211,11 @@ class Driver:
         queue = replies.register(msg_id, host)
         self.counters.incr("calls")
         empty = self.handler.Empty
-        method = msg.get("method") if isinstance(msg, dict) else None
+        method = msg.get(wire.METHOD_KEY) if isinstance(msg, dict) else None
         local = self.local
         try:
-            if local is None or host != self.settings.rpc_zmq_host or \
-                    not local.send(dtopic, frames):
+            if local is None or self.routes.for_call(host) != routes.LOCAL \
+                    or not local.send(dtopic, frames):
                 self._send(host, frames, dtopic)
             yield None  # sent: multicall() returns the iterator now
             expected = 0  # the next streamed part to hand out
@@ -233,8 +241,8 @@ class Driver:
                         expected += 1
                 for response, more in parts:
                     for value in response:
-                        if isinstance(value, dict) and "exc" in value:
-                            raise self.remote_exception(value["exc"])
+                        if isinstance(value, dict) and wire.EXC_KEY in value:
+                            raise self.remote_exception(value[wire.EXC_KEY])
                         yield value
                     if not more:
                         return
@@ -262,13 +270,18 @@ class Driver:
             pass
         return result
 
-    def remote_exception(self, data: Any) -> Exception:
-        return common.deserialize_remote_exception(data, self._allowed_modules)
+    def remote_exception(self, data: Any) -> BaseException:
+        """The exception a server sent (``codec.deserialize_remote_exception``
+        with ``allowed_rpc_exception_modules``); never raises."""
+        return codec.deserialize_remote_exception(data, self._allowed_modules)
 
     # -- receiving --------------------------------------------------------
     def create_connection(self) -> Any:
         from nova_rpc_zmq.impl_zmq.consumer import Connection
-        conn = Connection(self)
+        conn = Connection(self.handler, self.ctx, self.settings, self.counters,
+                          send=self._send, process=self.process,
+                          on_join=self.joined_topic,
+                          on_close=self.left_connection)
         self.connections.append(conn)
         return conn
 
@@ -281,27 +294,22 @@ class Driver:
             LOG.exception("failed to process a message on %s", msg.topic)
 
     def _process(self, proxy: Any, msg: wire.Message) -> None:
-        body = msg.body
-        ctx = common.RpcContext.from_dict(msg.context)
+        ctx = codec.RpcContext(**msg.context)
         if msg.is_notification:  # decode lets them in on notification topics only
             self._notify(proxy, ctx, msg)
             return
-        method = body.get("method")
-        if method == wire.REPLY_METHOD:
-            self._answer(proxy, ctx, msg)
+        request = msg.call
+        if request is not None:
+            self._answer(proxy, ctx, msg, request)
             return
+        method = msg.method
         if method.startswith("-"):
             self.counters.incr("consumer.dropped.internal_method")
             LOG.warning("dropped internal method %r sent to %s", method,
                         msg.topic)
             return
-        try:
-            proxy.dispatch(ctx, body.get("version"), method,
-                           body.get("namespace"), **body.get("args", {}))
-        except Exception as exc:  # noqa: BLE001
+        if not run_request(proxy, ctx, msg.body, where=msg.topic):
             self.counters.incr("consumer.cast_failed")
-            LOG.exception("cast %s on %s raised %s", method, msg.topic,
-                          type(exc).__name__)
 
     def _notify(self, proxy: Any, ctx: Any, msg: wire.Message) -> None:
         deliver = getattr(proxy, "deliver", None)
@@ -329,27 +337,19 @@ class Driver:
                                  notification=True)
             self._send(host, frames, dtopic)
 
-    def _answer(self, proxy: Any, ctx: Any, msg: wire.Message) -> None:
-        args = msg.body.get("args", {})
-        msg_id = args.get("msg_id")
-        reply_topic = args.get("topic")
-        inner = args.get("msg")
-        if not isinstance(msg_id, str) or not isinstance(reply_topic, str) \
-                or not wire.is_reply_topic(reply_topic):
-            self.counters.incr("consumer.dropped.bad_call")
-            LOG.warning("dropped a call on %s without a valid msg_id and "
-                        "reply topic", msg.topic)
-            return
-        payload = inner[-1] if isinstance(inner, list) and inner else inner
-        stream, token = caller_mark(msg.msg_id)
-        if token and reply_topic != self.own_reply_topic:
-            token = None  # the caller is on another host: via its receiver
-        if not token and not self.reply_policy.allows(reply_topic):
+    def _answer(self, proxy: Any, ctx: Any, msg: wire.Message,
+                request: wire.CallRequest) -> None:
+        """Run a call request and send its replies by the route
+        ``self.routes`` chooses (direct to the caller, or its receiver)."""
+        route = self.routes.for_reply(msg.msg_id, request.reply_topic)
+        if route.route == routes.REFUSE:
             self.counters.incr("consumer.dropped.unknown_reply_host")
-            self.reply_policy.refused(reply_topic, msg.topic)
+            self.reply_policy.refused(request.reply_topic, msg.topic)
             return
+        msg_id, reply_topic, token = request.msg_id, request.reply_topic, \
+            route.token
+        stream = route.stream
         ctx_dict = msg.context
-
         parts = itertools.count()
 
         def send(response: list, more: bool | None) -> None:
@@ -358,61 +358,27 @@ class Driver:
             body = wire.reply_body(msg_id, response, more,
                                    next(parts) if stream else None)
             frames = wire.encode(msg_id, reply_topic, ctx_dict, body)
-            if token and self.direct.send(token, frames):
+            if token is not None and self.direct.send(token, frames):
                 return
             for dtopic, host in self._queues(reply_topic):
                 self._send(host, frames, dtopic)
 
         collected: list[Any] = []
 
-        def emit(value: Any) -> None:
-            if stream:
-                send([value], True)
-            else:
-                collected.append(value)
-
-        used_reply = []
-
-        def reply_sink(reply: Any = None, failure: Any = None,
-                       ending: bool = False) -> None:
-            if ending:
+        def emit(kind: str, payload: Any) -> None:
+            if kind == VALUE:
+                if stream:
+                    send([payload], True)
+                else:
+                    collected.append(payload)
                 return
-            used_reply.append(True)
-            if failure is not None:
-                emit({"exc": common.serialize_remote_exception(failure)})
+            final = [{wire.EXC_KEY: payload}] if kind == FAILURE else []
+            if stream:
+                send(final, False)
             else:
-                emit(reply)
+                send(collected + final, None)
 
-        ctx.reply_sink = reply_sink
-        try:
-            payload = common.deserialize_msg(payload)
-            if not isinstance(payload, dict) or not isinstance(
-                    payload.get("method"), str):
-                raise RPCException("call without a method name")
-            result = proxy.dispatch(ctx, payload.get("version"),
-                                    payload["method"],
-                                    payload.get("namespace"),
-                                    **(payload.get("args") or {}))
-            if isinstance(result, types.GeneratorType):
-                for value in result:
-                    emit(value)
-                final: list[Any] = []
-            elif used_reply:
-                final = []
-            else:
-                final = [result]
-        except ClientException as exc:
-            LOG.debug("expected exception in %s: %s", msg.topic,
-                      exc._exc_info[1])
-            final = [{"exc": common.serialize_remote_exception(
-                exc._exc_info, log_failure=False)}]
-        except Exception:  # noqa: BLE001 - goes back to the caller
-            # serialize_remote_exception logs it with the traceback
-            final = [{"exc": common.serialize_remote_exception(sys.exc_info())}]
-        if stream:
-            send(final, False)
-        else:
-            send(collected + final, None)
+        run_request(proxy, ctx, request.msg, emit, where=msg.topic)
 
     # -- shutdown ---------------------------------------------------------
     def cleanup(self, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -441,4 +407,4 @@ class Driver:
             # leave=False: other worker processes of this host may still
             # serve the same topics; a crash and an exit look alike
             self.servicegroup.stop(leave=False)
-        term_context(self.ctx, self.handler, timeout)
+        zmqio.term_context(self.ctx, self.handler, timeout)

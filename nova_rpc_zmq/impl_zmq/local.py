@@ -31,8 +31,13 @@ import socket
 import time
 from typing import Any
 
+import zmq
+
 from nova_rpc_zmq import frames as frames_io
+from nova_rpc_zmq import zmqio
+from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.ipcdir import IPC_PATH_MAX, prepare_ipc_dir
+from nova_rpc_zmq.metrics import Counters
 
 LOG = logging.getLogger(__name__)
 
@@ -149,13 +154,18 @@ def _drain(route: _Route) -> None:
 
 
 class LocalCalls:
-    """The caller's side: ``send(topic, frames)`` to a local service."""
+    """The caller's side: ``send(topic, frames)`` to a local service.
 
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
-        self.handler = driver.handler
-        self.ipc_dir = driver.settings.rpc_zmq_ipc_dir
-        self.counters = driver.counters
+    ``ctx`` is the driver's context (``zmqio.context(handler)``),
+    ``ipc_dir`` is ``rpc_zmq_ipc_dir``.
+    """
+
+    def __init__(self, handler: Handler, ctx: Any, ipc_dir: str,
+                 counters: Counters) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.ipc_dir = ipc_dir
+        self.counters = counters
         self._routes: "collections.OrderedDict[str, _Route]" = \
             collections.OrderedDict()
         self._lock = self.handler.Lock()
@@ -187,7 +197,7 @@ class LocalCalls:
             if entry[1] is not peers:
                 self._follow(route.folder, entry, peers)
             frames_io.send(sock, frames, frames_io.NOBLOCK)
-        except self.handler.zmq.Again:
+        except zmq.Again:
             # not connected yet, or every service's queue is full
             self.counters.incr("local.unready")
             return False
@@ -242,20 +252,15 @@ class LocalCalls:
             for name in names:
                 try:
                     getattr(sock, how)("ipc://" + os.path.join(folder, name))
-                except self.handler.zmq.ZMQError as exc:
+                except zmq.ZMQError as exc:
                     LOG.debug("could not %s local service %s: %s", how, name,
                               exc)
         entry[1] = peers
 
     def _socket(self) -> Any:
-        zmq = self.handler.zmq
-        sock = self.driver.ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        return sock
+        return zmqio.make_socket(
+            self.ctx, zmq.PUSH, linger=0, immediate=True, sndhwm=HWM,
+            options={zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 1000})
 
     def _close_route(self, route: _Route) -> None:
         """Close the idle sockets; one taken now is closed by its sender."""

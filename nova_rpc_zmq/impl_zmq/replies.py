@@ -17,15 +17,26 @@ back (resending while waiting, within the call's timeout).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
+import os
+import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+import zmq
 
 from nova_rpc_zmq import frames as frames_io
-from nova_rpc_zmq import wire
+from nova_rpc_zmq import wire, zmqio
+from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RemoteProtocolError, Timeout
+from nova_rpc_zmq.impl_zmq.routes import caller_mark  # noqa: F401 - its old home
+from nova_rpc_zmq.ipcdir import ipc_path
 from nova_rpc_zmq.metrics import Counters
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -34,13 +45,38 @@ PROBE_INTERVAL = 0.1
 #: RCVTIMEO of the listener, so it notices close() promptly.
 POLL_MS = 250
 
+#: A caller's direct reply socket is ``<rpc_zmq_ipc_dir>/zmq_direct_<token>``.
+DIRECT_PREFIX = "zmq_direct_"
+#: ``send(host, frames, topic)``: hands frames to ``host``'s receiver.
+Send = Callable[[str, list, str], None]
+
+
+def direct_reply_path(ipc_dir: str, token: str) -> str:
+    """The reply socket a caller process with ``token`` binds for servers
+    on its host."""
+    return os.path.join(ipc_dir, DIRECT_PREFIX + token)
+
 
 class ReplyWaiter:
-    """The process's reply listener. Start lazily via ``ensure_ready``."""
+    """The process's reply listener. Start lazily via ``ensure_ready``.
 
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
-        self.handler = driver.handler
+    ``ctx`` is the driver's context (``zmqio.context(handler)``), ``send``
+    reaches the receiver of a host (probes go through our own), ``endpoint``
+    names a host's receiver address for error messages, and ``refusal``
+    (with CURVE) tells the CURVE refusal of a host, or None.
+    """
+
+    def __init__(self, handler: Handler, ctx: Any, settings: Settings,
+                 send: Send, counters: Counters, *,
+                 endpoint: Callable[[str], str] = str,
+                 refusal: Callable[[str], Exception | None] | None = None
+                 ) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.settings = settings
+        self.send = send
+        self.endpoint = endpoint
+        self.refusal = refusal
         self.token = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._waiters: dict[str, Any] = {}
@@ -52,11 +88,8 @@ class ReplyWaiter:
         self._probe_id = ""
         self._sock: Any = None
         self._threads: list[Any] = []
-        self.counters: Counters = driver.counters
-
-    @property
-    def reply_topic(self) -> str:
-        return wire.reply_topic(self.driver.settings.rpc_zmq_host)
+        self.counters = counters
+        self.reply_topic = wire.reply_topic(settings.rpc_zmq_host)
 
     def new_msg_id(self) -> str:
         """32 hex digits, starting with this process's token."""
@@ -69,24 +102,24 @@ class ReplyWaiter:
         return wire.CALLER_STREAMS + b"." + self.token.encode()
 
     def _start(self) -> None:
-        zmq = self.handler.zmq
-        sock = self.driver.ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.handler.name == "threading":
-            sock.setsockopt(zmq.RCVTIMEO, POLL_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
-        sock.setsockopt(zmq.SUBSCRIBE, self.token.encode())
-        sock.connect("ipc://" + self.driver.ipc_path(self.reply_topic))
+        settings = self.settings
+        # green readers wait in the hub and notice close() when stopped
+        rcvtimeo = None if self.handler.green else POLL_MS
+        sock = zmqio.make_socket(
+            self.ctx, zmq.SUB, linger=0, rcvtimeo=rcvtimeo,
+            maxmsgsize=settings.limits.max_msg_size,
+            subscribe=self.token.encode(),
+            options={zmq.RECONNECT_IVL: 20, zmq.RECONNECT_IVL_MAX: 100})
+        sock.connect("ipc://" + ipc_path(settings.rpc_zmq_ipc_dir,
+                                         self.reply_topic))
         # Servers on this host skip the receiver and push replies straight
         # here (one process hop less); replies from other hosts, and from
         # old servers, come through the receiver's publisher above.
-        direct = self.driver.ctx.socket(zmq.PULL)
-        direct.setsockopt(zmq.LINGER, 0)
-        if self.handler.name == "threading":
-            direct.setsockopt(zmq.RCVTIMEO, POLL_MS)
-        direct.setsockopt(zmq.MAXMSGSIZE, self.driver.settings.limits.max_msg_size)
-        direct.bind("ipc://" + self.driver.direct_reply_path(self.token))
+        direct = zmqio.make_socket(self.ctx, zmq.PULL, linger=0,
+                                   rcvtimeo=rcvtimeo,
+                                   maxmsgsize=settings.limits.max_msg_size)
+        direct.bind("ipc://" + direct_reply_path(settings.rpc_zmq_ipc_dir,
+                                                 self.token))
         self._sock = sock
         self._threads = [self.handler.spawn(self._loop, sock),
                          self.handler.spawn(self._loop, direct)]
@@ -102,25 +135,23 @@ class ReplyWaiter:
             if not self._started:
                 self._start()
                 self._started = True
-        import time
         deadline = time.monotonic() + timeout
+        own = self.settings.rpc_zmq_host
         n = 0
         while not self._ready.is_set():
             n += 1
-            self._probe_id = "%sprobe%d" % (self.token, n)
-            own = self.driver.settings.rpc_zmq_host
+            self._probe_id = "%s%s%d" % (self.token, wire.PROBE_MARK, n)
             try:
-                self.driver._send(own, wire.encode_probe(self._probe_id,
-                                                         self.reply_topic),
-                                  self.reply_topic)
+                self.send(own, wire.encode_probe(self._probe_id,
+                                                 self.reply_topic),
+                          self.reply_topic)
             except Timeout:
-                pass
+                pass  # our receiver's queue is full: the next probe retries
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._ready.wait(min(PROBE_INTERVAL * min(n, 10), left))
-            security = self.driver.security
-            failure = security.failure(own) if security is not None else None
+            failure = self.refusal(own) if self.refusal is not None else None
             if failure is not None and not self._ready.is_set():
                 raise failure
         if not self._ready.is_set():
@@ -128,9 +159,8 @@ class ReplyWaiter:
                 info="no reply path: nothing came back through the local "
                      "receiver at %s within %.1fs; is nova-rpc-zmq-receiver "
                      "running on this host with rpc_zmq_ipc_dir=%s?"
-                     % (self.driver.outbound.endpoint(
-                         self.driver.settings.rpc_zmq_host), timeout,
-                        self.driver.settings.rpc_zmq_ipc_dir),
+                     % (self.endpoint(own), timeout,
+                        self.settings.rpc_zmq_ipc_dir),
                 topic=self.reply_topic)
 
     def register(self, msg_id: str, host: str | None = None) -> Any:
@@ -155,8 +185,7 @@ class ReplyWaiter:
                     q.put((REFUSED, error, None))
 
     def _loop(self, sock: Any) -> None:
-        zmq = self.handler.zmq
-        recv = self.handler.recv
+        recv = zmqio.recv_function(self.handler)
         try:
             while not self._closing:
                 try:
@@ -173,39 +202,31 @@ class ReplyWaiter:
 
     def _handle(self, frames: list) -> None:
         try:
-            msg = wire.decode(frames, self.driver.settings.limits)
+            msg = wire.decode(frames, self.settings.limits)
         except RemoteProtocolError as exc:
             self.counters.incr("replies.dropped." + exc.reason)
             LOG.warning("dropped a malformed reply: %s", exc)
             return
         if isinstance(msg, wire.Probe):
             # any of our probes proves the path, even an earlier one
-            if msg.probe_id.startswith(self.token + "probe"):
+            if msg.probe_id.startswith(self.token + wire.PROBE_MARK):
                 self._ready.set()
             return
         self._deliver(msg)
 
-    def _deliver(self, msg: Any) -> None:
-        args = msg.body.get("args")
-        if msg.body.get("method") != wire.PROCESS_REPLY_METHOD or \
-                not isinstance(args, dict):
+    def _deliver(self, msg: wire.Message) -> None:
+        reply = msg.reply  # decode checked and parsed it
+        if reply is None:
             self.counters.incr("replies.dropped.not_a_reply")
             LOG.warning("dropped a message on the reply topic that is not a "
-                        "reply (method %r)", msg.body.get("method"))
+                        "reply (method %r)", msg.body.get(wire.METHOD_KEY))
             return
-        msg_id = args.get("msg_id") or msg.msg_id
-        q = self._waiters.get(msg_id)
+        q = self._waiters.get(reply.msg_id)
         if q is None:
             self.counters.incr("replies.late")
-            LOG.debug("dropped a late reply for %s", msg_id)
+            LOG.debug("dropped a late reply for %s", reply.msg_id)
             return
-        response = args.get("response")
-        if not isinstance(response, list):
-            response = [response]
-        seq = args.get(wire.SEQ_KEY)
-        if type(seq) is not int or not 0 <= seq < wire.MAX_SEQ:
-            seq = None  # unnumbered: an old server's complete reply
-        q.put((response, args.get("more"), seq))
+        q.put((reply.response, reply.more, reply.seq))
 
     def close(self) -> None:
         """Stop the listener; returns once its socket is closed (<0.5 s)."""
@@ -217,26 +238,6 @@ class ReplyWaiter:
 
 #: First item of a queue entry telling a caller its host refused us.
 REFUSED = object()
-
-_TOKEN_LEN = 16
-_HEX = frozenset("0123456789abcdef")
-
-
-def caller_mark(msg_id: str) -> tuple[bool, str | None]:
-    """Read frame 0 of a call: (caller accepts streaming, its token or None).
-
-    ``"stream"`` or ``"stream.<16 hex>"`` from our callers; anything else
-    (``"0"`` from old ones) means one complete reply, no token.
-    """
-    mark = wire.CALLER_STREAMS.decode()
-    if msg_id == mark:
-        return True, None
-    if msg_id.startswith(mark + "."):
-        token = msg_id[len(mark) + 1:]
-        if len(token) == _TOKEN_LEN and set(token) <= _HEX:
-            return True, token
-        return True, None
-    return False, None
 
 
 class DirectReplies:
@@ -250,25 +251,27 @@ class DirectReplies:
     MAX_SOCKETS = 256
     HWM = 1000
 
-    def __init__(self, driver: Any) -> None:
-        import collections
-        self.driver = driver
-        self.handler = driver.handler
+    def __init__(self, handler: Handler, ctx: Any, ipc_dir: str,
+                 counters: Counters) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.ipc_dir = ipc_dir
+        self.counters = counters
         self._socks: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
         self._lock = self.handler.Lock()
         self._closed = False
 
     def send(self, token: str, frames: list[bytes]) -> bool:
-        zmq = self.handler.zmq
+        """Push ``frames`` to the caller with ``token``; False (never
+        blocking) when its queue is full or we are closed."""
         with self._lock:
             if self._closed:
                 return False  # a socket made now would hold up the context's end
             sock = self._socks.get(token)
             if sock is None:
-                sock = self.driver.ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, self.HWM)
-                sock.connect("ipc://" + self.driver.direct_reply_path(token))
+                sock = zmqio.make_socket(self.ctx, zmq.PUSH, linger=0,
+                                         sndhwm=self.HWM)
+                sock.connect("ipc://" + direct_reply_path(self.ipc_dir, token))
                 self._socks[token] = sock
                 if len(self._socks) > self.MAX_SOCKETS:
                     _old, victim = self._socks.popitem(last=False)
@@ -278,7 +281,7 @@ class DirectReplies:
             try:
                 frames_io.send(sock, frames, frames_io.NOBLOCK)
             except zmq.Again:
-                self.driver.counters.incr("replies.direct_full")
+                self.counters.incr("replies.direct_full")
                 return False
         return True
 

@@ -28,9 +28,12 @@ import logging
 import os
 import re
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from nova_rpc_zmq.wire import REPLIES_PREFIX, TOPIC_SEPARATOR
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -64,13 +67,14 @@ class ReplyPolicy:
         self.refusals = 0
 
     @classmethod
-    def from_settings(cls, settings: Any, matchmaker: Any) -> "ReplyPolicy":
+    def from_settings(cls, settings: Settings, matchmaker: Any
+                      ) -> "ReplyPolicy":
         """The policy of one driver: its host, matchmaker, and the keys dir
         when ``rpc_zmq_curve`` is on."""
         keys_dir = settings.rpc_zmq_curve_keys_dir \
             if settings.rpc_zmq_curve else None
         return cls(settings.rpc_zmq_host, matchmaker, keys_dir,
-                   getattr(settings, "rpc_zmq_reply_hosts", ()) or ())
+                   settings.rpc_zmq_reply_hosts or ())
 
     def reply_host(self, reply_topic: str) -> str | None:
         """The host named by ``reply_topic`` (``zmq_replies.<host>``), or

@@ -7,7 +7,7 @@ mark; it must not block forever).
 
 Budget: one socket per peer (plus, with CURVE, the handshake monitor's
 two), so a controller reaches thousands of hosts within the open-files
-limit (``concurrency.socket_cap``). A socket unused for
+limit (``zmqio.socket_cap``). A socket unused for
 ``rpc_zmq_outbound_idle_timeout`` is closed (with linger, so what it
 still holds is flushed) and reopened by the next send; a socket that
 cannot be opened because the budget is spent raises ``SocketBudgetError``
@@ -19,12 +19,17 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+import zmq
 
 from nova_rpc_zmq import frames as frames_io
-from nova_rpc_zmq import netaddr
-from nova_rpc_zmq.concurrency import Handler, raise_fd_limit
+from nova_rpc_zmq import netaddr, zmqio
+from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RPCException, SocketBudgetError, Timeout
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ class Outbound:
     sockets refused because the open-files budget was spent.
     """
 
-    def __init__(self, handler: Handler, ctx: Any, settings: Any,
+    def __init__(self, handler: Handler, ctx: Any, settings: Settings,
                  configure: Callable[[Any, str], None] | None = None) -> None:
         self.handler = handler
         self.ctx = ctx
@@ -66,7 +71,7 @@ class Outbound:
         self.closed = False
         # green sockets already serialise blocking sends between green
         # threads; native threads need a lock per socket
-        self._needs_lock = handler.name == "threading"
+        self._needs_lock = not handler.green
         # sweeping a few times per idle period bounds how long past its
         # timeout a socket lives, at one pass over the table each time
         self._sweep_every = max((self.idle_timeout or _BUDGET_IDLE) / 4.0,
@@ -103,21 +108,19 @@ class Outbound:
     def _open(self, host: str) -> Any:
         """A new PUSH socket connected to ``host``; SocketBudgetError when
         the process may open no more (the half-made socket is closed)."""
-        zmq = self.handler.zmq
+        endpoint = self.endpoint(host)
+        options: dict[int, Any] = {zmq.RECONNECT_IVL_MAX: 2000}
+        if endpoint.startswith("tcp://["):
+            options[zmq.IPV6] = 1
         try:
-            sock = self.ctx.socket(zmq.PUSH)
+            sock = zmqio.make_socket(
+                self.ctx, zmq.PUSH, linger=LINGER_MS, sndhwm=SEND_HWM,
+                sndtimeo=int(self.send_timeout * 1000), options=options)
         except zmq.ZMQError as exc:
             if exc.errno in _EXHAUSTED:
                 raise self._exhausted(host, exc) from exc
             raise
         try:
-            sock.setsockopt(zmq.LINGER, LINGER_MS)
-            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-            sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout * 1000))
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            endpoint = self.endpoint(host)
-            if endpoint.startswith("tcp://["):
-                sock.setsockopt(zmq.IPV6, 1)
             if self._configure is not None:
                 self._configure(sock, host)
             sock.connect(endpoint)
@@ -137,7 +140,7 @@ class Outbound:
         """The error for a spent budget; logged at most once a minute (the
         caller logs or raises each one, ``budget_refusals`` counts them)."""
         self.budget_refusals += 1
-        error = SocketBudgetError(host, raise_fd_limit(), len(self._socks),
+        error = SocketBudgetError(host, zmqio.raise_fd_limit(), len(self._socks),
                                   detail="ZeroMQ: %s" % exc)
         now = time.monotonic()
         if now - self._last_budget_log >= _BUDGET_LOG_EVERY:
@@ -161,7 +164,6 @@ class Outbound:
         if now >= self._next_sweep:
             self._evict_idle(now)
         self._used[host] = now
-        zmq = self.handler.zmq
         for _attempt in range(2):
             sock, lock = self._socket(host)
             try:
@@ -181,7 +183,6 @@ class Outbound:
 
     def _send_on(self, sock: Any, lock: Any, frames: list[bytes]) -> bool:
         """Send on ``sock``; False when it was closed meanwhile."""
-        zmq = self.handler.zmq
         # Frames are copied into ZeroMQ (copy=True): zero-copy sends start
         # pyzmq's garbage-collector thread, which blocks a monkey-patched
         # process's hub; the copy costs less than that risk.

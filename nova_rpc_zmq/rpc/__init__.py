@@ -14,10 +14,15 @@ from __future__ import annotations
 import importlib
 import threading
 from types import ModuleType
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.rpc import common  # noqa: F401 - rpc.common.Timeout, as in Nova
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
+    from nova_rpc_zmq.config import Settings
 
 _BACKENDS = {
     "impl_zmq": "nova_rpc_zmq.impl_zmq",
@@ -26,11 +31,12 @@ _BACKENDS = {
 
 _state_lock = threading.Lock()
 _first_use = threading.Lock()
-_settings: Any = None
+_settings: Settings | None = None
 _backend: ModuleType | None = None
 
 
-def init(settings: Any = None, **overrides: Any) -> Any:
+def init(settings: Settings | cfg.ConfigOpts | None = None,
+         **overrides: Any) -> Settings:
     """Use ``settings`` (a Settings or a ConfigOpts; default: ``CONF``'s,
     with ``overrides``).
 

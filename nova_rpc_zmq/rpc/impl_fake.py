@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
 import json
 import logging
 import queue
@@ -41,8 +40,13 @@ import time
 from typing import Any, Callable, Iterator
 
 from nova_rpc_zmq import errors, wire
+from nova_rpc_zmq.codec import RpcContext
 from nova_rpc_zmq.metrics import Counters
 from nova_rpc_zmq.rpc import common as rpc_common
+from nova_rpc_zmq.runner import END as _END
+from nova_rpc_zmq.runner import FAILURE as _FAILURE
+from nova_rpc_zmq.runner import VALUE as _VALUE
+from nova_rpc_zmq.runner import run_request
 
 LOG = logging.getLogger(__name__)
 
@@ -56,8 +60,6 @@ MAX_NOTIFICATIONS = 1000
 #: ``call_timeout``, ``cast_no_consumer``, ``cast_failed``,
 #: ``fanout_no_consumer``, ``late_reply``, ``dropped_on_close``.
 counters = Counters("impl_fake")
-
-_VALUE, _FAILURE, _END = "value", "failure", "end"
 
 
 # -- helpers ------------------------------------------------------------------
@@ -111,13 +113,14 @@ def _context_dict(context: Any) -> dict[str, Any]:
 
 def _checked_msg(msg: Any) -> str:
     """The method name of ``msg``, or LocalError saying what is wrong."""
-    if not isinstance(msg, dict) or not isinstance(msg.get("method"), str) \
-            or not msg["method"]:
+    if not isinstance(msg, dict) or \
+            not isinstance(msg.get(wire.METHOD_KEY), str) or \
+            not msg[wire.METHOD_KEY]:
         raise errors.LocalError("an RPC message is a dict with a non-empty "
                                 "'method' (build it with RpcProxy.make_msg); "
                                 "got %r" % (msg,))
-    method: str = msg["method"]
-    args = msg.get("args")
+    method: str = msg[wire.METHOD_KEY]
+    args = msg.get(wire.ARGS_KEY)
     if args is not None and not isinstance(args, dict):
         raise errors.LocalError("the 'args' of RPC message %r must be a dict"
                                 % method)
@@ -172,60 +175,32 @@ class _ReplyChannel:
                 return
             self.queue.put((kind, payload))
 
-    def sink(self, value: Any, failure: Any, ending: bool) -> None:
-        """``RpcContext.reply_sink``: carry one reply back through JSON."""
-        if ending:
-            self._put(_END, None)
-        elif failure is not None:
-            self._put(_FAILURE, rpc_common.serialize_remote_exception(failure))
-        else:
-            try:
-                text = _wire_text(value)
-            except errors.LocalError:
-                self._put(_FAILURE,
-                          rpc_common.serialize_remote_exception(sys.exc_info()))
-                return
-            self._put(_VALUE, json.loads(text))
-
-
-def _discard(value: Any, failure: Any, ending: bool) -> None:
-    """Reply sink of a cast: nobody waits for the values."""
+    def emit(self, kind: str, payload: Any) -> None:
+        """``runner.Emit``: carry one item back, a value through JSON."""
+        if kind != _VALUE:
+            self._put(kind, payload)
+            return
+        try:
+            text = _wire_text(payload)
+        except errors.LocalError:
+            self._put(_FAILURE,
+                      rpc_common.serialize_remote_exception(sys.exc_info()))
+            return
+        self._put(_VALUE, json.loads(text))
 
 
 def _run(consumer: _Consumer, ctx_text: bytes, msg_text: bytes,
          channel: _ReplyChannel | None) -> None:
     """Handle one message in a worker thread, as a driver's pool would."""
-    ctxt = rpc_common.RpcContext(**json.loads(ctx_text))
-    # A cast's replies go nowhere, but a generator still runs to its end.
-    ctxt.reply_sink = channel.sink if channel is not None else _discard
+    ctxt = RpcContext(**json.loads(ctx_text))
     msg = json.loads(msg_text)
-    method = msg["method"]
-    try:
-        result = consumer.proxy.dispatch(ctxt, msg.get("version"), method,
-                                         msg.get("namespace"),
-                                         **(msg.get("args") or {}))
-        if inspect.isgenerator(result):
-            for item in result:
-                ctxt.reply(item)
-                if ctxt.reply_ended or (channel is not None and channel.done):
-                    result.close()
-                    break
-        elif not ctxt.reply_count and not ctxt.reply_ended:
-            ctxt.reply(result)
-        ctxt.reply(ending=True)
-    except errors.ClientException as exc:
-        LOG.debug("expected exception in %s on %s: %s", method,
-                  consumer.topic, exc._exc_info[1])
-        if channel is not None:
-            channel._put(_FAILURE, rpc_common.serialize_remote_exception(
-                exc._exc_info, log_failure=False))
-    except Exception:
-        if channel is not None:
-            channel._put(_FAILURE,
-                         rpc_common.serialize_remote_exception(sys.exc_info()))
-        else:
+    if channel is None:
+        if not run_request(consumer.proxy, ctxt, msg, None,
+                           where=consumer.topic):
             counters.incr("cast_failed")
-            LOG.exception("cast of %s to %s failed", method, consumer.topic)
+        return
+    run_request(consumer.proxy, ctxt, msg, channel.emit,
+                where=consumer.topic, stopped=lambda: channel.done)
 
 
 class Connection(rpc_common.Connection):

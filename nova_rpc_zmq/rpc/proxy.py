@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from nova_rpc_zmq import errors
+from nova_rpc_zmq.wire import ARGS_KEY, METHOD_KEY, NAMESPACE_KEY, VERSION_KEY
 from nova_rpc_zmq.rpc import common as rpc_common
 from nova_rpc_zmq.rpc import serializer as rpc_serializer
 
@@ -66,7 +67,7 @@ class RpcProxy:
     def make_namespaced_msg(method: str, namespace: str | None,
                             **kwargs: Any) -> dict[str, Any]:
         """``{'method': method, 'namespace': namespace, 'args': kwargs}``."""
-        return {"method": method, "namespace": namespace, "args": kwargs}
+        return {METHOD_KEY: method, NAMESPACE_KEY: namespace, ARGS_KEY: kwargs}
 
     def make_msg(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """A message for ``method`` in this proxy's ``RPC_API_NAMESPACE``."""
@@ -82,7 +83,7 @@ class RpcProxy:
         if self.version_cap and not rpc_common.version_is_compatible(
                 self.version_cap, v):
             raise errors.RpcVersionCapError(version_cap=self.version_cap)
-        msg["version"] = v
+        msg[VERSION_KEY] = v
 
     def _get_topic(self, topic: str | None) -> str:
         return topic if topic else self.topic
@@ -90,8 +91,8 @@ class RpcProxy:
     def _prepare(self, context: Any, msg: dict[str, Any],
                  version: str | None) -> None:
         self._set_version(msg, version)
-        args = msg.get("args") or {}
-        msg["args"] = {name: self.serializer.serialize_entity(context, arg)
+        args = msg.get(ARGS_KEY) or {}
+        msg[ARGS_KEY] = {name: self.serializer.serialize_entity(context, arg)
                        for name, arg in args.items()}
 
     @staticmethod
@@ -114,7 +115,7 @@ class RpcProxy:
         try:
             result = _rpc().call(context, real_topic, msg, timeout)
         except errors.Timeout as exc:
-            named = self._named_timeout(exc, real_topic, msg.get("method"))
+            named = self._named_timeout(exc, real_topic, msg.get(METHOD_KEY))
             if named is exc:
                 raise
             raise named from exc
@@ -127,7 +128,7 @@ class RpcProxy:
         yields each (deserialized) value as it arrives."""
         self._prepare(context, msg, version)
         real_topic = self._get_topic(topic)
-        method = msg.get("method")
+        method = msg.get(METHOD_KEY)
         try:
             results = _rpc().multicall(context, real_topic, msg, timeout)
         except errors.Timeout as exc:

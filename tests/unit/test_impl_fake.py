@@ -6,12 +6,12 @@ import logging
 import socket
 import threading
 import time
-import types
 from typing import Any, Iterator
 
 import pytest
+from oslo_config import cfg
 
-from nova_rpc_zmq import errors
+from nova_rpc_zmq import config, errors
 from nova_rpc_zmq.rpc import common, impl_fake
 from nova_rpc_zmq.rpc.dispatcher import RpcDispatcher
 from tests.support import scaled, wait_for
@@ -24,8 +24,9 @@ class ServiceError(Exception):
 
 
 def make_conf(host: str = "host-a", timeout: float = 5.0,
-              allowed: list | None = None) -> Any:
-    return types.SimpleNamespace(
+              allowed: list | None = None) -> config.Settings:
+    return config.load_settings(
+        cfg.ConfigOpts(),
         rpc_response_timeout=scaled(timeout),
         allowed_rpc_exception_modules=(allowed if allowed is not None else
                                        [THIS_MODULE, "exceptions",

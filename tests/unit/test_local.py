@@ -9,7 +9,6 @@ import socket
 import tempfile
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -39,10 +38,8 @@ def ctx() -> Iterator[zmq.Context]:
 def caller(ipc_dir: str, ctx: zmq.Context,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[local.LocalCalls]:
     monkeypatch.setattr(local, "RESCAN", 0.0)  # look at every send
-    driver = SimpleNamespace(handler=get_handler("threading"), ctx=ctx,
-                             counters=Counters("driver"),
-                             settings=SimpleNamespace(rpc_zmq_ipc_dir=ipc_dir))
-    calls = local.LocalCalls(driver)
+    calls = local.LocalCalls(get_handler("threading"), ctx, ipc_dir,
+                             Counters("driver"))
     yield calls
     calls.close()
 
@@ -221,10 +218,8 @@ def test_closing_while_threads_send_leaves_no_socket_open(ipc_dir, monkeypatch):
     one left open would keep the context's term() waiting for ever."""
     monkeypatch.setattr(local, "RESCAN", 0.0)
     ctx = zmq.Context()
-    driver = SimpleNamespace(handler=get_handler("threading"), ctx=ctx,
-                             counters=Counters("driver"),
-                             settings=SimpleNamespace(rpc_zmq_ipc_dir=ipc_dir))
-    calls = local.LocalCalls(driver)
+    calls = local.LocalCalls(get_handler("threading"), ctx, ipc_dir,
+                             Counters("driver"))
     sock, paths = service(ctx, ipc_dir)
     stop = threading.Event()
 

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import threading
-import types
 from typing import Any, Iterator
 
 import pytest
+from oslo_config import cfg
 
-from nova_rpc_zmq import errors
+from nova_rpc_zmq import config, errors
 from nova_rpc_zmq.rpc import impl_fake
 from nova_rpc_zmq.rpc.dispatcher import RpcDispatcher
 from nova_rpc_zmq.rpc.proxy import RpcProxy
@@ -19,8 +19,9 @@ from tests.support import scaled, wait_for
 THIS_MODULE = __name__
 
 
-def make_conf(host: str = "host-a") -> Any:
-    return types.SimpleNamespace(
+def make_conf(host: str = "host-a") -> config.Settings:
+    return config.load_settings(
+        cfg.ConfigOpts(),
         rpc_response_timeout=scaled(5),
         allowed_rpc_exception_modules=[THIS_MODULE, "exceptions",
                                        "nova_rpc_zmq.errors"],

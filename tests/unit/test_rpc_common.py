@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nova_rpc_zmq import errors
+from nova_rpc_zmq import codec, errors
 from nova_rpc_zmq.rpc import common
 
 THIS_MODULE = __name__
@@ -341,11 +341,11 @@ def test_serialize_remote_exception_survives_a_broken_str() -> None:
 
 
 def test_serialize_remote_exception_logs_only_when_asked(caplog) -> None:
-    with caplog.at_level(logging.ERROR, logger=common.LOG.name):
+    with caplog.at_level(logging.ERROR, logger=codec.LOG.name):
         common.serialize_remote_exception(_exc_info(ValueError("quiet")),
                                           log_failure=False)
     assert "quiet" not in caplog.text
-    with caplog.at_level(logging.ERROR, logger=common.LOG.name):
+    with caplog.at_level(logging.ERROR, logger=codec.LOG.name):
         common.serialize_remote_exception(_exc_info(ValueError("loud")))
     assert "Returning exception loud to caller" in caplog.text
 

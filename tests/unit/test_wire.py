@@ -91,7 +91,8 @@ def v2(*pairs: bytes, ctx: bytes = b"{}") -> list[bytes]:
 def test_havana_legacy_cast_decodes() -> None:
     msg = message(HAVANA_CAST)
     assert msg == wire.Message("0", "compute.node-1", wire.STYLE_LEGACY, CTX,
-                               BODY, False)
+                               BODY, False, None)
+    assert msg.call is None and msg.reply is None
     assert msg.method == "get_host_uptime"
     assert msg.args == {"host": "node-1"}
     assert not msg.caller_streams
@@ -102,6 +103,9 @@ def test_havana_call_request_decodes_and_unpacks() -> None:
     assert msg.method == wire.REPLY_METHOD
     request = wire.parse_call_request(msg.body)
     assert request == wire.CallRequest(HEX_ID, "zmq_replies.caller-1", BODY)
+    # decode parsed it already: the driver reads msg.call, not the body
+    assert msg.call == request and msg.part is msg.call
+    assert msg.reply is None
 
 
 @pytest.mark.parametrize("frames", [HAVANA_V2, HAVANA_V2_SWAPPED],
@@ -109,7 +113,32 @@ def test_havana_call_request_decodes_and_unpacks() -> None:
 def test_havana_v2_decodes_in_any_pair_order(frames: list[bytes]) -> None:
     msg = message(frames)
     assert msg == wire.Message("0", "compute.node-1", wire.STYLE_V2, CTX, BODY,
-                               True)
+                               True, None)
+
+
+def test_streamed_reply_part_carries_its_seq() -> None:
+    frames = wire.encode(HEX_ID, "zmq_replies.caller-1", {},
+                         wire.reply_body(HEX_ID, [1], more=True, seq=3))
+    assert message(frames).reply == wire.Reply(HEX_ID, [1], True, 3)
+
+
+@pytest.mark.parametrize("seq", [-1, 1 << 31, "3", 1.0, None])
+def test_reply_seq_out_of_range_reads_as_unnumbered(seq: object) -> None:
+    body = {"method": "-process_reply",
+            "args": {"msg_id": HEX_ID, "response": [1], "seq": seq}}
+    frames = wire.encode(HEX_ID, "zmq_replies.caller-1", {}, body)
+    reply = message(frames).reply
+    assert reply is not None and reply.seq is None and reply.more is False
+
+
+def test_enveloped_call_request_inside_reply_is_refused() -> None:
+    # old nodes envelope the outer -reply body, never the inner msg: decode
+    # refuses an enveloped inner msg (the driver no longer unwraps one)
+    inner = {"oslo.version": "2.0", "oslo.message": json.dumps(BODY)}
+    body = {"method": "-reply", "args": {"msg_id": HEX_ID,
+                                         "topic": "zmq_replies.caller-1",
+                                         "msg": ["{}", inner]}}
+    assert reason_of(legacy(["{}", body])) == "bad_body"
 
 
 def test_enveloped_legacy_message_is_unwrapped() -> None:

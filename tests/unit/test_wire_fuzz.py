@@ -186,7 +186,7 @@ def test_encode_decode_round_trip(msg_id: str, topic: str, context: dict,
     style = wire.STYLE_V2 if envelope else wire.STYLE_LEGACY
     assert wire.peek(frames) == (topic, style)
     assert wire.decode(frames) == wire.Message(msg_id, topic, style, context,
-                                               body, envelope)
+                                               body, envelope, None)
 
 
 @FUZZ
@@ -199,7 +199,7 @@ def test_call_request_round_trip(msg_id: str, host_topic: str, context: dict,
                                   request))
     assert isinstance(msg, wire.Message)
     assert wire.parse_call_request(msg.body) == wire.CallRequest(
-        msg_id, reply_to, body)
+        msg_id, reply_to, body) == msg.call
     assert json.loads(msg.args["msg"][0]) == context
 
 
@@ -213,7 +213,7 @@ def test_reply_round_trip(msg_id: str, response: list, more: bool | None
     msg = wire.decode(frames)
     assert isinstance(msg, wire.Message)
     reply = wire.parse_reply(msg.body)
-    assert reply == wire.Reply(msg_id, response, bool(more))
+    assert reply == wire.Reply(msg_id, response, bool(more), None) == msg.reply
 
 
 @FUZZ
