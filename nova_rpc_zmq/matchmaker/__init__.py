@@ -1,24 +1,22 @@
 """MatchMakers: where a topic goes.  ``get_matchmaker`` builds the one named
 by ``settings.rpc_zmq_matchmaker``.
 
-``MATCHMAKERS`` maps each canonical short name to ``"module:Class"``; config
-validation accepts exactly these names (plus the legacy class paths it
-translates to them).  A new back end adds one line here and a class with
-``from_settings(settings, liveness)``.
+``MATCHMAKERS`` (defined in ``options``, so that config validation needs
+no import of this package) maps each canonical short name to
+``"module:Class"``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nova_rpc_zmq.matchmaker.base import Liveness, MatchMaker
+from nova_rpc_zmq.options import MATCHMAKERS
 
-MATCHMAKERS: dict[str, str] = {
-    "ring": "nova_rpc_zmq.matchmaker.ring:RingMatchMaker",
-    "localhost": "nova_rpc_zmq.matchmaker.localhost:LocalhostMatchMaker",
-    "stub": "nova_rpc_zmq.matchmaker.stub:StubMatchMaker",
-}
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
+
 
 __all__ = ["MATCHMAKERS", "MatchMaker", "Liveness", "get_matchmaker",
            "matchmaker_class"]
@@ -34,7 +32,7 @@ def matchmaker_class(name: str) -> type[MatchMaker]:
     return getattr(importlib.import_module(module), cls)
 
 
-def get_matchmaker(settings: Any,
+def get_matchmaker(settings: config.Settings,
                    liveness: Liveness | None = None) -> MatchMaker:
     """The matchmaker for ``settings.rpc_zmq_matchmaker`` (a canonical name,
     as ``config.load_settings`` leaves it).  ``liveness`` is used by back

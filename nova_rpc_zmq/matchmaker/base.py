@@ -18,10 +18,13 @@ down ones among ``hosts``, used to word ``NoLiveHostsError``) and
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nova_rpc_zmq import errors
 from nova_rpc_zmq.wire import FANOUT_PREFIX, REPLIES_PREFIX, TOPIC_SEPARATOR
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 __all__ = ["MatchMaker", "Liveness", "FANOUT_PREFIX", "REPLIES_PREFIX",
            "TOPIC_SEPARATOR", "split_directed"]
@@ -46,7 +49,7 @@ class MatchMaker:
     source: str = "the matchmaker"
 
     @classmethod
-    def from_settings(cls, settings: Any,
+    def from_settings(cls, settings: config.Settings,
                       liveness: Liveness | None = None) -> "MatchMaker":
         """Build from a ``config.Settings``; by default for this host only."""
         return cls(settings.rpc_zmq_host)  # type: ignore[call-arg]

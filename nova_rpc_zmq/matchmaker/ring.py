@@ -28,11 +28,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nova_rpc_zmq import errors, netaddr
 from nova_rpc_zmq.matchmaker.base import (FANOUT_PREFIX, TOPIC_SEPARATOR,
                                           Liveness, MatchMaker)
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -343,7 +346,7 @@ class RingMatchMaker(MatchMaker):
         self._next_check = time.monotonic() + check_interval
 
     @classmethod
-    def from_settings(cls, settings: Any,
+    def from_settings(cls, settings: config.Settings,
                       liveness: Liveness | None = None) -> "RingMatchMaker":
         """The ring of ``settings.matchmaker_ringfile``."""
         return cls(settings.matchmaker_ringfile, liveness=liveness)

@@ -34,13 +34,16 @@ import os
 import re
 import stat
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils import z85
 
 from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.redact import hide_key_text
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 #: The Z85 digits in value order (ZeroMQ RFC 32).
 Z85_DIGITS = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -79,7 +82,7 @@ class KeyPair:
         return z85.decode(self.public)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "KeyPair":
+    def from_settings(cls, settings: config.Settings) -> "KeyPair":
         """This host's key pair, read from ``rpc_zmq_curve_key_file``."""
         return load_keypair(settings.rpc_zmq_curve_key_file)
 

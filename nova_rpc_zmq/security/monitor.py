@@ -53,14 +53,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from nova_rpc_zmq import concurrency
+from nova_rpc_zmq import concurrency, zmqio
 from nova_rpc_zmq.errors import AuthenticationError, LocalError
 from nova_rpc_zmq.security.greeting import probe_mechanism
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -193,8 +196,9 @@ class HandshakeWatcher:
     """Watches sender sockets' handshakes and remembers failures per host.
 
     ``handler`` is a concurrency handler (``concurrency.get_handler()`` by
-    default); its ``zmq`` module makes the monitor sockets, so pass the
-    green handler for green sockets.  ``on_failure(host, error)`` runs in
+    default) runs the loop: with a green one it polls without blocking and
+    pauses in the hub.  Monitor sockets are made on each watched socket's
+    context.  ``on_failure(host, error)`` runs in
     the loop for each new failure (not for repeats of the same one); its
     exceptions are logged.  All methods are safe from any thread or green
     thread.
@@ -212,7 +216,7 @@ class HandshakeWatcher:
         self.local_host = local_host
         self.poll_interval = poll_interval
         self.probe_timeout = probe_timeout
-        self._green = self.handler.name == "eventlet"
+        self._green = self.handler.green
         self._lock = self.handler.Lock()
         self._pending: list[_Watched] = []
         self._failures: dict[str, HandshakeFailure] = {}
@@ -224,7 +228,7 @@ class HandshakeWatcher:
         self._started = False
 
     @classmethod
-    def from_settings(cls, settings: Any,
+    def from_settings(cls, settings: config.Settings,
                       handler: concurrency.Handler | None = None,
                       on_failure: FailureCallback | None = None
                       ) -> "HandshakeWatcher":
@@ -252,8 +256,7 @@ class HandshakeWatcher:
             self._started = True
         mechanism = sock.getsockopt(zmq.MECHANISM)
         sock.monitor(addr, WATCHED_EVENTS)
-        pair = self.handler.zmq.Socket(sock.context, zmq.PAIR)
-        pair.linger = 0
+        pair = zmqio.make_socket(sock.context, zmq.PAIR, linger=0)
         pair.connect(addr)
         with self._lock:
             self._pending.append(_Watched(pair, host, mechanism))

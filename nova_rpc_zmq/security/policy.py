@@ -36,12 +36,15 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from zmq.utils import z85
 
 from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.security import keys as keysmod
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class AllowList:
         self.refresh(force=True)
 
     @classmethod
-    def from_settings(cls, settings: Any, check_interval: float = 1.0
+    def from_settings(cls, settings: config.Settings, check_interval: float = 1.0
                       ) -> "AllowList":
         """The allow list of ``settings.rpc_zmq_curve_keys_dir``."""
         return cls(settings.rpc_zmq_curve_keys_dir, check_interval)

@@ -58,15 +58,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from nova_rpc_zmq import zmqio
 from nova_rpc_zmq.errors import ConfigurationError, LocalError
 from nova_rpc_zmq.security.keys import KeyPair
 from nova_rpc_zmq.security.policy import (MECHANISM_MISMATCH, AllowList,
                                           Decision)
+
+
+#: libzmq's option number for ZMQ_ZAP_ENFORCE_DOMAIN (libzmq 4.2.3 and
+#: later). pyzmq before 23 does not name it, yet the libzmq it bundles
+#: (4.3.4) honours it: without it, a CURVE server whose ZAP handler is not
+#: running lets every CURVE client in.
+ZAP_ENFORCE_DOMAIN = int(getattr(zmq, "ZAP_ENFORCE_DOMAIN", 93))
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -130,13 +141,12 @@ def configure_server(sock: Any, keypair: KeyPair,
     _set_keys(sock, keypair, "server")
     sock.curve_server = True
     sock.zap_domain = domain.encode("utf-8")
-    enforce = getattr(zmq, "ZAP_ENFORCE_DOMAIN", None)
-    if enforce is not None:
-        try:
-            sock.setsockopt(enforce, 1)
-        except zmq.ZMQError:  # libzmq built without draft options
-            LOG.debug("ZAP_ENFORCE_DOMAIN not supported by libzmq %s",
-                      zmq.zmq_version())
+    try:
+        sock.setsockopt(ZAP_ENFORCE_DOMAIN, 1)
+    except zmq.ZMQError:  # a libzmq older than 4.2.3
+        LOG.warning("libzmq %s has no ZAP_ENFORCE_DOMAIN: a CURVE server "
+                    "whose authenticator is not running would let peers in "
+                    "unchecked; use libzmq 4.2.3 or later", zmq.zmq_version())
 
 
 def configure_client(sock: Any, keypair: KeyPair, server_public: bytes
@@ -184,7 +194,7 @@ class ZapAuthenticator:
         self._serial = 0
 
     @classmethod
-    def from_settings(cls, context: zmq.Context, settings: Any,
+    def from_settings(cls, context: zmq.Context, settings: config.Settings,
                       on_refusal: RefusalCallback | None = None
                       ) -> "ZapAuthenticator":
         """An authenticator for the allow list of ``settings``."""
@@ -199,8 +209,7 @@ class ZapAuthenticator:
         if self._thread is not None:
             raise LocalError("ZapAuthenticator already started")
         # A plain socket even on a green context: the loop is a real thread.
-        sock = zmq.Socket(self.context, zmq.REP)
-        sock.linger = 0
+        sock = zmqio.make_socket(self.context, zmq.REP, linger=0, native=True)
         try:
             sock.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -253,8 +262,8 @@ class ZapAuthenticator:
             addr = "inproc://nova-rpc-zmq.zap-monitor.%d.%d" % (id(self),
                                                                 self._serial)
         sock.monitor(addr, _SERVER_EVENTS)
-        pair = zmq.Socket(sock.context, zmq.PAIR)
-        pair.linger = 0
+        pair = zmqio.make_socket(sock.context, zmq.PAIR, linger=0,
+                                 native=True)
         pair.connect(addr)
         with self._lock:
             self._pending.append(pair)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from oslo_config import cfg
 
@@ -53,6 +53,9 @@ from nova_rpc_zmq import concurrency, errors
 from nova_rpc_zmq.servicegroup.drivers import DRIVER_NAMES, load_driver
 from nova_rpc_zmq.servicegroup.drivers.base import (
     Driver, MemberRecord, ServiceGroupUnavailable)
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -94,7 +97,8 @@ class API:
     start, ``errors.ConfigurationError`` for a bad driver name or option.
     """
 
-    def __init__(self, settings: Any = None, driver: str | Driver | None = None,
+    def __init__(self, settings: config.Settings | cfg.ConfigOpts | None = None,
+                 driver: str | Driver | None = None,
                  handler: concurrency.Handler | None = None) -> None:
         self.handler = handler or concurrency.get_handler()
         if settings is None or isinstance(settings, cfg.ConfigOpts):

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from nova_rpc_zmq import concurrency
 from nova_rpc_zmq.servicegroup.drivers.base import MemberRecord
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class LivenessView:
         self._task = self.handler.spawn(self._run)
 
     @classmethod
-    def from_settings(cls, api: Any, settings: Any,
+    def from_settings(cls, api: Any, settings: config.Settings,
                       handler: concurrency.Handler | None = None) -> "LivenessView":
         """Build with ``rpc_zmq_receiver_group`` and ``report_interval``."""
         group = getattr(settings, "rpc_zmq_receiver_group", None) or "rpc_zmq_receiver"

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import zmq
 
-from nova_rpc_zmq import concurrency
+from nova_rpc_zmq import concurrency, zmqio
 from nova_rpc_zmq.cli import main as cli_main
 from nova_rpc_zmq.errors import AuthenticationError
 from nova_rpc_zmq.security import (AllowList, HandshakeWatcher, KeyPair,
@@ -102,7 +102,7 @@ class Sender:
     def __init__(self, keys_dir: str, handler_name: str = "threading"
                  ) -> None:
         self.handler = concurrency.get_handler(handler_name)
-        self.ctx = self.handler.zmq.Context()
+        self.ctx = zmqio.context(self.handler)
         self.failures: list[tuple[str, AuthenticationError]] = []
         self.watcher = HandshakeWatcher(
             self.handler, keys_dir=keys_dir, local_host="hosta",
@@ -112,9 +112,7 @@ class Sender:
 
     def connect(self, kind: int, endpoint: str, pair: KeyPair | None,
                 server_key: bytes | None = None) -> Any:
-        sock = self.ctx.socket(kind)
-        sock.linger = 0
-        sock.sndtimeo = 0
+        sock = zmqio.make_socket(self.ctx, kind, linger=0, sndtimeo=0)
         if pair is not None:
             configure_client(sock, pair,
                              server_key or server_key_for("hostb",

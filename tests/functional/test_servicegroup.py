@@ -16,12 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-import types
 import uuid
 from typing import Any
 
 import pytest
+from oslo_config import cfg
 
+from nova_rpc_zmq import config
 from nova_rpc_zmq.servicegroup import API, LivenessView, ServiceGroupUnavailable
 from nova_rpc_zmq.servicegroup.drivers import mc as mc_driver
 from tests.fixtures.servers import TcpProxy
@@ -34,18 +35,19 @@ BACKENDS = ["db-sqlite", "db-postgresql", "zk", "mc", "mc-local"]
 # A member in its own process: joins, says READY, lives until killed (or
 # its parent goes away, or 120 s pass).
 MEMBER_SCRIPT = r"""
-import json, os, sys, time, types
+import json, os, sys, time
 args = json.loads(sys.argv[1])
 if args.get("eventlet"):
     import eventlet
     eventlet.monkey_patch()
-from nova_rpc_zmq import concurrency
+from oslo_config import cfg
+from nova_rpc_zmq import concurrency, config
 from nova_rpc_zmq.servicegroup import API, LivenessView
-api = API(types.SimpleNamespace(**args["settings"]))
+api = API(config.load_settings(cfg.ConfigOpts(), **args["settings"]))
 for group, member in args["joins"]:
     api.join(member, group, {"pid": os.getpid()})
 view = LivenessView(api, topics=[g for g, _ in args["joins"]])
-info = {"handler": concurrency.get_handler().name, "driver": api.driver.name,
+info = {"green": concurrency.get_handler().green, "driver": api.driver.name,
         "self_up": all(view.is_up(m, g) for g, m in args["joins"])}
 if api.driver.name == "zk":
     info["kazoo_handler"] = type(api.driver.kz_handler).__name__
@@ -68,8 +70,12 @@ class Backend:
         self.server = server
         self.cross_process = cross_process
 
-    def settings(self, **overrides: Any) -> types.SimpleNamespace:
-        return types.SimpleNamespace(**dict(self.base, **overrides))
+    def fields(self, **overrides: Any) -> dict[str, Any]:
+        """The Settings fields of this back end, with ``overrides``."""
+        return dict(self.base, **overrides)
+
+    def settings(self, **overrides: Any) -> config.Settings:
+        return config.load_settings(cfg.ConfigOpts(), **self.fields(**overrides))
 
 
 def make_backend(name: str, request: Any, tmp_path: Any, server: Any = None) -> Backend:
@@ -123,9 +129,9 @@ def members() -> Any:
     waits for READY; every process is killed and reaped afterwards."""
     procs: list[subprocess.Popen] = []
 
-    def spawn(settings: Any, joins: list[tuple[str, str]],
+    def spawn(fields: dict[str, Any], joins: list[tuple[str, str]],
               eventlet: bool = False) -> tuple[subprocess.Popen, dict]:
-        arg = json.dumps({"settings": vars(settings), "joins": joins,
+        arg = json.dumps({"settings": fields, "joins": joins,
                           "eventlet": eventlet})
         env = dict(os.environ, PYTHONPATH=_ROOT)
         proc = subprocess.Popen([sys.executable, "-c", MEMBER_SCRIPT, arg],
@@ -199,8 +205,8 @@ def test_killed_member_seen_down_then_back(backend: Backend, apis: Any, members:
     group = group_name()
     observer = apis(backend.settings())
     if backend.cross_process:
-        proc, info = members(backend.settings(), [(group, "host-k")])
-        assert info["self_up"] and info["handler"] == "threading"
+        proc, info = members(backend.fields(), [(group, "host-k")])
+        assert info["self_up"] and info["green"] is False
     else:  # the in-process store: a second API in this process "crashes"
         member = apis(backend.settings())
         member.join("host-k", group)
@@ -220,7 +226,7 @@ def test_killed_member_seen_down_then_back(backend: Backend, apis: Any, members:
     assert observer.get_all(group) == []
 
     if backend.cross_process:
-        members(backend.settings(), [(group, "host-k")])
+        members(backend.fields(), [(group, "host-k")])
     else:
         apis(backend.settings()).join("host-k", group)
     wait_for(lambda: observer.service_is_up((group, "host-k")), 10,
@@ -454,9 +460,9 @@ def test_member_under_eventlet(name: str, request: Any, tmp_path: Any, apis: Any
     backend = make_backend(name, request, tmp_path)
     group = group_name()
     observer = apis(backend.settings())  # this process: native threads
-    assert observer.handler.name == "threading"
-    proc, info = members(backend.settings(), [(group, "green")], eventlet=True)
-    assert info["handler"] == "eventlet" and info["self_up"]
+    assert not observer.handler.green
+    proc, info = members(backend.fields(), [(group, "green")], eventlet=True)
+    assert info["green"] is True and info["self_up"]
     if name == "zk":
         assert info["kazoo_handler"] == "SequentialEventletHandler"
     wait_for(lambda: observer.service_is_up((group, "green")), 10, what="green member up")
@@ -479,8 +485,8 @@ def test_member_under_eventlet(name: str, request: Any, tmp_path: Any, apis: Any
 def test_unreachable_backend_at_start_names_address(driver: str) -> None:
     from tests.support import free_port
     port = free_port()
-    settings = types.SimpleNamespace(
-        servicegroup_driver=driver, service_down_time=3, report_interval=1,
+    settings = config.load_settings(
+        cfg.ConfigOpts(), servicegroup_driver=driver, service_down_time=3, report_interval=1,
         zookeeper_address="127.0.0.1:%d" % port, zookeeper_recv_timeout=1000,
         memcached_servers=["127.0.0.1:%d" % port],
         database_connection="postgresql+pg8000://u:secret@127.0.0.1:%d/db" % port)

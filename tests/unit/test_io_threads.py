@@ -4,12 +4,17 @@ threads the kernel reports for this process."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 import zmq
 
-from nova_rpc_zmq.concurrency import batch_policy_allowed, get_handler
+from nova_rpc_zmq import zmqio
+from nova_rpc_zmq.concurrency import get_handler
+from nova_rpc_zmq.zmqio import batch_policy_allowed
+from tests.support import scaled
 
 
 def _io_threads() -> dict[int, str]:
@@ -29,9 +34,9 @@ def _io_threads() -> dict[int, str]:
 def _new_io_thread_policies(batch: bool, handler: str = "threading"
                             ) -> list[int]:
     before = set(_io_threads())
-    ctx = get_handler(handler).context(1, batch=batch)
+    ctx = zmqio.context(get_handler(handler), 1, batch=batch)
     try:
-        sock = ctx.socket(zmq.PUSH)  # starts the I/O thread
+        sock = zmqio.make_socket(ctx, zmq.PUSH)  # starts the I/O thread
         try:
             new: list[int] = []
             deadline = time.monotonic() + 5
@@ -70,3 +75,27 @@ def test_green_contexts_take_the_policy_too() -> None:
 def test_the_probe_leaves_the_calling_thread_alone() -> None:
     batch_policy_allowed()
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+PROBE_IN_A_GREEN_PROCESS = r"""
+import eventlet
+eventlet.monkey_patch()
+import os
+from nova_rpc_zmq.zmqio import batch_policy_allowed
+batch_policy_allowed()
+print(os.sched_getscheduler(0))
+"""
+
+
+@needs_batch
+def test_the_probe_leaves_a_monkey_patched_process_alone_too() -> None:
+    """In a green process ``threading.Thread`` is a green thread on the
+    calling OS thread: the probe must use a real one."""
+    pytest.importorskip("eventlet")
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", PROBE_IN_A_GREEN_PROCESS],
+        capture_output=True, text=True, timeout=scaled(60),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip()) == os.SCHED_OTHER

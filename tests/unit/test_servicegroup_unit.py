@@ -10,14 +10,14 @@ import json
 import logging
 import threading
 import time
-import types
 import uuid
 from typing import Any, Iterable
 
 import pytest
 import sqlalchemy as sa
+from oslo_config import cfg
 
-from nova_rpc_zmq import errors
+from nova_rpc_zmq import config, errors
 from nova_rpc_zmq.cli import main as cli_main
 from nova_rpc_zmq.servicegroup import (
     API, LivenessView, MemberRecord, ServiceGroupUnavailable, member_key)
@@ -29,11 +29,11 @@ def gname() -> str:
     return "g%s" % uuid.uuid4().hex[:10]
 
 
-def local_settings(**kw: Any) -> types.SimpleNamespace:
+def local_settings(**kw: Any) -> config.Settings:
     d = {"servicegroup_driver": "mc", "memcached_servers": None,
          "service_down_time": 1.0, "report_interval": 0.2}
     d.update(kw)
-    return types.SimpleNamespace(**d)
+    return config.load_settings(cfg.ConfigOpts(), **d)
 
 
 # -- names, keys, settings ---------------------------------------------------
@@ -81,6 +81,8 @@ def test_memcached_server_list() -> None:
 def test_bad_configuration_is_reported() -> None:
     with pytest.raises(errors.ConfigurationError, match="servicegroup_driver"):
         API(local_settings(servicegroup_driver="redis"))
+    with pytest.raises(errors.ConfigurationError, match="servicegroup_driver"):
+        API(local_settings(), driver="redis")
     with pytest.raises(errors.ConfigurationError, match="service_down_time"):
         API(local_settings(service_down_time=1, report_interval=1))
     with pytest.raises(errors.ConfigurationError, match=r"\[zookeeper\] address"):
@@ -119,6 +121,79 @@ def test_health_grace_after_outage() -> None:
     h.restored()
     assert h.grace_cutoff(time.time(), 10) == pytest.approx(h.lost_at - 10)
     assert h.grace_cutoff(time.time() + 11, 10) is None
+
+
+class RecordingWake(threading.Event):
+    """The heartbeat loop's Event, recording each pause instead of taking
+    it: the back-off is the subject, not the clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.pauses.append(timeout)
+        return False
+
+
+class Unreachable(Exception):
+    """What a back end's client raises while it is away."""
+
+
+def run_heartbeats(outcomes: list[BaseException | None], interval: float,
+                   health: base.BackendHealth) -> list[float]:
+    """Run ``heartbeat_loop`` over scripted beats (None: success); the
+    pauses it took between them."""
+    script = list(outcomes)
+    wake = RecordingWake()
+
+    def beat() -> None:
+        outcome = script.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    base.heartbeat_loop(beat, driver="test", health=health,
+                        interval=lambda: interval, wake=wake,
+                        stopped=lambda: not script,
+                        unreachable=(Unreachable,),
+                        reason=lambda exc: "away: %s" % exc)
+    assert script == []
+    return wake.pauses
+
+
+def test_heartbeat_loop_backs_off_to_the_interval_and_resets(caplog: Any) -> None:
+    caplog.set_level(logging.WARNING)
+    health = base.BackendHealth("test", "here")
+    gone = Unreachable("refused")
+    pauses = run_heartbeats([None, gone, gone, gone, gone, None, gone, None],
+                            4.0, health)
+    # the interval after a success; 0.5 s doubling up to the interval
+    # after failures; a success starts the back-off over
+    assert pauses == [4.0, 0.5, 1.0, 2.0, 4.0, 4.0, 0.5, 4.0]
+    assert health.failures == 5 and health.available
+    msgs = [r.getMessage() for r in caplog.records]
+    # two outages: each change logged once, not each failed beat
+    assert sum(" lost (away: refused)" in m for m in msgs) == 2
+    assert sum(" restored " in m for m in msgs) == 2
+
+
+def test_heartbeat_loop_short_interval_caps_the_first_pause() -> None:
+    health = base.BackendHealth("test", "here")
+    gone = Unreachable("refused")
+    assert run_heartbeats([gone, gone, None], 0.2, health) == [0.2, 0.2, 0.2]
+
+
+def test_heartbeat_loop_survives_unexpected_errors(caplog: Any) -> None:
+    health = base.BackendHealth("test", "here")
+    already = health.unavailable("recorded by the beat itself")
+    pauses = run_heartbeats([already, RuntimeError("bug"), None], 2.0, health)
+    assert pauses == [0.5, 1.0, 2.0]
+    # ServiceGroupUnavailable was counted where raised, not again here
+    assert health.failures == 1 and health.available
+    bugs = [r for r in caplog.records
+            if r.getMessage() == "servicegroup test heartbeat failed"]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None
 
 
 # -- the in-process store and the mc driver on it ---------------------------------
@@ -304,8 +379,8 @@ def test_watch_topics_reads_at_once() -> None:
 
 def test_db_coalesces_heartbeats(tmp_path: Any) -> None:
     url = "sqlite:///%s" % (tmp_path / "sg.sqlite")
-    api = API(types.SimpleNamespace(servicegroup_driver="db", database_connection=url,
-                                    service_down_time=2.0, report_interval=0.2))
+    api = API(local_settings(servicegroup_driver="db", database_connection=url,
+                         service_down_time=2.0, report_interval=0.2))
     commits: list[float] = []
     sa.event.listen(api.driver.engine, "commit", lambda conn: commits.append(time.time()))
     try:
@@ -326,15 +401,15 @@ def test_db_coalesces_heartbeats(tmp_path: Any) -> None:
 def test_db_unreachable_at_start_names_url(tmp_path: Any) -> None:
     url = "sqlite:///%s" % (tmp_path / "missing-dir" / "sg.sqlite")
     with pytest.raises(ServiceGroupUnavailable) as err:
-        API(types.SimpleNamespace(servicegroup_driver="db", database_connection=url,
-                                  service_down_time=3, report_interval=1))
+        API(local_settings(servicegroup_driver="db", database_connection=url,
+                         service_down_time=3, report_interval=1))
     assert "missing-dir" in str(err.value)
 
 
 def test_db_row_recreated_when_table_emptied(tmp_path: Any) -> None:
     url = "sqlite:///%s" % (tmp_path / "sg.sqlite")
-    api = API(types.SimpleNamespace(servicegroup_driver="db", database_connection=url,
-                                    service_down_time=2.0, report_interval=0.2))
+    api = API(local_settings(servicegroup_driver="db", database_connection=url,
+                         service_down_time=2.0, report_interval=0.2))
     try:
         api.join("h1", "compute")
         with api.driver.engine.begin() as conn:
@@ -382,8 +457,8 @@ def test_status_in_process_and_json() -> None:
 
 def test_status_reads_config_file_and_fails_cleanly(tmp_path: Any) -> None:
     url = "sqlite:///%s" % (tmp_path / "sg.sqlite")
-    api = API(types.SimpleNamespace(servicegroup_driver="db", database_connection=url,
-                                    service_down_time=3, report_interval=1))
+    api = API(local_settings(servicegroup_driver="db", database_connection=url,
+                         service_down_time=3, report_interval=1))
     try:
         api.join("h1", "compute")
         cfg = tmp_path / "nova.conf"

@@ -7,10 +7,13 @@ Their client libraries come with the package's extras (``EXTRAS``):
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nova_rpc_zmq import concurrency, errors
 from nova_rpc_zmq.servicegroup.drivers.base import Driver
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 #: short name -> (module, class)
 DRIVERS = {
@@ -46,7 +49,7 @@ def missing_package_message(driver: str, exc: ImportError) -> str:
             "%s or choose another driver" % (driver, module, exc, fix))
 
 
-def load_driver(name: str, settings: Any = None,
+def load_driver(name: str, settings: config.Settings | None = None,
                 handler: concurrency.Handler | None = None) -> Driver:
     """Build driver ``name`` from ``settings`` (see each module for the
     fields it reads).  Raises ConfigurationError for an unknown name or a

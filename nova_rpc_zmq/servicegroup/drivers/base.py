@@ -8,8 +8,10 @@ member of a group from what the back end says.  It raises
 
 Also here, because all three drivers need them: the error type, the
 ``MemberRecord`` a read returns, name checks, a capped exponential
-``Backoff`` and ``BackendHealth``, which logs *changes* of reachability
-once (lost / restored) instead of once per failed attempt.
+``Backoff``, ``BackendHealth``, which logs *changes* of reachability
+once (lost / restored) instead of once per failed attempt, and
+``heartbeat_loop``, the task that keeps the members of the db and mc
+drivers fresh.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import abc
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from nova_rpc_zmq import concurrency, errors
+from nova_rpc_zmq import concurrency, errors, options
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -157,7 +162,46 @@ class BackendHealth:
         return ServiceGroupUnavailable(self.driver, self.address, str(reason))
 
 
-def setting(settings: Any, name: str, default: Any) -> Any:
+def heartbeat_loop(beat: Callable[[], None], *, driver: str,
+                   health: BackendHealth, interval: Callable[[], float],
+                   wake: Any, stopped: Callable[[], bool],
+                   unreachable: tuple[type[BaseException], ...] = (),
+                   reason: Callable[[BaseException], object] = str,
+                   log: logging.Logger = LOG) -> None:
+    """Call ``beat()`` every ``interval()`` seconds until ``stopped()``:
+    the heartbeat task of a driver (run it with ``handler.spawn``).
+
+    After a failure the next try comes sooner: capped exponential back-off
+    from ``min(0.5, interval)`` seconds, doubling up to the interval, so the
+    first heartbeat after the back end returns lands within one interval.
+    When ``beat`` raises ``ServiceGroupUnavailable`` the failure is already
+    recorded in ``health``; one of ``unreachable`` is recorded there as
+    lost with ``reason(exc)``; any other exception is logged with its
+    traceback, and the loop goes on.  A success records the back end
+    restored.  ``wake`` is the handler's Event: ``wake.set()`` cuts the
+    current pause short (to stop, or to beat at once).  Never raises.
+    """
+    first = interval()
+    backoff = Backoff(min(0.5, first), first)
+    while not stopped():
+        delay = interval()
+        try:
+            beat()
+            health.restored()
+            backoff.reset()
+        except ServiceGroupUnavailable:
+            delay = backoff.next()
+        except unreachable as exc:
+            health.lost(reason(exc))
+            delay = backoff.next()
+        except Exception:  # noqa: BLE001 - keep heartbeating regardless
+            log.exception("servicegroup %s heartbeat failed", driver)
+            delay = backoff.next()
+        wake.wait(delay)
+        wake.clear()
+
+
+def setting(settings: config.Settings | None, name: str, default: Any) -> Any:
     """``settings.name`` if present and not None, else ``default``."""
     value = getattr(settings, name, None) if settings is not None else None
     return default if value is None else value
@@ -175,8 +219,9 @@ class Driver(abc.ABC):
     #: short name used in config and logs: 'db', 'zk' or 'mc'
     name = "abstract"
 
-    def __init__(self, *, service_down_time: float = 60,
-                 report_interval: float = 10,
+    def __init__(self, *,
+                 service_down_time: float = options.default("service_down_time"),
+                 report_interval: float = options.default("report_interval"),
                  handler: concurrency.Handler | None = None) -> None:
         self.service_down_time = float(service_down_time)
         self.report_interval = float(report_interval)
@@ -188,8 +233,9 @@ class Driver(abc.ABC):
             raise errors.ConfigurationError(
                 "service_down_time (%s) must be larger than report_interval "
                 "(%s), or live services are reported down between two "
-                "heartbeats; set service_down_time to at least 3 x "
-                "report_interval" % (service_down_time, report_interval))
+                "heartbeats; set service_down_time to at least %s x "
+                "report_interval" % (service_down_time, report_interval,
+                                     options.DOWN_TIME_FACTOR))
         self.handler = handler or concurrency.get_handler()
         self._listeners: list[Callable[[], None]] = []
 

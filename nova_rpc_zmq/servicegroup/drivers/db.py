@@ -37,7 +37,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -45,6 +45,9 @@ from sqlalchemy import exc as sa_exc
 from nova_rpc_zmq import concurrency, errors
 from nova_rpc_zmq.redact import mask_url
 from nova_rpc_zmq.servicegroup.drivers import base
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -224,21 +227,12 @@ class _Pulse:
                 self.members.pop(key, None)
 
     def _run(self) -> None:
-        backoff = base.Backoff(min(0.5, self.interval), self.interval)
-        while not self.stopped:
-            delay = self.interval
-            try:
-                self.beat()
-                self.health.restored()
-                backoff.reset()
-            except sa_exc.SQLAlchemyError as exc:
-                self.health.lost(_short(exc, self.engine.url.password))
-                delay = backoff.next()
-            except Exception:  # noqa: BLE001 - keep heartbeating regardless
-                LOG.exception("servicegroup db heartbeat failed")
-                delay = backoff.next()
-            self.wake.wait(delay)
-            self.wake.clear()
+        base.heartbeat_loop(
+            self.beat, driver="db", health=self.health,
+            interval=lambda: self.interval, wake=self.wake,
+            stopped=lambda: self.stopped,
+            unreachable=(sa_exc.SQLAlchemyError,),
+            reason=lambda exc: _short(exc, self.engine.url.password), log=LOG)
 
     def beat(self) -> None:
         """One heartbeat for every member: one transaction."""
@@ -314,7 +308,7 @@ class DbDriver(base.Driver):
         self._stopped = False
 
     @classmethod
-    def from_settings(cls, settings: Any,
+    def from_settings(cls, settings: config.Settings,
                       handler: concurrency.Handler | None = None) -> "DbDriver":
         """Build from ``Settings`` (``database_connection``,
         ``service_down_time``, ``report_interval``)."""

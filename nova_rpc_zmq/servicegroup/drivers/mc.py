@@ -39,10 +39,10 @@ API answers from its last known view.
 Never unpickled: python-memcached by default unpickles every value stored
 with flag 1, so anyone who can write to memcached would run code in every
 service using this driver.  This driver writes only ``str`` values (JSON)
-and reads through ``SafeClient``, which hands back the raw text of values
-stored as bytes or text and refuses everything else (pickles, integers,
-compressed values) without decoding it; its pickler and unpickler refuse
-too.  A value that is not ours - any of those, text that is not JSON, or
+and reads through ``SafeClient`` (``mc_store``), which hands back the raw
+text of values stored as bytes or text and refuses everything else
+(pickles, integers, compressed values) without decoding it; its pickler
+and unpickler refuse too.  A value that is not ours - any of those, text that is not JSON, or
 JSON of the wrong shape - is logged (at most once a minute, with how many
 were ignored) and ignored: the member is treated as not heard from, and the
 next heartbeat or index merge overwrites the key.
@@ -50,18 +50,22 @@ next heartbeat or index merge overwrites the key.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from nova_rpc_zmq import concurrency, errors
 from nova_rpc_zmq.servicegroup.drivers import base
+from nova_rpc_zmq.servicegroup.drivers.mc_store import (  # noqa: F401 - API
+    MERGE_TRIES, LocalStore, MemcachedStore, NotOurs, RefusedValue,
+    RefusingPickler, RefusingUnpickler, make_client)
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -69,16 +73,12 @@ KEY_PREFIX = "nrz-sg"
 #: memcached refuses keys of 250 bytes or more; stay clear of it
 MAX_KEY_LEN = 200
 GROUPS_KEY = KEY_PREFIX + ":groups"
-#: attempts of one gets/cas merge before leaving it to the next heartbeat
-MERGE_TRIES = 8
 #: seconds a member key outlives its last write (memcached may evict it
 #: sooner under memory pressure; the verdict never depends on the key's
 #: presence, only on the heartbeat time it holds)
 RETAIN_SECONDS = 24 * 3600
 #: seconds between two log lines about values this driver did not write
 NOT_OURS_LOG_INTERVAL = 60.0
-#: python-memcached's flags for a value stored as bytes (0) or as text
-_RAW_FLAGS = (0, 1 << 4)
 
 
 def safe_key(*parts: str) -> str:
@@ -98,101 +98,6 @@ def member_key(group_id: str, member_id: str) -> str:
 def index_key(group_id: str) -> str:
     """The key listing every member a group ever had."""
     return safe_key("i", group_id)
-
-
-@dataclasses.dataclass(frozen=True)
-class NotOurs:
-    """What ``SafeClient`` returns for a value it will not decode.
-
-    ``flags`` are the memcached flags it was stored with (1 is a pickle),
-    ``size`` its length in bytes, ``server`` where it came from.  The value
-    itself is dropped unread.
-    """
-
-    server: str
-    flags: int
-    size: int
-
-
-class RefusedValue(errors.RPCException):
-    """A memcached value this driver will not unpickle or decompress."""
-
-
-class RefusingUnpickler:
-    """Stands in for ``pickle.Unpickler`` in the memcached client.
-
-    ``load`` always raises ``RefusedValue``: a value stored with the pickle
-    flag is someone else's, and unpickling it would run their code.
-    """
-
-    def __init__(self, file: Any, *args: Any, **kwargs: Any) -> None:
-        self._file = file
-
-    def load(self) -> Any:
-        """Raise ``RefusedValue``; nothing is read."""
-        raise RefusedValue("servicegroup mc never unpickles a memcached value")
-
-
-class RefusingPickler:
-    """Stands in for ``pickle.Pickler``: this driver stores only ``str``.
-
-    Accepts the client's probing construction; ``dump`` raises TypeError,
-    so a non-string value is a bug that shows, never a pickle in memcached.
-    """
-
-    def __init__(self, file: Any, *args: Any, **kwargs: Any) -> None:
-        self._file = file
-
-    def dump(self, obj: Any) -> None:
-        """Raise TypeError naming the type that was about to be pickled."""
-        raise TypeError("servicegroup mc stores only str values, not %s"
-                        % type(obj).__name__)
-
-
-def _refuse_decompress(data: bytes) -> bytes:
-    """The client's decompressor: we never write compressed values, and
-    inflating someone else's could exhaust memory."""
-    raise RefusedValue("servicegroup mc never decompresses a memcached value")
-
-
-@functools.lru_cache(maxsize=None)
-def _safe_client_class() -> type:
-    """``SafeClient``, built on first use so that python-memcached is
-    imported only when memcached is configured."""
-    import memcache  # python-memcached
-
-    class SafeClient(memcache.Client):  # type: ignore[misc, name-defined]
-        """python-memcached's Client that decodes only text values.
-
-        Values stored as bytes or text come back as ``str``; any other
-        value (pickle, integer, compressed, not UTF-8) comes back as a
-        ``NotOurs`` record without being decoded.  Never raises for a
-        value, so a planted one cannot desynchronise the connection.
-        """
-
-        def _recv_value(self, server: Any, flags: int, rlen: int) -> Any:
-            # flags 0 makes the base class read the value off the socket
-            # and return its bytes untouched: it never sees the real flags
-            raw = super()._recv_value(server, 0, rlen)
-            if flags in _RAW_FLAGS and isinstance(raw, (bytes, str)):
-                try:
-                    return raw.decode("utf-8") if isinstance(raw, bytes) else raw
-                except UnicodeDecodeError:
-                    pass
-            return NotOurs(str(server), int(flags), int(rlen))
-
-    return SafeClient
-
-
-def make_client(servers: list[str], socket_timeout: float,
-                dead_retry: float) -> Any:
-    """A memcached client that never unpickles: a ``SafeClient`` whose
-    pickler, unpickler and decompressor refuse as well."""
-    cls = _safe_client_class()
-    return cls(list(servers), socket_timeout=socket_timeout,
-               dead_retry=dead_retry, cache_cas=True,
-               pickler=RefusingPickler, unpickler=RefusingUnpickler,
-               decompressor=_refuse_decompress)
 
 
 class NotOursLog:
@@ -287,116 +192,6 @@ def _finite(value: Any) -> bool:
         and math.isfinite(value)
 
 
-class LocalStore:
-    """In-process key/value store with memcached's time-to-live rules.
-
-    One per process (``LocalStore.shared()``), so every API instance of the
-    process sees the same members.  Thread-safe.
-    """
-
-    _shared: "LocalStore | None" = None
-    _shared_lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[str, float | None]] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> "LocalStore":
-        """The process-wide store."""
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
-    def _live(self, key: str, now: float) -> str | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        value, expires = item
-        if expires is not None and expires <= now:
-            del self._data[key]
-            return None
-        return value
-
-    def alive(self) -> bool:
-        return True
-
-    def get_multi(self, keys: Iterable[str]) -> dict[str, str]:
-        now = time.time()
-        with self._lock:
-            out = {}
-            for k in keys:
-                v = self._live(k, now)
-                if v is not None:
-                    out[k] = v
-            return out
-
-    def set_multi(self, mapping: dict[str, str], ttl: int) -> list[str]:
-        expires = time.time() + ttl if ttl else None
-        with self._lock:
-            for k, v in mapping.items():
-                self._data[k] = (v, expires)
-        return []
-
-    def merge(self, key: str, fn: Callable[[Any], str | None]) -> bool:
-        with self._lock:
-            new = fn(self._live(key, time.time()))
-            if new is not None:
-                self._data[key] = (new, None)
-        return True
-
-    def close(self) -> None:
-        pass
-
-
-class MemcachedStore:
-    """The same small interface over python-memcached and real servers."""
-
-    def __init__(self, servers: list[str], socket_timeout: float,
-                 dead_retry: float) -> None:
-        self.servers = list(servers)
-        self._client = make_client(self.servers, socket_timeout, dead_retry)
-
-    @property
-    def client(self) -> Any:
-        """The ``SafeClient`` (tests check that it never unpickles)."""
-        return self._client
-
-    def alive(self) -> bool:
-        """True when at least one server accepts a connection."""
-        return any(s.connect() for s in self._client.servers)
-
-    def get_multi(self, keys: Iterable[str]) -> dict[str, Any]:
-        """key -> str, or ``NotOurs`` for a value this driver did not write."""
-        return self._client.get_multi(list(keys))
-
-    def set_multi(self, mapping: dict[str, str], ttl: int) -> list[str]:
-        return list(self._client.set_multi(mapping, time=ttl))
-
-    def merge(self, key: str, fn: Callable[[Any], str | None]) -> bool:
-        """Read-modify-write with gets/cas; False when it kept racing."""
-        client = self._client
-        for _ in range(MERGE_TRIES):
-            # a NotOurs value is passed on (fn ignores it) and replaced by
-            # cas below: add would fail for ever on the planted key
-            current = client.gets(key)
-            new = fn(current)
-            if new is None:
-                return True
-            if current is None:
-                ok = client.add(key, new)
-            else:
-                ok = client.cas(key, new)
-            client.reset_cas()
-            if ok:
-                return True
-        return False
-
-    def close(self) -> None:
-        self._client.disconnect_all()
-
-
 class McDriver(base.Driver):
     """Heartbeat keys in memcached (or in-process); see the module docstring."""
 
@@ -442,7 +237,7 @@ class McDriver(base.Driver):
         self.beats = 0
 
     @classmethod
-    def from_settings(cls, settings: Any,
+    def from_settings(cls, settings: config.Settings,
                       handler: concurrency.Handler | None = None) -> "McDriver":
         """Build from ``Settings`` (``memcached_servers``,
         ``service_down_time``, ``report_interval``)."""
@@ -491,20 +286,10 @@ class McDriver(base.Driver):
                         group_id, member_id)
 
     def _run(self) -> None:
-        backoff = base.Backoff(min(0.5, self.report_interval), self.report_interval)
-        while not self._stopped:
-            delay = self.report_interval
-            try:
-                self._beat(None)
-                self.health.restored()
-                backoff.reset()
-            except base.ServiceGroupUnavailable:
-                delay = backoff.next()
-            except Exception:  # noqa: BLE001 - keep heartbeating regardless
-                LOG.exception("servicegroup mc heartbeat failed")
-                delay = backoff.next()
-            self._wake.wait(delay)
-            self._wake.clear()
+        base.heartbeat_loop(
+            lambda: self._beat(None), driver="mc", health=self.health,
+            interval=lambda: self.report_interval, wake=self._wake,
+            stopped=lambda: self._stopped, log=LOG)
 
     def _beat(self, only: list[tuple[str, str]] | None) -> None:
         """Refresh the keys of this process's members (or of ``only``) and

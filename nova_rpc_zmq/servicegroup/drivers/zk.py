@@ -38,7 +38,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
@@ -46,6 +46,9 @@ from kazoo.recipe.watchers import ChildrenWatch
 
 from nova_rpc_zmq import concurrency, errors
 from nova_rpc_zmq.servicegroup.drivers import base
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 KNOWN = ".known"
@@ -66,7 +69,7 @@ class _QuietKazooLog(logging.LoggerAdapter):
 
 
 def _kazoo_handler(handler: concurrency.Handler) -> Any:
-    if handler.name == "eventlet":
+    if handler.green:
         from kazoo.handlers.eventlet import SequentialEventletHandler
         return SequentialEventletHandler()
     from kazoo.handlers.threading import SequentialThreadingHandler
@@ -133,7 +136,7 @@ class ZkDriver(base.Driver):
         self._session_id = self.client.client_id[0] if self.client.client_id else None
 
     @classmethod
-    def from_settings(cls, settings: Any,
+    def from_settings(cls, settings: config.Settings,
                       handler: concurrency.Handler | None = None) -> "ZkDriver":
         """Build from ``Settings`` (``zookeeper_address``,
         ``zookeeper_recv_timeout``, ``zookeeper_sg_prefix``,

@@ -1,0 +1,269 @@
+"""The concurrency seam keeps its documented contract under both models:
+real native threads, and real green threads in eventlet's hub (no
+monkey-patching needed for these)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from nova_rpc_zmq import concurrency, zmqio
+from tests.support import scaled
+
+MODELS = ["threading", "eventlet"]
+
+
+@pytest.fixture(params=MODELS)
+def handler(request):
+    if request.param == "eventlet":
+        pytest.importorskip("eventlet")
+    return concurrency.get_handler(request.param)
+
+
+def wait_until(handler, predicate, timeout=5.0, what="condition"):
+    """Pause through ``handler`` until ``predicate()``, within a deadline."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        handler.sleep(0.001)
+
+
+def test_capabilities_and_singletons():
+    threads = concurrency.get_handler("threading")
+    assert threads.green is False
+    assert concurrency.get_handler("threading") is threads
+    with pytest.raises(ValueError, match="use 'eventlet' or 'threading'"):
+        concurrency.get_handler("gevent")
+    pytest.importorskip("eventlet")
+    assert concurrency.get_handler("eventlet").green is True
+
+
+def test_spawn_runs_with_arguments_and_join_waits(handler):
+    got = []
+    thread = handler.spawn(lambda a, b=None: got.append((a, b, handler.current())),
+                           1, b=2)
+    handler.join(thread, scaled(5))
+    assert got == [(1, 2, thread)]  # current() is what spawn returned
+
+
+def test_join_returns_at_its_timeout_and_kills_nothing(handler):
+    release = handler.Event()
+    done = []
+
+    def blocked():
+        release.wait()
+        done.append(True)
+
+    thread = handler.spawn(blocked)
+    started = time.monotonic()
+    handler.join(thread, 0.05)
+    assert time.monotonic() - started >= 0.04
+    assert done == []
+    release.set()
+    handler.join(thread, scaled(5))
+    assert done == [True]
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_join_and_stop_never_raise_the_threads_exception(handler):
+    def fails():
+        raise ValueError("reported by the model, not by join")
+
+    thread = handler.spawn(fails)
+    handler.join(thread, scaled(5))
+    handler.stop(thread)
+    assert thread.dead if handler.green else not thread.is_alive()
+
+
+def test_join_and_stop_of_the_caller_itself_do_nothing(handler):
+    done = []
+
+    def itself():
+        me = handler.current()
+        handler.join(me, 0.01)
+        handler.stop(me)
+        done.append(True)
+
+    handler.join(handler.spawn(itself), scaled(5))
+    assert done == [True]
+
+
+def test_stop_kills_a_green_thread_where_it_blocks_or_joins_a_native_one(handler):
+    flag = handler.Event()
+    cleaned = []
+
+    def loop():
+        try:
+            # a native loop polls and notices the flag; a green one blocks
+            while not flag.wait(0.01 if not handler.green else None):
+                pass
+        finally:
+            cleaned.append(True)
+
+    thread = handler.spawn(loop)
+    handler.sleep(0)  # let a green thread start and block
+    if not handler.green:
+        flag.set()
+    handler.stop(thread)
+    assert cleaned == [True]
+    assert not flag.is_set() if handler.green else flag.is_set()
+
+
+def test_deadline_interrupts_green_waits_only(handler):
+    started = time.monotonic()
+    if handler.green:
+        with pytest.raises(TimeoutError):
+            with handler.deadline(0.05):
+                handler.sleep(scaled(5))
+        assert time.monotonic() - started < scaled(2)
+    else:
+        with handler.deadline(0.01):
+            handler.sleep(0.05)
+        assert time.monotonic() - started >= 0.04
+    with handler.deadline(None):
+        handler.sleep(0)
+
+
+def test_event_wait_times_out_with_false_and_set_wakes_every_waiter(handler):
+    ev = handler.Event()
+    started = time.monotonic()
+    assert ev.wait(0.05) is False
+    assert scaled(2) > time.monotonic() - started >= 0.04
+    woken = []
+    threads = [handler.spawn(lambda: woken.append(ev.wait(scaled(5))))
+               for _ in range(3)]
+    handler.sleep(0)
+    ev.set()
+    for t in threads:
+        handler.join(t, scaled(5))
+    assert woken == [True, True, True] and ev.is_set()
+    ev.clear()
+    assert not ev.is_set() and ev.wait(0) is False
+
+
+def test_queue_is_fifo_and_its_timeouts_raise_empty_and_full(handler):
+    q = handler.Queue()
+    producer = handler.spawn(lambda: [q.put(i) for i in range(100)])
+    assert [q.get(timeout=scaled(5)) for _ in range(100)] == list(range(100))
+    handler.join(producer, scaled(5))
+    started = time.monotonic()
+    with pytest.raises(handler.Empty):
+        q.get(timeout=0.05)
+    assert time.monotonic() - started >= 0.04
+    with pytest.raises(handler.Empty):
+        q.get_nowait()
+    bounded = handler.Queue(1)
+    bounded.put("a")
+    with pytest.raises(handler.Full):
+        bounded.put("b", timeout=0.05)
+    with pytest.raises(handler.Full):
+        bounded.put_nowait("b")
+    assert bounded.get_nowait() == "a"
+
+
+def test_lock_excludes_across_a_switch(handler):
+    lock = handler.Lock()
+    inside, most = [0], [0]
+
+    def worker():
+        for _ in range(20):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                handler.sleep(0)  # a green switch here, inside the lock
+                inside[0] -= 1
+
+    threads = [handler.spawn(worker) for _ in range(4)]
+    for t in threads:
+        handler.join(t, scaled(10))
+    assert most[0] == 1
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_sleep_zero_lets_other_green_threads_run(handler):
+    ran = []
+    handler.spawn(ran.append, True)
+    wait_until(handler, lambda: ran, what="the spawned thread to run")
+    assert ran == [True]
+
+
+def test_spawn_native_runs_in_another_os_thread(handler):
+    native_ident = concurrency.original("threading").get_ident
+    here = native_ident()
+    seen = []
+    thread = handler.spawn_native(lambda: seen.append(native_ident()))
+    wait_until(handler, lambda: not thread.is_alive(), what="the native thread")
+    assert seen and seen[0] != here
+
+
+def test_wait_readable_waits_for_data_or_raises_at_its_timeout(handler):
+    a, b = socket.socketpair()
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyError):
+            handler.wait_readable(a.fileno(), 0.05, KeyError)
+        assert time.monotonic() - started >= 0.04
+        # a writer in another thread of the model wakes the waiter
+        writer = handler.spawn(lambda: (handler.sleep(0.01), b.send(b"x")))
+        handler.wait_readable(a.fileno(), scaled(5))
+        assert a.recv(1) == b"x"
+        handler.join(writer, scaled(5))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_green_contexts_make_sockets_that_wait_in_the_hub():
+    pytest.importorskip("eventlet")
+    import zmq
+    green = concurrency.get_handler("eventlet")
+    ctx = zmqio.context(green, 1)
+    try:
+        sock = zmqio.make_socket(ctx, zmq.PULL, linger=0)
+        plain = zmqio.make_socket(ctx, zmq.PULL, linger=0, native=True)
+        assert type(sock) is not zmq.Socket and isinstance(sock, zmq.Socket)
+        assert type(plain) is zmq.Socket
+        sock.close()
+        plain.close()
+    finally:
+        ctx.term()
+    threads_ctx = zmqio.context(concurrency.get_handler("threading"), 1)
+    try:
+        sock = zmqio.make_socket(threads_ctx, zmq.PULL, linger=0)
+        assert type(sock) is zmq.Socket
+        sock.close()
+    finally:
+        threads_ctx.term()
+
+
+def test_term_context_gives_up_at_its_timeout_while_a_socket_is_open(handler):
+    import zmq
+    ctx = zmqio.context(handler, 1)
+    sock = zmqio.make_socket(ctx, zmq.PUSH, linger=0)
+    assert zmqio.term_context(ctx, handler, 0.05) is False
+    sock.close()  # the term left running in its native thread now ends
+    wait_until(handler, lambda: ctx.closed, what="the context to end")
+    ctx2 = zmqio.context(handler, 1)
+    assert zmqio.term_context(ctx2, handler, scaled(5)) is True
+    assert ctx2.closed
+
+
+def test_get_handler_is_safe_from_many_threads():
+    made = []
+    barrier = threading.Barrier(8)
+
+    def ask():
+        barrier.wait()
+        made.append(concurrency.get_handler("threading"))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(scaled(5))
+    assert len(made) == 8 and len({id(h) for h in made}) == 1
