@@ -9,8 +9,10 @@
 # the post-install scripts from starting the services during install.
 set -euo pipefail
 
+# libsystemd-dev, pkg-config and gcc build systemd-python (extra "test"),
+# which the receiver's use_journal test needs
 want=(zookeeper memcached redis-server postgresql default-jre-headless iproute2
-      haproxy)
+      haproxy libsystemd-dev pkg-config gcc)
 missing=()
 for pkg in "${want[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

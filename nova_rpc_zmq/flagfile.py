@@ -23,7 +23,7 @@ import tempfile
 from oslo_config import cfg
 
 from nova_rpc_zmq.errors import ConfigurationError
-from nova_rpc_zmq.options import FLAGS, LOG_BOOL_FLAGS, LOG_FLAGS, OPTS
+from nova_rpc_zmq.options import FLAGS, LOG_BOOL_FLAGS, LOG_FLAGS, OPTS, base_type
 
 _FLAG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_INCLUDE_DEPTH = 8
@@ -181,7 +181,9 @@ def translate_flagfile(path: str, _depth: int = 0, _seen: tuple[str, ...] = ()
                 raise fail("--%s needs a value" % name, "write --%s=VALUE" % name)
             value = "false" if negated else "true"
         try:
-            opt.type(value)
+            # the range and choices are checked (and worded) with the
+            # other values by config
+            base_type(opt)(value)
         except ValueError as exc:
             raise fail("invalid value %r for --%s (%s)" % (value, name, exc),
                        "fix the value (see the option's help)") from exc

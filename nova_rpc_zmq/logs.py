@@ -76,6 +76,14 @@ def setup(conf: cfg.ConfigOpts, program: str = PROJECT) -> None:
         raise ConfigurationError(
             "cannot open the log file %s (%s); fix log_file / log_dir or the "
             "directory's permissions" % (exc.filename, exc.strerror)) from exc
+    except RuntimeError as exc:  # oslo.log's word for journal bindings missing
+        if not conf.use_journal:
+            raise
+        raise ConfigurationError(
+            "use_journal = true but the systemd journal cannot be used (%s); "
+            "install the systemd Python bindings (systemd-python, or the "
+            "distribution's python3-systemd), or set use_journal = false: "
+            "under systemd, standard error reaches the journal too" % exc) from exc
     for handler in harness:
         if handler not in root.handlers:
             root.addHandler(handler)
@@ -95,7 +103,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a line is logged (a
     redirect or a test's capture made after ``setup`` is honoured)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -9,14 +9,81 @@ from __future__ import annotations
 
 import socket
 
-from oslo_config import cfg
+from typing import Any
+
+from oslo_config import cfg, types
 
 _HOST = socket.gethostname()
 
 _S, _I, _F, _B, _L = cfg.StrOpt, cfg.IntOpt, cfg.FloatOpt, cfg.BoolOpt, cfg.ListOpt
+_P = cfg.PortOpt
+
+BACKENDS = {"%s%s" % (prefix, impl): impl
+            for impl in ("impl_zmq", "impl_fake")
+            for prefix in ("", "nova.rpc.", "nova.openstack.common.rpc.", "nova_rpc_zmq.",
+                           "nova_rpc_zmq.rpc.")}
+BACKENDS.update({"zmq": "impl_zmq", "fake": "impl_fake"})    # oslo.messaging names
+
+#: Each matchmaker's canonical short name -> ``"module:Class"``; config
+#: validation accepts exactly these names (plus the legacy class paths of
+#: MATCHMAKER_ALIASES) and ``matchmaker.get_matchmaker`` loads them. A new
+#: back end adds one line here and a class with
+#: ``from_settings(settings, liveness)``.
+MATCHMAKERS: dict[str, str] = {
+    "ring": "nova_rpc_zmq.matchmaker.ring:RingMatchMaker",
+    "localhost": "nova_rpc_zmq.matchmaker.localhost:LocalhostMatchMaker",
+    "stub": "nova_rpc_zmq.matchmaker.stub:StubMatchMaker",
+}
+
+#: service_down_time must be above report_interval; Nova's advice, kept in
+#: the option's help and the validation message, is this many times it.
+DOWN_TIME_FACTOR = 2.5
+
+MATCHMAKER_ALIASES: dict[str, str] = {"local": "localhost"}
+for _prefix in ("nova.rpc.matchmaker", "nova.openstack.common.rpc.matchmaker",
+                "oslo_messaging._drivers.matchmaker", "oslo.messaging._drivers.matchmaker"):
+    for _cls, _short in (("Ring", "ring"), ("Localhost", "localhost"), ("Stub", "stub")):
+        MATCHMAKER_ALIASES["%s.MatchMaker%s" % (_prefix, _cls)] = _short
+    if _prefix != "nova.rpc.matchmaker":
+        MATCHMAKER_ALIASES[_prefix + "_ring.MatchMakerRing"] = "ring"
+
+SERVICEGROUP_DRIVERS = {
+    "db": "db", "zk": "zk", "mc": "mc",
+    "nova.servicegroup.drivers.db.DbDriver": "db",
+    "nova.servicegroup.drivers.zk.ZooKeeperDriver": "zk",
+    "nova.servicegroup.drivers.mc.MemcachedDriver": "mc",
+}
+
+
+#: What each short name of BACKENDS and SERVICEGROUP_DRIVERS means.
+_MEANINGS = {"impl_zmq": "this ZeroMQ driver", "impl_fake": "in-process, for tests",
+             "db": "SQL database", "zk": "ZooKeeper", "mc": "memcached"}
+
+
+def _choices(table: dict[str, str]) -> list[tuple[str, str]]:
+    """oslo.config choices of a table of spellings: the short names first,
+    then each legacy spelling saying what it stands for."""
+    short = sorted(set(table.values()))
+    return [(name, _MEANINGS[name]) for name in short] + [
+        (key, "legacy spelling of %s" % table[key])
+        for key in sorted(table) if key not in short]
+
+
+def base_type(opt: cfg.Opt) -> Any:
+    """``opt``'s type without its range or choices (an Integer for a
+    PortOpt or ``IntOpt(min=1)``): what a raw value is converted with before
+    ``config`` checks it and words the error for an operator."""
+    kind = opt.type
+    if isinstance(kind, types.Integer):  # Port is an Integer
+        return types.Integer()
+    if isinstance(kind, types.Float):
+        return types.Float()
+    if isinstance(kind, types.String):
+        return types.String()
+    return kind
 
 DEFAULT_OPTS = [
-    _S("rpc_backend", default="nova_rpc_zmq.impl_zmq",
+    _S("rpc_backend", default="nova_rpc_zmq.impl_zmq", choices=_choices(BACKENDS),
        help="RPC driver: impl_zmq (also spelled nova.rpc.impl_zmq, "
             "nova.openstack.common.rpc.impl_zmq, nova_rpc_zmq.impl_zmq) or impl_fake "
             "(in-process, for tests)."),
@@ -27,12 +94,12 @@ DEFAULT_OPTS = [
        help="How a topic becomes hosts: 'ring' (JSON ring file, see [matchmaker_ring] "
             "ringfile), 'localhost' (single node) or 'stub'. Old class paths such as "
             "nova.rpc.matchmaker.MatchMakerRing are accepted."),
-    _I("rpc_zmq_port", default=9501,
+    _P("rpc_zmq_port", default=9501, min=1,
        help="TCP port of the receiver; the same on all hosts, free (reserve 9500-9550)."),
-    _I("rpc_zmq_start_port", default=9500,
+    _P("rpc_zmq_start_port", default=9500, min=1,
        help="First port of the reserved range (broker front end 9500, receiver 9501, "
             "broker fanout 9502, health 9503)."),
-    _I("rpc_zmq_contexts", default=1,
+    _I("rpc_zmq_contexts", default=1, min=1,
        help="ZeroMQ I/O threads per process; raise it only when one core is saturated."),
     _B("rpc_zmq_io_batch", default=True,
        help="Run ZeroMQ's I/O threads under SCHED_BATCH (Linux): handing them a message "
@@ -44,14 +111,14 @@ DEFAULT_OPTS = [
             "consumer also binds a socket under rpc_zmq_ipc_dir/zmq_local.<topic>), "
             "one process hop less than through the receiver. Casts and fanouts always "
             "go through the receiver, in order."),
-    _I("rpc_zmq_topic_backlog", default=10000,
+    _I("rpc_zmq_topic_backlog", default=10000, min=1,
        help="Most messages the receiver holds for one local topic whose consumers "
             "cannot take them yet (on top of ZeroMQ's 10,000 per consumer); beyond it "
             "new ones are dropped and counted on /metrics as dropped.no_consumer (no "
             "consumer ever took one: a stopped compute.<host>, a host-name mismatch) "
             "or dropped.backlog_full (consumers too slow). Raise it only with the "
             "memory to match; all topics together hold at most 4 x this."),
-    _I("rpc_zmq_topic_backlog_bytes", default=64 * 1024 * 1024,
+    _I("rpc_zmq_topic_backlog_bytes", default=64 * 1024 * 1024, min=1,
        help="Most bytes the receiver holds for one local topic (see "
             "rpc_zmq_topic_backlog; whichever bound comes first applies); all "
             "topics together hold at most 4 x this."),
@@ -61,7 +128,7 @@ DEFAULT_OPTS = [
     _S("rpc_zmq_host", default=_HOST, sample_default="<this machine's host name>",
        help="Name of this node in topics and ring files; other hosts must resolve it "
             "(host name, FQDN or IP address)."),
-    _I("rpc_thread_pool_size", default=1024,
+    _I("rpc_thread_pool_size", default=1024, min=1,
        help="Most requests a service runs at once per topic it consumes (its threads "
             "or green threads reading that topic)."),
     _F("rpc_response_timeout", default=60,
@@ -69,7 +136,7 @@ DEFAULT_OPTS = [
     _F("rpc_cast_timeout", default=30,
        help="Seconds a cast may wait to hand its message to the network before it is "
             "dropped and logged."),
-    _F("rpc_zmq_outbound_idle_timeout", default=600,
+    _F("rpc_zmq_outbound_idle_timeout", default=600, min=0,
        help="Seconds an outbound socket to a peer host may go unused before it is "
             "closed (after flushing, bounded linger); the next message to that host "
             "opens a new one. Lower it when a process talks to thousands of hosts and "
@@ -85,19 +152,19 @@ DEFAULT_OPTS = [
                 "builtins", "exceptions"],
        help="Modules whose exceptions a caller rebuilds from a remote error; others "
             "arrive as RemoteError."),
-    _I("rpc_zmq_max_msg_size", default=16 * 1024 * 1024,
+    _I("rpc_zmq_max_msg_size", default=16 * 1024 * 1024, min=1,
        help="Largest inbound message in bytes; bigger ones are dropped and counted."),
-    _I("rpc_zmq_max_frames", default=64,
+    _I("rpc_zmq_max_frames", default=64, min=1,
        help="Most ZeroMQ frames in one inbound message; more are dropped and counted."),
-    _I("rpc_zmq_max_topic_length", default=255,
+    _I("rpc_zmq_max_topic_length", default=255, min=1,
        help="Longest accepted topic in bytes; longer ones are dropped and counted."),
-    _I("rpc_zmq_max_json_depth", default=64,
+    _I("rpc_zmq_max_json_depth", default=64, min=1,
        help="Deepest JSON nesting accepted in a message body; deeper is dropped."),
-    _I("rpc_zmq_health_port", default=None, sample_default="rpc_zmq_port + 2",
+    _P("rpc_zmq_health_port", default=None, sample_default="rpc_zmq_port + 2",
        help="Port of the receiver's text health/metrics page (HAProxy httpchk, "
             "Pacemaker); unset = rpc_zmq_port + 2 (9503 for 9501), so receivers "
             "with different rpc_zmq_port values coexist; 0 disables it."),
-    _I("rpc_zmq_metrics_port", default=0,
+    _P("rpc_zmq_metrics_port", default=0,
        help="Port on which a service process (not the receiver) serves its "
             "driver's counters and gauges as GET /metrics in the Prometheus "
             "text format, on the address of rpc_zmq_health_bind_address (unset: "
@@ -119,18 +186,18 @@ DEFAULT_OPTS = [
             "before maintenance (touch it, wait for the checks, then stop the "
             "receiver; remove it afterwards). Unset = no drain file. Keep it "
             "outside rpc_zmq_ipc_dir if it must survive a restart."),
-    _F("rpc_zmq_drain_timeout", default=5,
+    _F("rpc_zmq_drain_timeout", default=5, min=0,
        help="Seconds the receiver may take after SIGTERM to hand the messages "
             "it holds to the local services before it exits anyway (0 = exit "
             "at once); keep it below the init system's stop timeout."),
     _S("control_exchange", default="nova",
        help="Exchange name of this project's topics (kept for AMQP-driver compatibility)."),
-    _S("servicegroup_driver", default="db",
+    _S("servicegroup_driver", default="db", choices=_choices(SERVICEGROUP_DRIVERS),
        help="Liveness back end: db (SQL database, [database] connection), zk "
             "(ZooKeeper, [zookeeper] address) or mc (memcached, memcached_servers)."),
     _F("service_down_time", default=60,
        help="Seconds without a heartbeat after which a host counts as down; keep it "
-            "above 2.5 x report_interval."),
+            "above %s x report_interval." % DOWN_TIME_FACTOR),
     _F("report_interval", default=10,
        help="Seconds between two heartbeats of a service."),
     _L("memcached_servers", default=None,
@@ -149,6 +216,18 @@ DEFAULT_OPTS = [
             "allow list and where senders find each server's key."),
 ]
 
+#: The option groups, with the help the sample configuration shows.
+GROUPS: dict[str, cfg.OptGroup] = {
+    "matchmaker_ring": cfg.OptGroup(
+        "matchmaker_ring", help="The ring matchmaker (rpc_zmq_matchmaker = "
+        "ring): which hosts serve each topic."),
+    "zookeeper": cfg.OptGroup(
+        "zookeeper", help="ZooKeeper liveness (servicegroup_driver = zk)."),
+    "database": cfg.OptGroup(
+        "database", help="SQL liveness (servicegroup_driver = db); a host "
+        "program's own [database] group, when it has one, is used as it is."),
+}
+
 GROUP_OPTS: dict[str, list[cfg.Opt]] = {
     "matchmaker_ring": [
         _S("ringfile", default="/etc/oslo/matchmaker_ring.json",
@@ -161,7 +240,7 @@ GROUP_OPTS: dict[str, list[cfg.Opt]] = {
     "zookeeper": [
         _S("address", default=None,
            help="ZooKeeper servers for servicegroup_driver=zk: host:port[,host:port]."),
-        _I("recv_timeout", default=4000,
+        _I("recv_timeout", default=4000, min=1,
            help="ZooKeeper session timeout in milliseconds."),
         _S("sg_prefix", default="/servicegroups",
            help="ZooKeeper path under which the service groups live."),
@@ -205,23 +284,10 @@ LOG_FLAGS = {"logdir": "log_dir", "log_dir": "log_dir", "logfile": "log_file",
               "use_syslog": "use_syslog"}
 LOG_BOOL_FLAGS = ("verbose", "debug", "use_syslog")
 
-BACKENDS = {"%s%s" % (prefix, impl): impl
-            for impl in ("impl_zmq", "impl_fake")
-            for prefix in ("", "nova.rpc.", "nova.openstack.common.rpc.", "nova_rpc_zmq.",
-                           "nova_rpc_zmq.rpc.")}
-BACKENDS.update({"zmq": "impl_zmq", "fake": "impl_fake"})    # oslo.messaging names
 
-MATCHMAKER_ALIASES: dict[str, str] = {"local": "localhost"}
-for _prefix in ("nova.rpc.matchmaker", "nova.openstack.common.rpc.matchmaker",
-                "oslo_messaging._drivers.matchmaker", "oslo.messaging._drivers.matchmaker"):
-    for _cls, _short in (("Ring", "ring"), ("Localhost", "localhost"), ("Stub", "stub")):
-        MATCHMAKER_ALIASES["%s.MatchMaker%s" % (_prefix, _cls)] = _short
-    if _prefix != "nova.rpc.matchmaker":
-        MATCHMAKER_ALIASES[_prefix + "_ring.MatchMakerRing"] = "ring"
-
-SERVICEGROUP_DRIVERS = {
-    "db": "db", "zk": "zk", "mc": "mc",
-    "nova.servicegroup.drivers.db.DbDriver": "db",
-    "nova.servicegroup.drivers.zk.ZooKeeperDriver": "zk",
-    "nova.servicegroup.drivers.mc.MemcachedDriver": "mc",
-}
+def default(field: str) -> Any:
+    """The default of the option behind Settings ``field`` as defined here
+    (the one definition of every default; None when the value is derived,
+    as ``rpc_zmq_health_port``). Raises KeyError for a name that is not a
+    Settings field."""
+    return OPTS[FIELDS[field]].default

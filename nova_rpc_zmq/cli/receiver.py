@@ -18,15 +18,18 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nova_rpc_zmq import __version__
 from nova_rpc_zmq.errors import RPCException
 
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
+
 LOG = logging.getLogger("nova-rpc-zmq-receiver")
 
 
-def build_receiver(settings: Any) -> Any:
+def build_receiver(settings: Settings) -> Any:
     """A Receiver for ``settings`` (CURVE when ``rpc_zmq_curve`` is on)."""
     from nova_rpc_zmq.receiver import Receiver
     return Receiver(settings)
@@ -42,7 +45,7 @@ def reload_logging() -> str:
     return "logging configuration"
 
 
-def check_ring(settings: Any) -> str | None:
+def check_ring(settings: Settings) -> str | None:
     """Parse the ring file (SIGHUP) so that an operator who edited it sees
     at once in the receiver's log whether it is usable; what was checked,
     or None without a ring matchmaker.

@@ -2,8 +2,8 @@
 
 Counters (``nova_rpc_zmq_receiver_*_total``): messages received,
 forwarded, fanout subscribers cut off, dropped by reason, CURVE handshakes
-accepted and refused by reason. Gauges: open topic sockets by kind, what
-the backlogs hold. Plus ``process_start_time_seconds`` and
+accepted and refused by reason, TCP connections closed. Gauges: open
+topic sockets by kind, what the backlogs hold, TCP peers connected. Plus ``process_start_time_seconds`` and
 ``nova_rpc_zmq_build_info``. Every known reason is shown from the start,
 at 0, so that a rate or an alert works before the first drop.
 
@@ -35,6 +35,9 @@ HELPS = {
     "forwarded": "Messages handed to a local consumer's IPC socket.",
     "fanout_cut_off": "Fanout subscribers that took nothing, cut off until "
                       "they read again.",
+    "connections_closed": "TCP connections to the receiver's port closed "
+                          "(by the peer, a failed handshake, or a frame over "
+                          "twice rpc_zmq_max_msg_size).",
     "dropped": "Messages dropped, by reason (also logged, once per interval "
                "and reason).",
 }
@@ -42,7 +45,10 @@ HELPS = {
 
 def families(receiver: Any) -> list[Family]:
     """Every family of ``receiver`` (a ``Receiver``), read at once."""
+    connections = receiver.connections
     always = ["received", "forwarded", "fanout_cut_off"]
+    if connections is not None:
+        always.append("connections_closed")
     always += ["dropped." + r for r in DROP_REASONS]
     out = metrics.counter_families(receiver.counters, HELPS, always)
     kinds = {wire.ROUTE_PUSH: 0, wire.ROUTE_PUB: 0}
@@ -63,6 +69,11 @@ def families(receiver: Any) -> list[Family]:
         Family(metrics.metric_name("receiver", "backlog_topics"), "gauge",
                "Topics with a non-empty backlog.").add(len(receiver.waiting)),
     ]
+    if connections is not None:  # not counted with CURVE (connections.py)
+        out.append(Family(
+            metrics.metric_name("receiver", "connections_open"), "gauge",
+            "TCP peers connected to the receiver's port (read every 0.1 s "
+            "by the routing loop).").add(connections.open))
     auth = receiver.authenticator
     accepted = auth.accepted if auth is not None else 0
     refused = dict.fromkeys(CURVE_REFUSALS, 0)

@@ -19,9 +19,12 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nova_rpc_zmq.metrics import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class ReceiverHealth:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, receiver: Any, settings: Any) -> "ReceiverHealth":
+    def from_settings(cls, receiver: Any, settings: Settings) -> "ReceiverHealth":
         """The policy for ``receiver`` with the options of ``settings``."""
         return cls(receiver, getattr(settings, "rpc_zmq_drain_file", None),
                    float(getattr(settings, "rpc_zmq_health_stuck_after", 1)))

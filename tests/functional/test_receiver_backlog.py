@@ -300,7 +300,7 @@ def test_health_reports_a_stuck_receiver(tmp_path: Any) -> None:
         # are summed up now, issue 12, so they no longer fill the pipe);
         # the loop's logger only: the health page's own DEBUG lines would
         # block it too
-        "default_log_levels": "nova_rpc_zmq.receiver.daemon=DEBUG",
+        "default_log_levels": "nova_rpc_zmq.receiver.topics=DEBUG",
     })
     out = os.path.join(local.dir, "stdout.log")
     env = dict(os.environ)

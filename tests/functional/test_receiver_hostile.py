@@ -350,10 +350,16 @@ def test_single_frame_over_max_msg_size_is_counted_and_logged(
                  what="the good message after the oversized ones")
         assert not saw(zmq.EVENT_DISCONNECTED), events
         assert tag not in host.recorded()["values"]
-        # beyond the margin libzmq cuts the connection; the peer reconnects
+        # beyond the margin libzmq cuts the connection; the peer reconnects.
+        # libzmq reports that cut like a peer leaving (one DISCONNECTED
+        # event): it is counted as a closed connection, not as a drop
+        closed = host.counter("connections_closed")
+        drops = host.counter("dropped.too_large")
         sock.send_multipart([b"h" * (2 * MAX_MSG_SIZE + 1)])
         wait_for(lambda: saw(zmq.EVENT_DISCONNECTED), 10,
                  what="the receiver to cut the connection")
+        host.wait_counter("connections_closed", closed + 1)
+        assert host.counter("dropped.too_large") == drops
         good = uuid.uuid4().hex[:12]
         sock.send_multipart(_legacy(TOPIC, good))
         wait_for(lambda: good in host.recorded()["values"], 15,

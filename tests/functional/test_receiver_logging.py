@@ -242,6 +242,97 @@ def test_use_syslog_reaches_dev_log(make_host) -> None:
         sock.close()
 
 
+def _journal_fields(datagram: bytes) -> dict[str, str]:
+    """One entry of the journal's native protocol: ``KEY=value`` lines, or
+    ``KEY``, a 64-bit little-endian length and the bytes for a value that
+    holds a newline."""
+    fields: dict[str, str] = {}
+    rest = datagram
+    while rest:
+        line, sep, after = rest.partition(b"\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            rest = after
+        else:
+            size = int.from_bytes(after[:8], "little")
+            key, value = line, after[8:8 + size]
+            rest = after[8 + size + 1:]
+        fields[key.decode()] = value.decode("utf-8", "replace")
+    return fields
+
+
+@pytest.mark.timeout(120)
+def test_use_journal_writes_to_the_journal_socket(make_host) -> None:
+    """``use_journal = true`` sends each line to journald's socket with its
+    priority and the program's name: the receiver runs in a mount namespace
+    of its own where /run/systemd/journal/socket is the test's Unix
+    datagram socket (libsystemd, which oslo.log's handler calls, has that
+    path built in)."""
+    pytest.importorskip("systemd.journal",
+                        reason="systemd-python (the journal bindings) absent")
+    if not _unshare_usable():
+        pytest.skip("needs root and unshare(1) for a private journal socket")
+    h = make_host()
+    address = os.path.join(h.dir, "journal.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    try:
+        h.options.update(use_journal=True)
+        h.write_conf()
+        # a tmpfs over /run in the namespace only, then our socket where
+        # journald's would be
+        script = ("mount --make-rprivate / && mount -t tmpfs tmpfs /run && "
+                  "mkdir -p /run/systemd/journal && "
+                  "touch /run/systemd/journal/socket && "
+                  "mount --bind %s /run/systemd/journal/socket && exec \"$@\""
+                  % address)
+        h._prefix = lambda: ["unshare", "--mount", "sh", "-c", script, "sh"]  # type: ignore[method-assign]
+        # its own "listening on" line still goes to standard output
+        proc = h.start_receiver(scaled(30))
+        entries: list[dict[str, str]] = []
+
+        def started() -> bool:
+            while True:
+                try:
+                    entries.append(_journal_fields(sock.recv(1 << 20)))
+                except socket.timeout:
+                    break
+            return any("receiver listening on" in e.get("MESSAGE", "")
+                       for e in entries)
+        wait_for(started, 20, what="the start line on the journal socket")
+        line = next(e for e in entries
+                    if "receiver listening on" in e.get("MESSAGE", ""))
+        assert line["PRIORITY"] == "6", line  # info
+        assert line["LOGGER_NAME"].startswith("nova_rpc_zmq.receiver"), line
+        assert line["SYSLOG_IDENTIFIER"], line
+        # the journal took the log line: not on standard error as well
+        assert "receiver listening on" not in proc.output()
+    finally:
+        sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_use_journal_without_bindings_says_what_to_install(make_host) -> None:
+    """Without the systemd Python bindings (a package that cannot be
+    imported, first on the path), ``use_journal = true`` stops the receiver
+    at start-up with one line that names the option and the fix."""
+    h = make_host(use_journal=True)
+    h.write_conf()
+    hide = os.path.join(h.dir, "nosystemd", "systemd")
+    os.makedirs(hide)
+    with open(os.path.join(hide, "__init__.py"), "w") as f:
+        f.write("raise ImportError('the systemd bindings are not installed')\n")
+    env = h._env()
+    env["PYTHONPATH"] = os.path.dirname(hide) + os.pathsep + env["PYTHONPATH"]
+    h._env = lambda: env  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="exited with 2") as err:
+        h.start_receiver(scaled(30))
+    out = str(err.value)
+    assert "use_journal = true" in out and "systemd-python" in out, out
+    assert "Traceback" not in out, out
+
+
 @pytest.mark.timeout(300)
 def test_flood_of_hostile_frames_costs_few_log_lines(make_host) -> None:
     """200,000 hostile frames from one peer: every one counted, fewer than

@@ -31,6 +31,6 @@ def test_every_option_is_in_the_sample():
     with open(SAMPLE, encoding="utf-8") as f:
         text = f.read()
     for group, opts in list_opts():
-        assert "[%s]" % group in text
+        assert "[%s]" % getattr(group, "name", group) in text
         for opt in opts:
             assert "#%s = " % opt.dest in text or "#%s =\n" % opt.dest in text, opt.dest

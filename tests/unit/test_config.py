@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from oslo_config import cfg
 
-from nova_rpc_zmq import config
+from nova_rpc_zmq import config, options
 from nova_rpc_zmq.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,6 +234,61 @@ def test_value_error_names_the_file_that_set_it(tmp_path):
     text = str(err.value)
     assert "rpc_zmq_port = 70000" in text and str(path) in text
     assert "between 1 and 65535" in text
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("n.conf", "[DEFAULT]\nrpc_zmq_port = 70000\n",
+     "rpc_zmq_port = 70000 (set in %s) is not a valid port; use a TCP port "
+     "number between 1 and 65535"),
+    ("n.conf", "[DEFAULT]\nrpc_zmq_topic_backlog = 0\n",
+     "rpc_zmq_topic_backlog = 0 (set in %s) is out of range; use a number at "
+     "least 1"),
+    ("n.conf", "[DEFAULT]\nservicegroup_driver = redis\n",
+     "servicegroup_driver = 'redis' (set in %s) is not supported; accepted "
+     "values: db, mc, zk"),
+    ("nova.conf", "--rpc_zmq_host=a\n--rpc_zmq_port=70000\n",
+     "rpc_zmq_port = 70000 (set in %s) is not a valid port; use a TCP port "
+     "number between 1 and 65535"),
+])
+def test_typed_options_keep_our_error_messages(tmp_path, name, text, words):
+    """oslo.config knows each option's type, range and choices (it refuses
+    the value itself when read directly), yet the operator still gets our
+    message: option, value, the file that set it (the flagfile, not its
+    translation), the fix."""
+    path = write(tmp_path, name, text)
+    with pytest.raises(ConfigurationError) as err:
+        read(path)
+    assert str(err.value).startswith(words % path), str(err.value)
+    option = text.split("\n")[1].split(" = ")[0]
+    if option.startswith("rpc_zmq_"):  # registered on CONF by the import
+        with pytest.raises(cfg.ConfigFileValueError):
+            getattr(config.CONF, option)
+
+
+def test_options_are_declared_with_types_ranges_and_choices():
+    """What oslo-config-generator and oslo-config-validator read."""
+    opts = options.OPTS
+    assert isinstance(opts[(None, "rpc_zmq_port")], cfg.PortOpt)
+    assert (opts[(None, "rpc_zmq_port")].type.min,
+            opts[(None, "rpc_zmq_port")].type.max) == (1, 65535)
+    assert opts[(None, "rpc_zmq_health_port")].type.min == 0
+    assert opts[(None, "rpc_zmq_max_msg_size")].type.min == 1
+    assert opts[(None, "rpc_zmq_drain_timeout")].type.min == 0
+    assert {"db", "zk", "mc", "nova.servicegroup.drivers.zk.ZooKeeperDriver"} \
+        <= set(opts[(None, "servicegroup_driver")].type.choices)
+    assert "impl_zmq" in opts[(None, "rpc_backend")].type.choices
+    for group in config.GROUP_OPTS:
+        assert options.GROUPS[group].help
+    config.register_opts(config.CONF)
+    assert config.CONF.zookeeper.recv_timeout == 4000
+    assert config.CONF._get_group("zookeeper").help == \
+        options.GROUPS["zookeeper"].help
+
+
+def test_legacy_spelling_accepted_by_the_typed_option(tmp_path):
+    path = write(tmp_path, "n.conf", "[DEFAULT]\nservicegroup_driver = "
+                 "nova.servicegroup.drivers.mc.MemcachedDriver\n")
+    assert read(path).servicegroup_driver == "mc"
 
 
 def test_missing_config_file(tmp_path):
@@ -509,9 +564,10 @@ def test_layers_below_rpc_do_not_read_global_config():
     nothing (the drop-in ``impl_zmq`` functions, ``servicegroup.API()``)
     derive their Settings once through ``config.settings_for``."""
     package = ROOT / "nova_rpc_zmq"
-    below = [package / "wire.py"] + [
-        p for sub in ("matchmaker", "impl_zmq", "receiver", "servicegroup",
-                      "security")
+    below = [package / name for name in ("runner.py", "codec.py", "zmqio.py",
+                                         "validation.py")] + [
+        p for sub in ("wire", "matchmaker", "impl_zmq", "receiver", "servicegroup",
+                      "security", "oslo_driver")
         for p in (package / sub).rglob("*.py")]
     offenders = [str(p.relative_to(ROOT)) for p in below if p.exists()
                  and ("config.CONF" in p.read_text()
