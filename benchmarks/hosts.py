@@ -15,22 +15,12 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc
+from nova_rpc_zmq.testing import LocalHost, Proc, child_env, service_argv
+
+__all__ = ["START_TIMEOUT", "BenchHost", "ChildFailed", "child_env", "run_python"]
 
 #: Seconds a process may take to print READY / "listening on".
 START_TIMEOUT = 60.0
-
-
-def checkout_root() -> str:
-    """The directory holding ``benchmarks/`` and ``nova_rpc_zmq/``."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def child_env() -> dict[str, str]:
-    """Environment of child processes: this checkout first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = checkout_root() + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 class BenchHost(LocalHost):
@@ -54,15 +44,9 @@ class BenchHost(LocalHost):
         """Start one bench service per name (all at once), wait for READY."""
         procs = []
         for name in names:
-            argv = [sys.executable, "-m", "benchmarks.service",
-                    "--config-file", self.conf_path, "--name", name,
-                    "--topic", topic]
-            if eventlet:
-                argv.append("--eventlet")
-            proc = Proc("bench service %s" % name, argv,
-                        os.path.join(self.dir, "service-%s.log" % name),
-                        env=child_env())
-            self.procs.append(proc)
+            argv = service_argv(self.conf_path, name, topic, eventlet,
+                                module="benchmarks.service")
+            proc = self.spawn("bench service %s" % name, argv, "service-%s.log" % name)
             self.services[name] = proc
             procs.append(proc)
         for proc in procs:

@@ -30,17 +30,12 @@ from typing import Any
 
 from benchmarks.measure import (RABBIT, CpuMeter, Window, concurrent_calls, figure,
                                 latency_figures)
+from nova_rpc_zmq.testing import free_port
 
 RABBIT_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Seconds the broker may take to accept AMQP connections.
 BROKER_START_TIMEOUT = 90.0
 MODE = "threads"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _epmd() -> str | None:
@@ -86,12 +81,12 @@ class RabbitBroker:
     """A private RabbitMQ node on free loopback ports, in a temp dir."""
 
     def __init__(self, base_dir: str) -> None:
-        from nova_rpc_zmq.cli.cluster import Proc
+        from nova_rpc_zmq.testing import Proc
         self._proc_cls = Proc
         self.dir = tempfile.mkdtemp(prefix="rabbit-", dir=base_dir)
-        self.port = _free_port()
-        self.epmd_port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.epmd_port = free_port()
+        self.dist_port = free_port()
         self.node = "bench%d@localhost" % os.getpid()
         self.url = "rabbit://guest:guest@127.0.0.1:%d/" % self.port
         self.procs: list[Any] = []

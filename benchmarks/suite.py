@@ -207,7 +207,7 @@ class Suite:
                                            eventlet=(mode == "eventlet"))
 
     def _start_raw_peers(self) -> None:
-        from nova_rpc_zmq.cli.cluster import Proc, free_port
+        from nova_rpc_zmq.testing import Proc, free_port
         for flavor in rawzmq.FLAVORS:
             eps = ["tcp://127.0.0.1:%d" % free_port() for _ in range(3)]
             proc = Proc("rawzmq peer %s" % flavor,
@@ -222,7 +222,7 @@ class Suite:
 
     def _start_rabbit(self) -> None:
         from benchmarks import rabbit
-        from nova_rpc_zmq.cli.cluster import Proc
+        from nova_rpc_zmq.testing import Proc
         problem = rabbit.broker_problem()
         if problem:
             self.peer_status["rabbit"] = "skipped: " + problem

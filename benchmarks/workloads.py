@@ -53,6 +53,8 @@ def _path(via_receiver: bool) -> Iterator[str]:
         return
     from nova_rpc_zmq import impl_zmq
     driver = impl_zmq._driver
+    if driver is None:
+        raise RuntimeError("no impl_zmq driver yet: initialise rpc before a workload")
     saved, driver.local = driver.local, None
     try:
         yield VIA_RECEIVER

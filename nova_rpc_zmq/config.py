@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from oslo_config import cfg
 
@@ -25,18 +25,19 @@ from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.flagfile import FlagfileTranslator, is_flagfile, translate_flagfile
 from nova_rpc_zmq.options import (  # noqa: F401 - config's public names
     BACKENDS, DEFAULT_OPTS, FIELDS, GROUP_OPTS, MATCHMAKER_ALIASES, SERVICEGROUP_DRIVERS)
+from nova_rpc_zmq.options import DOWN_TIME_FACTOR, GROUPS, base_type, default
 from nova_rpc_zmq.options import OPTS as _OPTS
-from nova_rpc_zmq.redact import mask_url
+from nova_rpc_zmq.validation import Checker, option_name, shown, validate
 
-__all__ = ["CONF", "Settings", "FlagfileTranslator", "NovaConfigOpts", "flagfiles",
+if TYPE_CHECKING:
+    from nova_rpc_zmq.wire import Limits
+
+__all__ = ["CONF", "DOWN_TIME_FACTOR", "Settings", "FlagfileTranslator", "default",
+           "default_settings", "NovaConfigOpts", "flagfiles",
            "is_flagfile", "load_settings", "parse", "parse_args", "register_opts",
            "reset", "settings_for", "translate_flagfile", "DEFAULT_OPTS", "GROUP_OPTS",
            "FIELDS", "BACKENDS", "MATCHMAKER_ALIASES", "SERVICEGROUP_DRIVERS"]
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
-# An ipc:// path holds ~107 bytes; the shortest the receiver makes is
-# "<dir>/zmq_topic_" plus a one-character topic.
-_MAX_IPC_DIR = 107 - len("/zmq_topic_x")
 
 
 def _own(group: str | None, opt: cfg.Opt) -> bool:
@@ -48,6 +49,8 @@ def _own(group: str | None, opt: cfg.Opt) -> bool:
 
 
 def _register(conf: cfg.ConfigOpts, group: str | None, opt: cfg.Opt) -> None:
+    if group is not None:
+        conf.register_group(GROUPS[group])  # a no-op for a group it has
     try:
         conf.register_opt(opt, group=group)
     except cfg.DuplicateOptError:
@@ -158,6 +161,8 @@ def reset(conf: cfg.ConfigOpts = CONF) -> None:
     flagfiles(conf).forget()
 
 
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Every option as a validated value; group options flattened.
@@ -165,7 +170,8 @@ class Settings:
     Built by ``load_settings``; immutable, so threads share it freely.  Legacy
     spellings are normalised: ``rpc_backend`` is 'impl_zmq' or 'impl_fake',
     ``rpc_zmq_matchmaker`` a matchmaker short name, ``servicegroup_driver``
-    one of db, zk, mc.
+    one of db, zk, mc.  Code that needs Settings without the process's
+    configuration (tests, tools) uses ``default_settings(**fields)``.
     """
 
     rpc_backend: str
@@ -218,22 +224,16 @@ class Settings:
     def __repr__(self) -> str:
         # the generated repr would show database_connection's password
         return "Settings(%s)" % ", ".join(
-            "%s=%s" % (f.name, _shown(getattr(self, f.name)))
+            "%s=%s" % (f.name, shown(getattr(self, f.name)))
             for f in dataclasses.fields(self))
 
     @functools.cached_property
-    def limits(self) -> Any:
+    def limits(self) -> Limits:
         """The inbound message limits as a ``wire.Limits``."""
         from nova_rpc_zmq.wire import Limits
         return Limits(max_msg_size=self.rpc_zmq_max_msg_size, max_frames=self.rpc_zmq_max_frames,
                       max_topic_length=self.rpc_zmq_max_topic_length,
                       max_json_depth=self.rpc_zmq_max_json_depth)
-
-
-def option_name(field: str) -> str:
-    """How an operator writes a Settings field in nova.conf."""
-    group, name = FIELDS[field]
-    return name if group is None else "[%s] %s" % (group, name)
 
 
 def _original_path(conf: cfg.ConfigOpts, path: str) -> str:
@@ -274,10 +274,37 @@ def _shadow(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
     return shadow
 
 
+def _raw(conf: cfg.ConfigOpts, field: str) -> tuple[Any, Any] | None:
+    """The value of ``field`` converted without its option's range or
+    choices, and where it was set; None when there is none to give.
+
+    oslo.config checks a typed option's range and choices when the value is
+    read, with words of its own; this reads the same value past that check,
+    so that ``validation.validate`` judges it and names the fix as for any other
+    value. Uses oslo.config's parsed namespace (a private attribute, so
+    anything unexpected there means None: the caller words its error then).
+    """
+    group, name = FIELDS[field]
+    opt = _OPTS[(group, name)]
+    namespace = getattr(conf, "_namespace", None)
+    if namespace is None:  # not parsed: no file value to read
+        return None
+    try:
+        value, loc = opt._get_from_namespace(namespace, group)
+        return base_type(opt)(value), loc
+    except Exception:  # noqa: BLE001 - not readable this way: say so plainly
+        return None
+
+
 def _where(conf: cfg.ConfigOpts, field: str) -> str:
     group, name = FIELDS[field]
     try:
         loc = conf.get_location(name, group)
+    except cfg.ConfigFileValueError:
+        raw = _raw(conf, field)
+        if raw is None:
+            return ""
+        loc = raw[1]
     except (cfg.Error, ValueError):
         return ""
     if loc is None or loc.location == cfg.Locations.opt_default:
@@ -292,6 +319,9 @@ def _read(conf: cfg.ConfigOpts, field: str) -> Any:
     try:
         return getattr(conf if group is None else getattr(conf, group), name)
     except cfg.ConfigFileValueError as exc:
+        raw = _raw(conf, field)
+        if raw is not None:
+            return raw[0]  # out of range or not a choice: validation words it
         # oslo.config words this "Value for option X from LocationInfo(...,
         # detail='FILE') is not valid: WHY"; keep only FILE and WHY.
         text = str(exc)
@@ -304,143 +334,10 @@ def _read(conf: cfg.ConfigOpts, field: str) -> Any:
 
 def _coerce(field: str, value: Any) -> Any:
     try:
-        return None if value is None else _OPTS[FIELDS[field]].type(value)
+        return None if value is None else base_type(_OPTS[FIELDS[field]])(value)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError("%s = %s (passed to load_settings) is not valid: %s"
-                                 % (option_name(field), _shown(value), exc)) from exc
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` for a message, any URL's password masked
-    (database_connection = 'postgresql://nova:***@db/nova')."""
-    return mask_url(repr(value))
-
-
-class _Checker:
-    """Validates raw values in place; every error names option, value, origin, fix."""
-
-    def __init__(self, values: dict[str, Any], where: dict[str, str]) -> None:
-        self.v = values
-        self.where = where
-
-    def fail(self, field: str, problem: str, fix: str) -> ConfigurationError:
-        return ConfigurationError("%s = %s%s %s; %s" % (
-            option_name(field), _shown(self.v[field]), self.where[field], problem, fix))
-
-    def choice(self, field: str, table: dict[str, str]) -> None:
-        raw = self.v[field]
-        key = str(raw).strip().replace(":", ".") if raw is not None else ""
-        if key not in table:
-            short = sorted(set(table.values()))
-            legacy = sorted(k for k in table if k not in short)
-            raise self.fail(field, "is not supported",
-                            "accepted values: %s (legacy spellings also accepted: %s)"
-                            % (", ".join(short), ", ".join(legacy)))
-        self.v[field] = table[key]
-
-    def number(self, field: str, low: float, high: float | None = None,
-               nullable: bool = False, positive: bool = False) -> None:
-        value = self.v[field]
-        if value is None and nullable:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or (value <= 0 if positive else value < low) \
-                or (high is not None and value > high):
-            rng = ("greater than 0" if positive else "at least %s" % low) \
-                if high is None else "between %s and %s" % (low, high)
-            if field.endswith("port"):
-                raise self.fail(field, "is not a valid port", "use a TCP port number " + rng)
-            raise self.fail(field, "is out of range", "use a number %s%s"
-                            % (rng, " or leave it unset" if nullable else ""))
-
-    def text(self, field: str) -> None:
-        value = self.v[field]
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(field, "is empty", "set a value")
-        self.v[field] = value.strip()
-
-    def host_ports(self, field: str, items: Sequence[str], example: str) -> None:
-        for item in items:
-            host, _, port = item.strip().rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise self.fail(field, "has the entry %r that is not host:port" % item,
-                                "write e.g. %s" % example)
-
-
-def _matchmaker_table() -> dict[str, str]:
-    from nova_rpc_zmq.matchmaker import MATCHMAKERS
-    table = {name: name for name in MATCHMAKERS}
-    table.update({path.replace(":", "."): name for name, path in MATCHMAKERS.items()})
-    table.update({k: v for k, v in MATCHMAKER_ALIASES.items() if v in table})
-    return table
-
-
-def _validate(c: _Checker) -> None:
-    v = c.v
-    c.choice("rpc_backend", BACKENDS)
-    c.choice("rpc_zmq_matchmaker", _matchmaker_table())
-    c.choice("servicegroup_driver", SERVICEGROUP_DRIVERS)
-    for field in ("rpc_zmq_port", "rpc_zmq_start_port"):
-        c.number(field, 1, 65535)
-    if v["rpc_zmq_health_port"] is None:
-        # derived, so that a second receiver with its own rpc_zmq_port starts
-        v["rpc_zmq_health_port"] = v["rpc_zmq_port"] + 2
-        if v["rpc_zmq_health_port"] > 65535:
-            raise c.fail("rpc_zmq_port", "leaves no room for the health port "
-                         "(rpc_zmq_port + 2)", "set rpc_zmq_health_port to a free port, or 0")
-    c.number("rpc_zmq_health_port", 0, 65535)
-    c.number("rpc_zmq_metrics_port", 0, 65535)
-    for field in ("rpc_zmq_contexts", "rpc_thread_pool_size", "rpc_zmq_max_msg_size",
-                  "rpc_zmq_max_frames", "rpc_zmq_max_topic_length", "rpc_zmq_max_json_depth"):
-        c.number(field, 1)
-    c.number("rpc_zmq_topic_backlog", 1)
-    c.number("rpc_zmq_topic_backlog_bytes", 1)
-    c.number("rpc_zmq_health_stuck_after", 0, positive=True)
-    c.number("rpc_zmq_drain_timeout", 0)
-    if v["rpc_zmq_drain_file"] is not None:
-        c.text("rpc_zmq_drain_file")
-    for field in ("rpc_response_timeout", "rpc_cast_timeout", "service_down_time",
-                  "report_interval", "zookeeper_recv_timeout", "zookeeper_sg_retry_interval"):
-        c.number(field, 0, positive=True)
-    if v["rpc_zmq_health_bind_address"] is not None:
-        c.text("rpc_zmq_health_bind_address")
-    for field in ("rpc_zmq_bind_address", "rpc_zmq_ipc_dir",
-                  "rpc_zmq_host", "control_exchange",
-                  "rpc_zmq_receiver_group", "rpc_zmq_curve_key_file", "rpc_zmq_curve_keys_dir",
-                  "matchmaker_ringfile", "zookeeper_sg_prefix", "database_connection"):
-        c.text(field)
-    if not _HOST_RE.match(v["rpc_zmq_host"]):
-        raise c.fail("rpc_zmq_host", "is not a host name",
-                     "use this host's name, FQDN or IP address")
-    if len(v["rpc_zmq_ipc_dir"].encode()) > _MAX_IPC_DIR:
-        raise c.fail("rpc_zmq_ipc_dir", "is too long for IPC socket paths",
-                     "use a directory of at most %d bytes" % _MAX_IPC_DIR)
-    if v["service_down_time"] <= v["report_interval"]:
-        raise c.fail("service_down_time", "is not above report_interval (%s), so live hosts "
-                     "would look down" % v["report_interval"],
-                     "set it to at least 2.5 x report_interval")
-    if not v["zookeeper_sg_prefix"].startswith("/"):
-        raise c.fail("zookeeper_sg_prefix", "is not an absolute path",
-                     "start it with '/', e.g. /servicegroups")
-    if "://" not in v["database_connection"]:
-        raise c.fail("database_connection", "is not a database URL", "write e.g. "
-                     "sqlite:////var/lib/nova/sg.sqlite or postgresql://user:pass@host/db")
-    if v["zookeeper_address"] is not None:
-        c.text("zookeeper_address")
-        parts = [p.strip() for p in v["zookeeper_address"].split(",")]
-        c.host_ports("zookeeper_address", parts, "192.168.2.1:2181,192.168.2.2:2181")
-        v["zookeeper_address"] = ",".join(parts)
-    elif v["servicegroup_driver"] == "zk":
-        raise c.fail("zookeeper_address", "is unset but servicegroup_driver is zk",
-                     "set [zookeeper] address = host:port[,host:port...]")
-    c.host_ports("memcached_servers", v["memcached_servers"] or (),
-                 "memcached_servers = 10.0.0.1:11211,10.0.0.2:11211")
-    c.number("rpc_zmq_outbound_idle_timeout", 0)
-    for field in ("allowed_rpc_exception_modules", "memcached_servers",
-                  "rpc_zmq_reply_hosts"):
-        if v[field] is not None:
-            v[field] = tuple(str(x).strip() for x in v[field] if str(x).strip())
-    v["rpc_zmq_curve"] = bool(v["rpc_zmq_curve"])
+                                 % (option_name(field), shown(value), exc)) from exc
 
 
 def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
@@ -482,7 +379,7 @@ def load_settings(conf: cfg.ConfigOpts | Settings | None = CONF,
                 source = shadow
             values[field] = _read(source, field)
             where[field] = _where(source, field)
-    _validate(_Checker(values, where))
+    validate(Checker(values, where))
     if enabled is None:
         if isinstance(conf, Settings):
             enabled = conf.servicegroup_enabled
@@ -540,6 +437,15 @@ def settings_for(conf: cfg.ConfigOpts | Settings | None = None, **fixed: Any) ->
             cache[_SETTINGS_KEY] = settings
         _derived[key] = (conf, settings)
         return settings
+
+
+def default_settings(**fields: Any) -> Settings:
+    """Settings of every option at its default but ``fields`` (Settings
+    field names, validated as in ``load_settings``), from a ConfigOpts of
+    its own: no file, command line or environment is read and ``CONF`` is
+    not touched. What tests and tools build a Settings with. Raises like
+    ``load_settings``."""
+    return load_settings(cfg.ConfigOpts(), **fields)
 
 
 def parse_args(argv: Sequence[str], default_config_files: list[str] | None = None) -> Settings:

@@ -26,9 +26,8 @@ from typing import Any
 
 def _checkout_root() -> str | None:
     """The directory that holds ``benchmarks/suite.py``, put on sys.path."""
-    import nova_rpc_zmq
-    here = os.path.dirname(os.path.dirname(os.path.abspath(nova_rpc_zmq.__file__)))
-    for root in (here, os.getcwd()):
+    from nova_rpc_zmq.testing import checkout_root
+    for root in (checkout_root(), os.getcwd()):
         if os.path.exists(os.path.join(root, "benchmarks", "suite.py")):
             if root not in sys.path:
                 sys.path.insert(0, root)

@@ -36,7 +36,7 @@ def _short(value: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nova_rpc_zmq import rpc
-    from nova_rpc_zmq.cli.cluster import LocalHost
+    from nova_rpc_zmq.testing import LocalHost
     from nova_rpc_zmq.errors import Timeout
 
     host = LocalHost(host="localhost")
@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
             return "%d of 100 delivered" % got
         _timed("100 casts to demo_green, until delivered", casts, lines)
 
-        def fanout() -> str:
+        def fanout() -> dict[str, int]:
             rpc.fanout_cast(ctx, "demo", msg("announce", value="to all"))
             deadline = time.monotonic() + 10
-            counts: dict = {}
+            counts: dict[str, int] = {}
             while time.monotonic() < deadline:
                 counts = {n: rpc.call(ctx, "demo_" + n, msg("stats"))["fanout"]
                           for n in ("green", "threads")}

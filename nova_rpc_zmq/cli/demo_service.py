@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, Iterator
 
 
 def start(argv: list[str] | None, prog: str, topic: str) -> argparse.Namespace:
@@ -75,46 +76,46 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.name
     seen: dict[str, int] = {"record": 0, "fanout": 0, "slow_started": 0}
-    recorded: list = []
+    recorded: list[Any] = []
 
     class DemoAPI:
         RPC_API_VERSION = "1.0"
 
-        def echo(self, context, value=None):
+        def echo(self, context: Any, value: Any = None) -> Any:
             return value
 
-        def whoami(self, context):
+        def whoami(self, context: Any) -> dict[str, Any]:
             return {"name": name, "pid": os.getpid(),
                     "eventlet": "eventlet" in sys.modules}
 
-        def count(self, context, n=3, delay=0.0):
+        def count(self, context: Any, n: int = 3, delay: float = 0.0) -> Iterator[int]:
             for i in range(int(n)):
                 if delay:
                     time.sleep(float(delay))
                 yield i
 
-        def stream(self, context, n=3):
+        def stream(self, context: Any, n: int = 3) -> None:
             for i in range(int(n)):
                 context.reply("part-%d" % i)
 
-        def fail(self, context, message="demo failure"):
+        def fail(self, context: Any, message: str = "demo failure") -> None:
             raise ValueError(message)
 
-        def slow(self, context, seconds=2.0):
+        def slow(self, context: Any, seconds: float = 2.0) -> str:
             seen["slow_started"] += 1
             time.sleep(float(seconds))
             return "slept"
 
-        def record(self, context, value=None, pad=None):
+        def record(self, context: Any, value: Any = None, pad: Any = None) -> None:
             # pad: bulk that tests add to fill send queues; not kept
             seen["record"] += 1
             recorded.append(value)
 
-        def announce(self, context, value=None):
+        def announce(self, context: Any, value: Any = None) -> None:
             seen["fanout"] += 1
             recorded.append(value)
 
-        def stats(self, context):
+        def stats(self, context: Any) -> dict[str, Any]:
             return {"name": name, "record": seen["record"],
                     "fanout": seen["fanout"], "slow_started": seen["slow_started"],
                     "values": recorded[-1000:]}

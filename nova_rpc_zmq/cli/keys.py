@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.security import keys as keysmod
@@ -68,7 +68,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _settings(config_files: list[str], log_argv: list[str] = ()) -> Any | None:
+def _settings(config_files: list[str],
+              log_argv: Sequence[str] = ()) -> Any | None:
     """The configured Settings (logging set up from the same files and the
     oslo.log flags ``log_argv``), or None without a config module."""
     try:

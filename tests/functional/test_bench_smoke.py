@@ -205,7 +205,7 @@ def test_targets_judge_synthetic_medians():
         _fig("ours", "threads", "call_latency", "p50", 250.0),
         _fig("ours", "threads", "call_throughput_16", "rate", 9000.0),
         _fig("ours", "threads", "cast", "rate", 13000.0),
-        _fig("ours", "threads", "fanout_3", "rate", 29000.0),
+        _fig("ours", "threads", "fanout_3", "rate", 17000.0),
         _fig("ours", "threads", "cast", "lost", 0, sent=10),
         _fig("ours", "threads", "fanout_3", "lost", 3, sent=10, expected=30),
         _fig("ours", "threads", "memory", "receiver_rss", 59.0, topics=1000),
@@ -223,7 +223,8 @@ def test_targets_judge_synthetic_medians():
     assert got["calls/s, 16 callers"] == ("NOT MET", 9000.0 / 40000.0)
     assert got["calls/s, 16 callers vs RabbitMQ"] == ("MET", 9.0)
     assert got["casts/s delivered"][0] == "MET"
-    assert got["fanout to 3, deliveries/s"][0] == "NOT MET"
+    # a ratio to raw PUSH/PULL of the same run: 17,000 / 60,000 < 0.30
+    assert got["fanout to 3, deliveries/s"] == ("NOT MET", 17000.0 / 60000.0)
     assert got["nothing lost (casts, fanout)"][0] == "NOT MET"
     assert got["receiver RSS under load"][0] == "MET"
     assert got["routing cost, bare topic, ring 5000 vs 10 hosts"][0] == "NOT MET"

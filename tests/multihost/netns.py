@@ -74,11 +74,10 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc
+from nova_rpc_zmq.testing import LocalHost, Proc, child_env
 from tests.support import scaled, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 CLIENT = os.path.join(HERE, "remote_client.py")
 
 #: Every namespace and temp dir of this library starts with this.
@@ -192,9 +191,7 @@ def op(kind: str, topic: str, method: str, repeat: int = 1,
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return child_env()
 
 
 class NetnsHost:

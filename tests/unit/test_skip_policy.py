@@ -235,6 +235,8 @@ def test_postgres_that_does_not_start_fails_like_the_others(
 
     monkeypatch.setattr(servers, "postgres_bindir", lambda: "/nonexistent/bin")
     monkeypatch.setattr(servers.PostgresServer, "start", refuse)
+    # the server never starts, so its port is never bound: no free-port probe
+    monkeypatch.setattr(servers, "free_port", lambda host="127.0.0.1": 1)
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv(skip_policy.STRICT_ENV, raising=False)
     pytester.makeconftest(
