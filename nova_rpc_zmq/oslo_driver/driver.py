@@ -1,0 +1,383 @@
+"""``ZmqDriver``: oslo.messaging's driver contract on static direct
+connections (see docs/design.md, "The oslo.messaging driver").
+
+Every RPC server and notification listener binds its own port and
+registers ``host:port`` under its target's keys; a caller looks the key up
+(``registry.Lookup``), connects a PUSH straight to the server's PULL and
+sends the message in the project's wire format (``wire.encode``: v2 style,
+oslo envelope). A call is a curried ``-reply`` request naming the caller's
+own reply socket (``zmq_replies.<host>:<port>``); the server pushes the
+``-process_reply`` answer there. One TCP hop each way, no broker, no proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import oslo_messaging
+from oslo_messaging._drivers import base
+
+from nova_rpc_zmq import concurrency, errors, wire, zmqio
+from nova_rpc_zmq.oslo_driver import options, registry
+from nova_rpc_zmq.oslo_driver.listener import MONITOR_KEY, QueueListener
+from nova_rpc_zmq.oslo_driver.replies import ReplyWaiter
+from nova_rpc_zmq.oslo_driver.sockets import Inbound, Outbound
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds one server may take to accept a message (its connection up,
+#: room in its queue) before the next server of the topic is tried.
+ATTEMPT_WAIT = 1.0
+#: A cast that finds no server willing to take it gives up after this
+#: long when ``retry`` is unlimited (calls have their own timeout).
+CAST_GIVE_UP = 30.0
+#: The transport URL's matchmaker (after ``zmq+``) -> registry kind.
+URL_MATCHMAKERS = {"": None, "dummy": "dummy", "redis": "redis",
+                   "sentinel": "sentinel"}
+
+
+class ZmqConfigurationError(base.TransportDriverError):
+    """A setting of ``[oslo_messaging_zmq]`` this driver cannot honour."""
+
+
+def rpc_key(exchange: str, topic: str, server: str | None = None) -> str:
+    """The registry key of an RPC target (bare, or directed to server)."""
+    key = "rpc/%s/%s" % (exchange, topic)
+    return key if server is None else "%s/%s" % (key, server)
+
+
+def notify_key(exchange: str, topic: str) -> str:
+    """The registry key of a notification topic (``topic.priority``)."""
+    return "notify/%s/%s" % (exchange, topic)
+
+
+def _matchmaker(url: Any, zconf: Any) -> str:
+    transport = url.transport or "zmq"
+    _, _, name = transport.partition("+")
+    if name in URL_MATCHMAKERS:
+        kind = URL_MATCHMAKERS[name] or zconf.rpc_zmq_matchmaker
+    else:
+        kind = name
+    if kind in options.MATCHMAKERS:
+        return kind
+    raise oslo_messaging.InvalidTransportURL(
+        str(url), "the %r matchmaker (%s) is not available yet; use zmq:// "
+        "(one host), zmq+redis://host:port, zmq+sentinel://host:port,... "
+        "or zmq+dummy:// (one process)"
+        % (kind, transport))
+
+
+def _check(zconf: Any) -> None:
+    problems, warnings = options.check(zconf)
+    for warning in warnings:
+        LOG.warning("[%s] %s", options.GROUP, warning)
+    if problems:
+        raise ZmqConfigurationError("[%s] %s" % (options.GROUP,
+                                                 "; ".join(problems)))
+
+
+class ZmqDriver(base.BaseDriver):
+    """oslo.messaging driver for ``zmq://``, ``zmq+redis://``,
+    ``zmq+dummy://`` transport URLs; thread-safe (green or native threads,
+    whichever the process uses)."""
+
+    def __init__(self, conf: Any, url: Any, default_exchange: str | None = None,
+                 allowed_remote_exmods: list[str] | None = None) -> None:
+        super().__init__(conf, url, default_exchange, allowed_remote_exmods)
+        self.zconf = options.register(conf)
+        _check(self.zconf)
+        self.kind = _matchmaker(url, self.zconf)
+        self.handler = concurrency.get_handler()
+        try:
+            self.registry = registry.registry_for(self.kind, url)
+        except ValueError as exc:
+            raise oslo_messaging.InvalidTransportURL(str(url), str(exc)) \
+                from None
+        self.lookup = registry.Lookup(self.registry)
+        linger = self.zconf.zmq_linger
+        self._linger_ms = 1000 if linger < 0 else int(linger * 1000)
+        self._lock = self.handler.Lock()
+        self._listeners: list[QueueListener] = []
+        self._refresher: Any = None
+        self._stop_refresh = self.handler.Event()
+        self._pid = os.getpid()
+        self._ctx: Any = None
+        self._outbound: Outbound | None = None
+        self._replies: ReplyWaiter | None = None
+        self._closed = False
+
+    # -- sockets -----------------------------------------------------------
+
+    def _context(self) -> Any:
+        if self._pid != os.getpid():
+            # A forked child must not touch its parent's sockets: it
+            # starts afresh (the parent's are left alone, not closed).
+            LOG.info("fork detected: this process gets its own sockets")
+            self._pid = os.getpid()
+            self._ctx = self._outbound = self._replies = None
+            self._listeners = []
+            self._refresher = None
+        if self._ctx is None:
+            with self._lock:
+                if self._ctx is None:
+                    ctx = zmqio.context(self.handler)
+                    self._outbound = Outbound(self.handler, ctx,
+                                              self._linger_ms)
+                    self._ctx = ctx
+        return self._ctx
+
+    def _out(self) -> Outbound:
+        self._context()
+        assert self._outbound is not None
+        return self._outbound
+
+    def inbound(self, on_message: Any, what: str) -> Inbound:
+        """A bound PULL socket in the configured port range."""
+        z = self.zconf
+        try:
+            return Inbound(self.handler, self._context(),
+                           z.rpc_zmq_bind_address,
+                           (z.rpc_zmq_min_port, z.rpc_zmq_max_port,
+                            z.rpc_zmq_bind_port_retries), on_message, what)
+        except (RuntimeError, ValueError) as exc:
+            raise ZmqConfigurationError(str(exc)) from exc
+
+    def member(self, port: int) -> str:
+        """How other hosts reach our ``port``: ``rpc_zmq_host:port``."""
+        return "%s:%d" % (self.zconf.rpc_zmq_host, port)
+
+    # -- registrations -----------------------------------------------------
+
+    def register(self, listener: QueueListener) -> None:
+        """Register a new listener's keys and keep them fresh."""
+        ttl = self.zconf.zmq_target_expire
+        try:
+            for key, member in listener.registrations:
+                self.registry.register(key, member, ttl)
+        except Exception as exc:
+            listener.inbound.close()
+            raise base.TransportDriverError(
+                "cannot register %s in the %s matchmaker: %s"
+                % (listener.what, self.kind, exc)) from exc
+        with self._lock:
+            self._listeners.append(listener)
+            if self._refresher is None and self.zconf.zmq_target_update > 0:
+                self._refresher = self.handler.spawn(self._refresh)
+
+    def unregister(self, listener: QueueListener) -> None:
+        """Remove a listener's keys; never raises."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+        for key, member in listener.registrations:
+            try:
+                self.registry.unregister(key, member)
+            except Exception:
+                LOG.exception("could not unregister %s from %s", member, key)
+
+    def _refresh(self) -> None:
+        every = self.zconf.zmq_target_update
+        while not self._stop_refresh.wait(every):
+            with self._lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                for key, member in listener.registrations:
+                    try:
+                        self.registry.register(key, member,
+                                               self.zconf.zmq_target_expire)
+                    except Exception as exc:
+                        LOG.warning("could not refresh %s under %s in the %s "
+                                    "matchmaker (retried in %ss): %s", member,
+                                    key, self.kind, every, exc)
+
+    # -- sending -----------------------------------------------------------
+
+    def _deliver(self, key: str, parts: list, deadline: float | None,
+                 retry: int | None, what: str, wait_for_servers: bool) -> bool:
+        """Hand ``parts`` to one member of ``key`` (round robin).
+
+        Without ``wait_for_servers``, returns False when a fresh look finds
+        no member. Raises MessagingTimeout at ``deadline`` and
+        MessageDeliveryFailure once ``retry`` rounds in which every member
+        refused are used up; a message is never handed over twice.
+        """
+        out = self._out()
+        refused = 0
+        fresh = False
+        while True:
+            members = self.lookup.rotation(key, fresh)
+            for member in members:
+                wait = ATTEMPT_WAIT if deadline is None else max(
+                    0.0, min(ATTEMPT_WAIT, deadline - time.monotonic()))
+                if out.send(member, parts, wait):
+                    return True
+                self.lookup.suspect(member)
+                LOG.warning("%s: %s did not take the message within %.1fs",
+                            what, member, wait)
+            if members:
+                refused += 1
+            elif fresh and not wait_for_servers:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                raise oslo_messaging.MessagingTimeout(
+                    "%s: no server took the message in time" % what)
+            if members and retry is not None and 0 <= retry < refused:
+                raise oslo_messaging.MessageDeliveryFailure(
+                    "%s: no server took the message after %d retries"
+                    % (what, retry))
+            if fresh:
+                self.handler.sleep(0.05)
+            fresh = True
+
+    def _encode(self, msg_id: str | None, topic: str, ctxt: Any, body: dict,
+                envelope: bool = True, notification: bool = False) -> list:
+        ctxt = dict(ctxt or {})
+        try:
+            return wire.encode(msg_id, topic, ctxt, body, envelope,
+                               wire.DEFAULT_LIMITS, notification)
+        except errors.LocalError:
+            from oslo_serialization import jsonutils
+            return wire.encode(msg_id, topic, jsonutils.to_primitive(ctxt),
+                               jsonutils.to_primitive(body), envelope,
+                               wire.DEFAULT_LIMITS, notification)
+
+    def send(self, target: Any, ctxt: Any, message: dict,
+             wait_for_reply: bool | None = None, timeout: float | None = None,
+             call_monitor_timeout: float | None = None,
+             retry: int | None = None, transport_options: Any = None) -> Any:
+        exchange = target.exchange or self._default_exchange
+        topic = target.topic
+        try:
+            if target.fanout:
+                key, wire_topic = rpc_key(exchange, topic), \
+                    wire.fanout_topic(topic)
+            elif target.server:
+                key = rpc_key(exchange, topic, target.server)
+                wire_topic = wire.directed_topic(topic, target.server)
+            else:
+                key, wire_topic = rpc_key(exchange, topic), topic
+        except errors.LocalError as exc:
+            raise oslo_messaging.InvalidTarget(str(exc), target) from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        what = "%s to %s" % ("call" if wait_for_reply else "cast", key)
+        if not wait_for_reply:
+            parts = self._encode(None, wire_topic, ctxt, message)
+            if target.fanout:
+                self._fanout(key, parts, what)
+            elif not self._deliver(key, parts, deadline or (
+                    time.monotonic() + CAST_GIVE_UP), retry, what, False):
+                LOG.warning("%s: no server registered; dropped", what)
+            return None
+        replies = self._reply_waiter()
+        msg_id = uuid.uuid4().hex
+        msg = dict(message)
+        if call_monitor_timeout:
+            msg[MONITOR_KEY] = call_monitor_timeout
+        body = wire.call_request(msg_id, replies.reply_topic, {}, msg)
+        parts = self._encode(msg_id, wire_topic, ctxt, body)
+        waiting = replies.expect(msg_id)
+        try:
+            self._deliver(key, parts, deadline, retry, what, True)
+            return replies.wait(msg_id, waiting, deadline,
+                                call_monitor_timeout, what)
+        finally:
+            replies.forget(msg_id)
+
+    def _fanout(self, key: str, parts: list, what: str) -> None:
+        out = self._out()
+        for member in self.lookup.members(key, fresh=True):
+            if not out.send(member, parts, ATTEMPT_WAIT):
+                LOG.warning("%s: %s did not take the fanout message; "
+                            "it misses it", what, member)
+
+    def _reply_waiter(self) -> ReplyWaiter:
+        self._context()
+        if self._replies is None:
+            with self._lock:
+                if self._replies is None:
+                    self._replies = ReplyWaiter(self)
+        return self._replies
+
+    def send_reply(self, reply_to: str, msg_id: str, response: list,
+                   more: bool | None) -> None:
+        """Push one ``-process_reply`` to a caller; never raises (logs)."""
+        try:
+            body = wire.reply_body(msg_id, response, more)
+            parts = self._encode(msg_id, wire.reply_topic(reply_to), {}, body)
+            if not self._out().send(reply_to, parts, ATTEMPT_WAIT * 5):
+                LOG.warning("reply to %s for %s dropped: the caller did not "
+                            "take it", reply_to, msg_id)
+        except Exception:
+            LOG.exception("reply to %s for %s dropped", reply_to, msg_id)
+
+    def send_notification(self, target: Any, ctxt: Any, message: dict,
+                          version: float, retry: int | None = None) -> None:
+        exchange = target.exchange or self._default_exchange
+        key = notify_key(exchange, target.topic)
+        wire_topic = wire.notification_topic(target.topic)
+        parts = self._encode(None, wire_topic, ctxt, message,
+                             envelope=version >= 2.0, notification=True)
+        out = self._out()
+        for pool, members in self.lookup.pools(key).items():
+            for member in members:
+                if out.send(member, parts, ATTEMPT_WAIT):
+                    break
+                self.lookup.suspect(member)
+            else:
+                LOG.warning("notification to %s (pool %r) dropped: no "
+                            "listener took it", key, pool or None)
+
+    # -- listening ---------------------------------------------------------
+
+    def listen(self, target: Any, batch_size: int, batch_timeout: Any) -> Any:
+        exchange = target.exchange or self._default_exchange
+        topic, server = target.topic, target.server
+        try:
+            topics = {topic, wire.directed_topic(topic, server),
+                      wire.fanout_topic(topic)}
+        except errors.LocalError as exc:
+            raise oslo_messaging.InvalidTarget(str(exc), target) from None
+        listener = QueueListener(
+            self, topics, [rpc_key(exchange, topic),
+                           rpc_key(exchange, topic, server)],
+            notifications=False, what="RPC server %s" % target)
+        return base.PollStyleListenerAdapter(listener, batch_size,
+                                             batch_timeout)
+
+    def listen_for_notifications(self, targets_and_priorities: Any,
+                                 pool: str | None, batch_size: int,
+                                 batch_timeout: Any) -> Any:
+        topics, keys = set(), []
+        for target, priority in targets_and_priorities:
+            exchange = target.exchange or self._default_exchange
+            name = "%s.%s" % (target.topic, priority)
+            topics.add(wire.notification_topic(name))
+            keys.append(notify_key(exchange, name))
+        listener = QueueListener(self, topics, keys, notifications=True,
+                                 what="notification listener (pool %r)"
+                                 % (pool,), pool=pool or "")
+        return base.PollStyleListenerAdapter(listener, batch_size,
+                                             batch_timeout)
+
+    def cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_refresh.set()
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.cleanup()
+        if self._refresher is not None:
+            self.handler.join(self._refresher, 5.0)
+        if self._replies is not None:
+            self._replies.close()
+        if self._outbound is not None:
+            self._outbound.close()
+        self.registry.close()
+        if self._ctx is not None and self._pid == os.getpid():
+            zmqio.term_context(self._ctx, self.handler, 5.0)

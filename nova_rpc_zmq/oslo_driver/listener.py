@@ -1,0 +1,159 @@
+"""Listeners and incoming messages of the oslo.messaging driver.
+
+A listener owns one ``Inbound`` socket (its own port) and the registry
+keys that lead there. Its reader decodes each message with ``wire.decode``
+(hostile input: a bad message is logged and dropped) and queues it;
+``poll`` takes from the queue. ``stop`` unregisters at once (no new
+callers find it) and wakes ``poll``, which then returns what is queued and
+nothing more; ``cleanup`` closes the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from oslo_messaging._drivers import base
+from oslo_messaging._drivers import common as om_common
+
+from nova_rpc_zmq import errors, wire
+from nova_rpc_zmq.oslo_driver.registry import POOL_SEPARATOR
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.oslo_driver.driver import ZmqDriver
+
+LOG = logging.getLogger(__name__)
+
+#: The request key carrying the caller's call_monitor_timeout (as
+#: oslo.messaging's AMQP drivers name it).
+MONITOR_KEY = "_timeout"
+_STOP = object()
+
+
+def is_remote_failure(value: Any) -> bool:
+    """True for a response element that carries a serialised exception."""
+    return (type(value) is dict and len(value) == 1
+            and type(value.get(wire.EXC_KEY)) is str)
+
+
+class RpcMessage(base.RpcIncomingMessage):
+    """An RPC request; ``reply`` and ``heartbeat`` go back to the caller's
+    reply socket (nothing for a cast). Neither ever raises."""
+
+    def __init__(self, driver: "ZmqDriver", ctxt: dict, message: dict,
+                 msg_id: str | None, reply_to: str | None) -> None:
+        super().__init__(ctxt, message, msg_id)
+        self._driver = driver
+        self._reply_to = reply_to
+        monitor = message.pop(MONITOR_KEY, None)
+        if type(monitor) in (int, float) and monitor > 0:
+            self.client_timeout = monitor
+
+    def acknowledge(self) -> None:
+        """Nothing to do: a message is the listener's once read."""
+
+    def requeue(self) -> None:
+        """Not supported (``require_features(requeue=True)`` says so)."""
+
+    def reply(self, reply: Any = None, failure: Any = None) -> None:
+        if not self._reply_to:
+            return
+        if failure is not None:
+            response = [{wire.EXC_KEY:
+                         om_common.serialize_remote_exception(failure)}]
+        else:
+            response = [reply]
+        self._driver.send_reply(self._reply_to, self.msg_id, response, None)
+
+    def heartbeat(self) -> None:
+        if self._reply_to:
+            self._driver.send_reply(self._reply_to, self.msg_id, [], True)
+
+
+class NotificationMessage(base.IncomingMessage):
+    """A notification; ``acknowledge`` and ``requeue`` do nothing."""
+
+    def acknowledge(self) -> None:
+        """Nothing to do: notifications are not stored."""
+
+    def requeue(self) -> None:
+        """Not supported: notifications are not stored."""
+
+
+class QueueListener(base.PollStyleListener):
+    """A poll-style listener fed by an ``Inbound`` reader."""
+
+    def __init__(self, driver: "ZmqDriver", topics: set[str],
+                 keys: list[str], notifications: bool, what: str,
+                 pool: str | None = None) -> None:
+        super().__init__()
+        self._driver = driver
+        self._topics = frozenset(topics)
+        self._notifications = notifications
+        self.what = what
+        handler = driver.handler
+        self._queue = handler.Queue()
+        self._empty = handler.Empty
+        self._stopped = False
+        self.inbound = driver.inbound(self._on_frames, what)
+        self.member = driver.member(self.inbound.port)
+        if pool is not None:
+            # notification listeners: "<pool>@host:port", pools apart
+            self.member = pool + POOL_SEPARATOR + self.member
+        self.registrations = [(key, self.member) for key in keys]
+        driver.register(self)
+
+    def _on_frames(self, parts: list) -> None:
+        try:
+            msg = wire.decode(parts)
+        except errors.RemoteProtocolError as exc:
+            LOG.warning("%s: dropped a bad message (%s): %s", self.what,
+                        exc.reason, exc.detail)
+            return
+        if not isinstance(msg, wire.Message):
+            return  # a probe: nothing to answer on this path
+        if msg.topic not in self._topics:
+            LOG.warning("%s: dropped a message for topic %s (this listener "
+                        "serves %s; a stale registration?)", self.what,
+                        msg.topic, ", ".join(sorted(self._topics)))
+            return
+        self._queue.put(self._incoming(msg))
+
+    def _incoming(self, msg: wire.Message) -> base.IncomingMessage:
+        if self._notifications:
+            return NotificationMessage(msg.context, msg.body)
+        body = msg.body
+        if body.get(wire.METHOD_KEY) == wire.REPLY_METHOD:
+            request = wire.parse_call_request(body)
+            reply_to = request.reply_topic[len(wire.REPLIES_PREFIX) + 1:]
+            return RpcMessage(self._driver, msg.context, request.msg,
+                              request.msg_id, reply_to)
+        return RpcMessage(self._driver, msg.context, body, None, None)
+
+    @base.batch_poll_helper
+    def poll(self, timeout: float | None = None) -> Any:
+        """The next message, or None after ``timeout`` or once stopped and
+        drained. Never raises."""
+        try:
+            if self._stopped:
+                item = self._queue.get(block=False)
+            else:
+                item = self._queue.get(timeout=timeout)
+        except self._empty:
+            return None
+        if item is _STOP:
+            return None
+        return item
+
+    def stop(self) -> None:
+        """Unregister and wake ``poll``; thread-safe, never raises."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._driver.unregister(self)
+        self._queue.put(_STOP)
+
+    def cleanup(self) -> None:
+        """Stop, then close the socket (unread messages are dropped)."""
+        self.stop()
+        self.inbound.close()

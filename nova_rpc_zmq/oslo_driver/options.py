@@ -1,0 +1,120 @@
+"""The ``[oslo_messaging_zmq]`` options of the oslo.messaging driver.
+
+Names and defaults are those of the oslo.messaging ZeroMQ deployment guide,
+so an existing service configuration keeps working::
+
+    [DEFAULT]
+    transport_url = zmq+redis://127.0.0.1:6379
+
+    [oslo_messaging_zmq]
+    rpc_zmq_host = node-1
+    zmq_target_expire = 60
+    zmq_target_update = 30
+
+They are registered on the ConfigOpts that oslo.messaging hands the driver
+(``register``) and listed for ``oslo-config-generator`` by ``list_opts``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from oslo_config import cfg
+
+GROUP = "oslo_messaging_zmq"
+
+#: Matchmakers by the part of the transport URL scheme after ``zmq+``.
+MATCHMAKERS = ("dummy", "directory", "redis", "sentinel")
+#: Named by the URL but not available yet.
+MATCHMAKERS_LATER = ("ring",)
+
+OPTS = [
+    cfg.StrOpt("rpc_zmq_host", default=socket.gethostname(),
+               sample_default="localhost",
+               help="Name or IP address of this host, as other hosts reach "
+                    "it: RPC servers register <rpc_zmq_host>:<port> in the "
+                    "matchmaker and callers connect there. Must resolve on "
+                    "every host."),
+    cfg.StrOpt("rpc_zmq_bind_address", default="*",
+               help="Where RPC servers and reply sockets listen: '*' (every "
+                    "address), an IP address or a network interface name "
+                    "(eth0)."),
+    cfg.StrOpt("rpc_zmq_matchmaker", default="directory",
+               choices=MATCHMAKERS + MATCHMAKERS_LATER,
+               help="Matchmaker of zmq:// (a transport_url with a '+' "
+                    "names its own: zmq+redis://, zmq+sentinel://, "
+                    "zmq+dummy://): 'directory' (this host's processes), "
+                    "'redis', 'sentinel' (the URL's hosts), 'dummy' (this "
+                    "process). 'ring' is not available yet."),
+    cfg.IntOpt("zmq_target_expire", default=300,
+               help="Seconds a server's registration lives in the "
+                    "matchmaker unless refreshed; <= 0: it never expires."),
+    cfg.IntOpt("zmq_target_update", default=180,
+               help="Seconds between refreshes of a server's registration; "
+                    "keep it below zmq_target_expire (about half of it)."),
+    cfg.PortOpt("rpc_zmq_min_port", default=49153,
+                help="Lowest port an RPC server or reply socket binds."),
+    cfg.IntOpt("rpc_zmq_max_port", default=65536, min=1, max=65536,
+               help="Highest port (exclusive) an RPC server or reply socket "
+                    "binds."),
+    cfg.IntOpt("rpc_zmq_bind_port_retries", default=100, min=1,
+               help="Random ports tried in [rpc_zmq_min_port, "
+                    "rpc_zmq_max_port) before a 'ports range exceeded' "
+                    "error."),
+    cfg.BoolOpt("use_pub_sub", default=False,
+                help="Fanout through PUB/SUB proxies. Not available yet: "
+                     "leave false (fanout goes to each server directly)."),
+    cfg.BoolOpt("use_router_proxy", default=False,
+                help="Send through ROUTER proxies. Not available yet: leave "
+                     "false (static direct connections)."),
+    cfg.BoolOpt("use_dynamic_connections", default=False,
+                help="Connect per message and close afterwards. Not "
+                     "available yet: leave false (connections stay open)."),
+    cfg.IntOpt("zmq_failover_connections", default=2, min=0,
+               help="Extra connections per bare topic with dynamic "
+                    "connections (not used by static direct connections)."),
+    cfg.IntOpt("zmq_linger", default=-1,
+               help="Seconds unsent messages are kept when a socket closes "
+                    "at cleanup; -1: the driver's bound of 1 second (a "
+                    "cleanup always ends)."),
+    cfg.ListOpt("subscribe_on", default=[],
+                help="host:port of PUB/SUB proxies to subscribe to (with "
+                     "use_pub_sub, not available yet)."),
+]
+
+
+def register(conf: cfg.ConfigOpts) -> Any:
+    """Register the options on ``conf`` (idempotent); returns the group."""
+    conf.register_opts(OPTS, group=GROUP)
+    return conf[GROUP]
+
+
+def check(zconf: Any) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a combination of settings (``zconf``: the
+    group as ``register`` returns it); an error names the fix."""
+    errors, warnings = [], []
+    wanted = [name for name in ("use_pub_sub", "use_router_proxy",
+                                "use_dynamic_connections")
+              if getattr(zconf, name)]
+    if wanted:
+        errors.append("%s: not available yet; set false to use static "
+                      "direct connections (the only topology so far)"
+                      % ", ".join("%s = true" % name for name in wanted))
+    if zconf.rpc_zmq_min_port >= zconf.rpc_zmq_max_port:
+        errors.append("rpc_zmq_min_port %d must be below rpc_zmq_max_port %d"
+                      % (zconf.rpc_zmq_min_port, zconf.rpc_zmq_max_port))
+    expire, update = zconf.zmq_target_expire, zconf.zmq_target_update
+    if expire > 0 and not 0 < update < expire:
+        warnings.append("zmq_target_update %d is not below "
+                        "zmq_target_expire %d: registrations expire before "
+                        "they are refreshed; use about half of it"
+                        % (update, expire))
+    if zconf.subscribe_on and not zconf.use_pub_sub:
+        warnings.append("subscribe_on is used only with use_pub_sub")
+    return errors, warnings
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """``[(group, [options])]`` for ``oslo-config-generator``."""
+    return [(GROUP, list(OPTS))]

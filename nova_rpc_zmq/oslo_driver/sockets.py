@@ -1,0 +1,207 @@
+"""The sockets of the oslo.messaging driver: static direct connections.
+
+* ``Inbound``: a PULL socket bound to a random port of
+  ``[rpc_zmq_min_port, rpc_zmq_max_port)`` and one reader (a thread, or a
+  green thread in a monkey-patched process) that hands each message to a
+  callback. Every RPC server, notification listener and caller (for its
+  replies) has one.
+* ``Outbound``: one PUSH socket per peer ``host:port``, opened at first use
+  and closed after ``OUTBOUND_IDLE`` seconds unused or at cleanup, with ``ZMQ_IMMEDIATE`` so that a message is only
+  queued once the TCP connection is up: a peer that is not there refuses
+  the message (``send`` says so) instead of holding it.
+
+Each socket is used by one thread at a time: a reader owns its PULL; sends
+on a PUSH take its lock. Sends never block in libzmq (``NOBLOCK``); a full
+or unconnected peer is waited for with the handler's sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import zmq
+
+from nova_rpc_zmq import concurrency, frames, wire, zmqio
+
+LOG = logging.getLogger(__name__)
+
+#: Milliseconds a reader waits before it looks at its stop flag.
+READ_WAKE_MS = 200
+#: High-water mark of every socket (messages).
+HWM = 10000
+#: Seconds an outbound socket may stay unused before it is closed (the
+#: reply sockets of callers long gone would otherwise pile up).
+OUTBOUND_IDLE = 600.0
+
+
+class PortRangeExceeded(RuntimeError):
+    """No free port in the configured range after the configured tries."""
+
+
+def bind_random(sock: Any, address: str, min_port: int, max_port: int,
+                tries: int) -> int:
+    """Bind ``sock`` to ``tcp://address:<port>`` for a random port of
+    ``[min_port, max_port)``; returns the port.
+
+    Raises ``PortRangeExceeded`` (naming the range and the options to
+    change) after ``tries`` ports in use, ``ValueError`` for an empty
+    range.
+    """
+    if not 0 < min_port < max_port <= 65536:
+        raise ValueError("rpc_zmq_min_port %d and rpc_zmq_max_port %d do not "
+                         "make a port range" % (min_port, max_port))
+    last: Exception | None = None
+    for _ in range(max(1, tries)):
+        port = random.randrange(min_port, max_port)
+        try:
+            sock.bind("tcp://%s:%d" % (address, port))
+            return port
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE:
+                raise
+            last = exc
+    raise PortRangeExceeded(
+        "ports range exceeded: no free port for %s in [%d, %d) after %d "
+        "tries (last: %s); widen rpc_zmq_min_port/rpc_zmq_max_port or raise "
+        "rpc_zmq_bind_port_retries" % (address, min_port, max_port, tries,
+                                      last))
+
+
+class Inbound:
+    """A bound PULL socket and its reader.
+
+    ``on_message(frames)`` runs in the reader for each message and must
+    not raise (what it raises is logged and the message dropped).
+    """
+
+    def __init__(self, handler: concurrency.Handler, ctx: Any,
+                 bind_address: str, port_range: tuple[int, int, int],
+                 on_message: Callable[[list], None], what: str) -> None:
+        self.handler = handler
+        self.what = what
+        self._on_message = on_message
+        self._sock = zmqio.make_socket(
+            ctx, zmq.PULL, linger=0, rcvhwm=HWM, rcvtimeo=READ_WAKE_MS,
+            maxmsgsize=wire.DEFAULT_LIMITS.max_msg_size)
+        try:
+            self.port = bind_random(self._sock, bind_address, *port_range)
+        except BaseException:
+            self._sock.close(0)
+            raise
+        self._stopped = False
+        self._reader = handler.spawn(self._read)
+
+    def _read(self) -> None:
+        sock, handle = self._sock, self._on_message
+        recv = zmqio.recv_function(self.handler)
+        while not self._stopped:
+            try:
+                parts = recv(sock)
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                if not self._stopped:
+                    LOG.error("%s: reading port %d failed, no more messages "
+                              "are read: %s", self.what, self.port, exc)
+                return
+            try:
+                handle(parts)
+            except Exception:
+                LOG.exception("%s: a message from port %d was dropped",
+                              self.what, self.port)
+
+    def close(self) -> None:
+        """Stop the reader (within ``READ_WAKE_MS``) and close the socket;
+        messages not yet read are dropped."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.handler.join(self._reader, 5.0)
+        self._sock.close(0)
+
+
+class Outbound:
+    """PUSH sockets to peers, one per ``host:port``, shared by threads."""
+
+    def __init__(self, handler: concurrency.Handler, ctx: Any,
+                 linger_ms: int, idle: float = OUTBOUND_IDLE) -> None:
+        self.handler = handler
+        self._ctx = ctx
+        self._linger_ms = linger_ms
+        self._idle = idle
+        self._lock = handler.Lock()
+        # member -> [socket, lock, last use]
+        self._peers: dict[str, list] = {}
+        self._swept = time.monotonic()
+        self._closed = False
+
+    def _peer(self, member: str) -> list:
+        peer = self._peers.get(member)
+        if peer is not None:
+            return peer
+        with self._lock:
+            peer = self._peers.get(member)
+            if peer is None:
+                if self._closed:
+                    raise zmq.ZMQError(zmq.ENOTSOCK, "transport cleaned up")
+                self._sweep()
+                sock = zmqio.make_socket(self._ctx, zmq.PUSH,
+                                         linger=self._linger_ms, sndhwm=HWM,
+                                         immediate=True)
+                sock.connect("tcp://%s" % member)
+                peer = [sock, self.handler.Lock(), time.monotonic()]
+                self._peers[member] = peer
+            return peer
+
+    def _sweep(self) -> None:
+        """Close sockets idle for longer than ``idle`` (under ``_lock``,
+        at most every tenth of ``idle``)."""
+        now = time.monotonic()
+        if now - self._swept < self._idle / 10:
+            return
+        self._swept = now
+        for member, peer in list(self._peers.items()):
+            if now - peer[2] > self._idle:
+                with peer[1]:
+                    del self._peers[member]
+                    peer[0].close()
+                    peer[2] = None  # closed: a sender holding it looks again
+
+    def send(self, member: str, parts: list, wait: float | None) -> bool:
+        """Queue ``parts`` to ``member`` (``host:port``), waiting at most
+        ``wait`` seconds (None: for ever) for its connection or room.
+
+        Returns False when it did not go (nothing was queued: a message is
+        never sent twice). Raises ``zmq.ZMQError`` after cleanup.
+        """
+        deadline = None if wait is None else time.monotonic() + wait
+        pause = 0.0005
+        while True:
+            peer = self._peer(member)
+            with peer[1]:
+                if peer[2] is not None:
+                    peer[2] = time.monotonic()
+                    try:
+                        frames.send(peer[0], parts, frames.NOBLOCK)
+                        return True
+                    except zmq.Again:
+                        pass
+            if peer[2] is None:
+                continue  # swept while we waited for its lock
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self.handler.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def close(self) -> None:
+        """Close every socket (each keeps its linger for unsent messages)."""
+        with self._lock:
+            self._closed = True
+            peers, self._peers = self._peers, {}
+        for peer in peers.values():
+            with peer[1]:
+                peer[0].close()
+                peer[2] = None

@@ -1,0 +1,71 @@
+"""An oslo.messaging RPC server on the zmq driver, in its own process.
+
+    python -m tests.oslo.om_server URL TOPIC SERVER RECORD_DIR [--eventlet]
+        [--exchange E] [--expire S] [--update S] [--call TOPIC]...
+
+Prints ``READY <pid> <concurrency handler>`` once its server has started, and stops cleanly (the
+registration removed) on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if "--eventlet" in sys.argv:
+    import eventlet
+    eventlet.monkey_patch()
+
+import argparse  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+import warnings  # noqa: E402
+
+warnings.simplefilter("ignore")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("topic")
+    parser.add_argument("server")
+    parser.add_argument("record_dir")
+    parser.add_argument("--eventlet", action="store_true")
+    parser.add_argument("--exchange", default=None)
+    parser.add_argument("--expire", type=int, default=300)
+    parser.add_argument("--update", type=int, default=180)
+    parser.add_argument("--call", action="append", default=[],
+                        help="after start, call whoami on this topic and "
+                             "print CALLED <topic> <answer>")
+    args = parser.parse_args()
+
+    import oslo_messaging
+
+    from tests.oslo.omsupport import Endpoint, make_conf
+    conf = make_conf(zmq_target_expire=args.expire,
+                     zmq_target_update=args.update)
+    transport = oslo_messaging.get_rpc_transport(conf, args.url)
+    target = oslo_messaging.Target(topic=args.topic, server=args.server,
+                                   exchange=args.exchange)
+    executor = "eventlet" if args.eventlet else "threading"
+    server = oslo_messaging.get_rpc_server(
+        transport, target, [Endpoint(args.server, args.record_dir)],
+        executor=executor)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    server.start()
+    handler = transport._driver.handler.name  # reported, never driven
+    print("READY %d %s" % (__import__("os").getpid(), handler), flush=True)
+    for topic in args.call:
+        rpc = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic=topic), timeout=30)
+        print("CALLED %s %s" % (topic, rpc.call({}, "whoami")), flush=True)
+    while not done.wait(0.1):
+        pass
+    server.stop()
+    server.wait()
+    transport.cleanup()
+    print("STOPPED", flush=True)
+
+
+if __name__ == "__main__":
+    main()
