@@ -93,7 +93,8 @@ class ZmqDriver(base.BaseDriver):
         self.kind = _matchmaker(url, self.zconf)
         self.handler = concurrency.get_handler()
         try:
-            self.registry = registry.registry_for(self.kind, url)
+            self.registry = registry.registry_for(
+                self.kind, url, conf, self.zconf.rpc_zmq_host, self.handler)
         except ValueError as exc:
             raise oslo_messaging.InvalidTransportURL(str(url), str(exc)) \
                 from None

@@ -10,7 +10,9 @@ nothing more; ``cleanup`` closes the socket.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from oslo_messaging._drivers import base
@@ -28,6 +30,10 @@ LOG = logging.getLogger(__name__)
 #: oslo.messaging's AMQP drivers name it).
 MONITOR_KEY = "_timeout"
 _STOP = object()
+#: Whether ``IncomingMessage`` takes the ``msg_id`` (newer oslo.messaging;
+#: with 14.0 the driver sets the attribute itself).
+_TAKES_MSG_ID = "msg_id" in inspect.signature(
+    base.IncomingMessage.__init__).parameters
 
 
 def is_remote_failure(value: Any) -> bool:
@@ -42,7 +48,11 @@ class RpcMessage(base.RpcIncomingMessage):
 
     def __init__(self, driver: "ZmqDriver", ctxt: dict, message: dict,
                  msg_id: str | None, reply_to: str | None) -> None:
-        super().__init__(ctxt, message, msg_id)
+        if _TAKES_MSG_ID:
+            super().__init__(ctxt, message, msg_id)
+        else:
+            super().__init__(ctxt, message)
+            self.msg_id = msg_id if msg_id is not None else str(uuid.uuid4())
         self._driver = driver
         self._reply_to = reply_to
         monitor = message.pop(MONITOR_KEY, None)

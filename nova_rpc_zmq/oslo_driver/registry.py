@@ -13,6 +13,8 @@ seconds) and ``unregister`` when they stop; callers ask ``members``.
   its mtime is the registration time. Written atomically (a rename),
   ignored and removed once older than its TTL or once its process is gone.
 * ``RedisRegistry`` (``zmq+redis://``, ``redis_registry.py``).
+* ``liveness.LiveRegistry`` wraps any of them when a ServiceGroup driver
+  is configured: hosts it reports down are left out.
 
 All are thread-safe and never unpickle anything. ``Lookup`` is the
 callers' policy over a registry (no sockets): it asks the registry at most
@@ -20,7 +22,7 @@ every ``CACHE_SECONDS`` per key, keeps the last answer when the registry
 fails (Redis away: traffic to known servers goes on), and orders a key's
 members: strict round robin (each message starts one member further on,
 so three casts to three servers reach all three), members that recently
-refused a message last.
+refused a message last (the round robin goes on over the others).
 """
 
 from __future__ import annotations
@@ -230,9 +232,25 @@ class DirectoryRegistry(Registry):
             pass
 
 
-def registry_for(kind: str, url: Any) -> Registry:
+def registry_for(kind: str, url: Any, conf: Any = None, host: str = "",
+                 handler: Any = None) -> Registry:
     """The registry named ``kind`` (``dummy``, ``directory``, ``redis``,
-    ``sentinel``) for the TransportURL ``url``."""
+    ``sentinel``) for the TransportURL ``url``; when ``conf`` configures a
+    ServiceGroup driver, its answers leave out the hosts that driver
+    reports down and ``host`` (``rpc_zmq_host``) joins the groups of what
+    it registers (``liveness.LiveRegistry``)."""
+    inner = _back_end(kind, url)
+    if conf is None:
+        return inner
+    from nova_rpc_zmq.oslo_driver.liveness import LiveRegistry
+    try:
+        return LiveRegistry.wrap(inner, conf, host, handler)
+    except BaseException:
+        inner.close()
+        raise
+
+
+def _back_end(kind: str, url: Any) -> Registry:
     hosts = list(url.hosts)
     if kind == "dummy":
         return DummyRegistry()
@@ -288,15 +306,21 @@ class Lookup:
         with self._lock:
             turn = self._turn.get(turn_key, 0)
             self._turn[turn_key] = turn + 1
-            start = turn % len(members)
-            order = members[start:] + members[:start]
+            late: list[str] = []
             if self._suspects:
                 now = time.monotonic()
                 for member in [m for m, t in self._suspects.items()
                                if t < now]:
                     del self._suspects[member]
-                order.sort(key=lambda m: m in self._suspects)
-        return order
+                # the turn goes round the others only: skipping a suspect
+                # must not hand its turn to its neighbour as well
+                late = [m for m in members if m in self._suspects]
+                if late:
+                    members = [m for m in members if m not in self._suspects]
+            if not members:
+                return late
+            start = turn % len(members)
+            return members[start:] + members[:start] + late
 
     def rotation(self, key: str, fresh: bool = False) -> list[str]:
         """The members of ``key`` in the order to try for one message."""

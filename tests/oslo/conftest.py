@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -98,20 +99,25 @@ def recorded(record_dir: Path) -> list[str]:
 
 
 class ReplicaServer(RedisServer):
-    """A Redis replica of ``master``."""
+    """A Redis replica of ``master``; the Sentinel promotes the replica of
+    lowest ``priority`` first."""
 
-    def __init__(self, base_dir: Path, master: RedisServer) -> None:
+    def __init__(self, base_dir: Path, master: RedisServer,
+                 priority: int = 100) -> None:
         super().__init__(base_dir)
         self.master = master
+        self.priority = priority
 
     def command(self) -> list[str]:
         return super().command() + ["--replicaof", "127.0.0.1",
-                                    str(self.master.port)]
+                                    str(self.master.port),
+                                    "--replica-priority", str(self.priority)]
 
 
 class SentinelServer(RedisServer):
     """A Redis Sentinel watching ``master`` as ``name`` (quorum 1, down
-    after 500 ms)."""
+    after 2 s: shorter, a master just promoted that is slow to answer on
+    a loaded machine is failed over again)."""
 
     kind = "sentinel"
 
@@ -124,7 +130,7 @@ class SentinelServer(RedisServer):
         conf.write_text(
             "port %d\nbind 127.0.0.1\ndaemonize no\n"
             "sentinel monitor %s 127.0.0.1 %d 1\n"
-            "sentinel down-after-milliseconds %s 500\n"
+            "sentinel down-after-milliseconds %s 2000\n"
             "sentinel failover-timeout %s 2000\n"
             % (self.port, self.name, self.master.port, self.name, self.name))
         return [str(self.binary), str(conf), "--sentinel"]
@@ -132,18 +138,66 @@ class SentinelServer(RedisServer):
 
 @pytest.fixture
 def sentinel_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A Redis master, its replica and a Sentinel (master name
-    ``oslo-messaging-zeromq``), all real; a missing binary fails."""
+    """Three real Redis servers, a master and two replicas, and a real
+    Sentinel (master name ``oslo-messaging-zeromq``); a failover promotes
+    ``replica`` (``replica2`` has a higher priority number). A missing
+    binary fails."""
     if not shutil.which("redis-server"):
         pytest.fail("redis-server is not installed: the Sentinel tests "
                     "need it (apt-get install -y redis-server)")
-    master = RedisServer(tmp_path / "master")
-    master.start()
-    replica = ReplicaServer(tmp_path / "replica", master)
-    replica.start()
-    sentinel = SentinelServer(tmp_path / "sentinel", master,
-                              "oslo-messaging-zeromq")
-    sentinel.start()
-    yield {"master": master, "replica": replica, "sentinel": sentinel}
-    for server in (sentinel, replica, master):
-        server.stop()
+    started: list[RedisServer] = []
+    try:
+        master = RedisServer(tmp_path / "master")
+        started.append(master)
+        master.start()
+        replica = ReplicaServer(tmp_path / "replica", master, priority=10)
+        started.append(replica)
+        replica.start()
+        replica2 = ReplicaServer(tmp_path / "replica2", master, priority=90)
+        started.append(replica2)
+        replica2.start()
+        sentinel = SentinelServer(tmp_path / "sentinel", master,
+                                  "oslo-messaging-zeromq")
+        started.append(sentinel)
+        sentinel.start()
+        yield {"master": master, "replica": replica, "replica2": replica2,
+               "sentinel": sentinel}
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def host_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """``start(role, url, address, name, *extra, wait=True)`` -> a ``Proc``
+    running ``tests/oslo/om_host.py`` (``role`` ``rpc`` or ``notify``) on
+    loopback address ``address``, once it printed READY (``wait``).
+    RPC casts are recorded in ``start.rpc_dir``, notifications in
+    ``start.notify_dir``. Every process is stopped after the test (one
+    left stopped with SIGSTOP is continued first)."""
+    procs: list[Proc] = []
+    rpc_dir, notify_dir = tmp_path / "rpc-records", tmp_path / "notified"
+    rpc_dir.mkdir()
+    notify_dir.mkdir()
+
+    def start(role: str, url: str, address: str, name: str, *extra: str,
+              wait: bool = True) -> Proc:
+        record_dir = rpc_dir if role == "rpc" else notify_dir
+        argv = [sys.executable, "-m", "tests.oslo.om_host", role, url,
+                address, name, str(record_dir), *extra]
+        proc = Proc("%s-%s" % (role, name), argv,
+                    str(tmp_path / ("%s-%s.log" % (role, name))),
+                    env=child_env())
+        procs.append(proc)
+        if wait:
+            proc.wait_for_line("READY", scaled(30))
+        return proc
+
+    start.rpc_dir = rpc_dir  # type: ignore[attr-defined]
+    start.notify_dir = notify_dir  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        if proc.popen.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+    for proc in procs:
+        proc.stop()
