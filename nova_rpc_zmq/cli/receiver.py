@@ -53,7 +53,7 @@ def check_ring(settings: Settings) -> str | None:
     The receiver does not route by the ring (services do, and re-read it
     within a second of a change); a bad file is logged, never fatal.
     """
-    if getattr(settings, "rpc_zmq_matchmaker", "") != "ring":
+    if settings.rpc_zmq_matchmaker != "ring":
         return None
     from nova_rpc_zmq.matchmaker.ring import load_ring_file
     path = settings.matchmaker_ringfile
@@ -115,10 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                          "set rpc_zmq_health_port to a free port (it defaults to "
                          "rpc_zmq_port + 2) or 0, or fix "
                          "rpc_zmq_health_bind_address\n"
-                         % (getattr(settings, "rpc_zmq_health_bind_address", None)
-                            or getattr(settings, "rpc_zmq_bind_address", "?"),
-                            getattr(settings, "rpc_zmq_health_port", "?"),
-                            exc.strerror))
+                         % (settings.rpc_zmq_health_bind_address
+                            or settings.rpc_zmq_bind_address,
+                            settings.rpc_zmq_health_port, exc.strerror))
         if receiver is not None:
             receiver.stop()
             receiver.run()

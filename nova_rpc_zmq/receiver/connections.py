@@ -17,12 +17,17 @@ raises no other event), so it cannot be told apart and is not counted as a
 drop: it shows only as one more closed connection.
 
 A socket has one monitor. With ``rpc_zmq_curve`` the ZAP authenticator
-takes it (to count handshakes refused before ZAP is asked), so the
-receiver counts no connections then and ``/metrics`` leaves both out.
+takes it (to count handshakes refused before ZAP is asked) and hands this
+count the same two events (``ZapAuthenticator.watch_server(sock,
+on_connection=count.event)``), in its own thread as they come; without
+CURVE the count has a monitor of its own (``watch``), read by the routing
+loop. Either way one thread at a time applies events, and a refused
+handshake ends in ``DISCONNECTED`` like any other closure, so a refused
+peer does not stay counted.
 
 The monitor's events queue in an inproc pipe without a bound on the
 reading side, so none are lost between two reads; ``read()`` takes them
-all without blocking. Not thread-safe: the routing loop's thread only.
+all without blocking.
 """
 
 from __future__ import annotations
@@ -50,17 +55,25 @@ _EVENT = struct.Struct("=HI")
 class ConnectionCount:
     """The open TCP connections of one listening socket, from its monitor.
 
-    ``open`` is read by the metrics thread (a plain int); ``read()`` and
-    ``close()`` by the loop that owns the socket.
+    ``open`` is read by the metrics thread (a plain int). Events come
+    either from a monitor of its own (``watch``, then ``read()`` in the
+    loop that owns the socket) or from the monitor's owner, who calls
+    ``event()``; one thread at a time.
     """
 
-    def __init__(self, ctx: Any, sock: Any, counters: Counters) -> None:
-        """Start monitoring ``sock`` of context ``ctx``, before it binds so
-        that no connection is missed; one per context. Raises
-        ``zmq.ZMQError``."""
+    def __init__(self, counters: Counters) -> None:
+        """A count at 0 that advances ``connections_closed`` of
+        ``counters``; it sees nothing until ``watch`` or ``event``."""
         self.open = 0
         self.counters = counters
-        self._sock = sock
+        self._sock: Any = None
+        self._mon: Any = None
+        self._closed = False
+
+    def watch(self, ctx: Any, sock: Any) -> None:
+        """Monitor ``sock`` of context ``ctx`` from here on: call before
+        it binds so that no connection is missed, from the thread that
+        owns it; one per context. Raises ``zmq.ZMQError``."""
         addr = MONITOR_ENDPOINT
         sock.monitor(addr, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         try:
@@ -71,11 +84,26 @@ class ConnectionCount:
         except zmq.ZMQError:
             sock.disable_monitor()
             raise
+        self._sock = sock
+
+    def event(self, kind: int) -> None:
+        """Apply one monitor event (``zmq.EVENT_*``; others are ignored)."""
+        if self._closed:
+            return
+        if kind == zmq.EVENT_ACCEPTED:
+            self.open += 1
+        elif kind == zmq.EVENT_DISCONNECTED:
+            # a connection taken before the monitor started: not counted
+            self.open = max(0, self.open - 1)
+            self.counters.incr("connections_closed")
 
     def read(self) -> int:
-        """Apply every event waiting; returns how many were read."""
+        """Apply every event waiting on the own monitor (none without
+        ``watch``); returns how many were read."""
         n = 0
         mon = self._mon
+        if mon is None:
+            return n
         while True:
             try:
                 parts = mon.recv_multipart(zmq.NOBLOCK)
@@ -84,19 +112,17 @@ class ConnectionCount:
             n += 1
             if len(parts[0]) < _EVENT.size:
                 continue  # not a monitor event: nothing else writes here
-            event, _fd = _EVENT.unpack_from(parts[0])
-            if event == zmq.EVENT_ACCEPTED:
-                self.open += 1
-            elif event == zmq.EVENT_DISCONNECTED:
-                # a connection taken before the monitor started: not counted
-                self.open = max(0, self.open - 1)
-                self.counters.incr("connections_closed")
+            self.event(_EVENT.unpack_from(parts[0])[0])
 
     def close(self) -> None:
-        """Stop monitoring; call before the watched socket is closed."""
-        try:
-            self._sock.disable_monitor()
-        except zmq.ZMQError as exc:
-            LOG.debug("monitor of the inbound socket already gone: %s", exc)
-        self._mon.close(0)
+        """Stop counting; call before the watched socket is closed (the
+        own monitor must stop on a live socket)."""
+        self._closed = True
+        if self._mon is not None:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError as exc:
+                LOG.debug("monitor of the inbound socket already gone: %s", exc)
+            self._mon.close(0)
+            self._mon = None
         self.open = 0

@@ -77,8 +77,8 @@ class Receiver(RoutingLoop):
         self.backlog_bytes_limit = settings.rpc_zmq_topic_backlog_bytes
         self.total_limit = TOTAL_FACTOR * self.backlog_limit
         self.total_bytes_limit = TOTAL_FACTOR * self.backlog_bytes_limit
-        self.stuck_after = float(getattr(settings, "rpc_zmq_health_stuck_after", 1))
-        self.drain_timeout = float(getattr(settings, "rpc_zmq_drain_timeout", 5))
+        self.stuck_after = float(settings.rpc_zmq_health_stuck_after)
+        self.drain_timeout = float(settings.rpc_zmq_drain_timeout)
         #: True from drain() on: the health page says DRAINING
         self.draining = False
         #: run in the loop's thread after request_reload(); default reload()
@@ -102,12 +102,13 @@ class Receiver(RoutingLoop):
         self._lock_fd: int | None = None
         self._stopping = False
         self._peer_frame: Any = None
-        self.curve = bool(getattr(settings, "rpc_zmq_curve", False))
+        self.curve = bool(settings.rpc_zmq_curve)
         self.authenticator: Any = None
         self.servicegroup: Any = None
         self.endpoint = ""
-        #: TCP peers connected to the inbound socket (from start() on;
-        #: None with rpc_zmq_curve, whose authenticator owns the monitor)
+        #: TCP peers connected to the inbound socket (from start() until
+        #: the socket closes; with rpc_zmq_curve fed by the authenticator,
+        #: which owns the socket's monitor)
         self.connections: ConnectionCount | None = None
 
     # -- start-up ---------------------------------------------------------
@@ -143,17 +144,19 @@ class Receiver(RoutingLoop):
             self.ctx, zmq.PULL, linger=0,
             maxmsgsize=self.limits.max_msg_size * OVERSIZE_MARGIN,
             rcvhwm=TOPIC_HWM, rcvtimeo=IDLE_WAIT_MS, options=options)
+        # before the bind: peers waiting to reconnect come at once
+        self.connections = ConnectionCount(self.counters)
         if keypair is not None:
             from nova_rpc_zmq.security import configure_server
             configure_server(sock, keypair)
-            self.authenticator.watch_server(sock)
+            # a socket has one monitor: the authenticator's (refused
+            # handshakes), which hands the count its connection events
+            self.authenticator.watch_server(
+                sock, on_connection=self.connections.event)
         self.inbound = sock
         try:
             if keypair is None:
-                # before the bind: peers waiting to reconnect come at once.
-                # A socket has one monitor: with CURVE it is the
-                # authenticator's (refused handshakes), so no count then
-                self.connections = ConnectionCount(self.ctx, sock, self.counters)
+                self.connections.watch(self.ctx, sock)
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             self._close_inbound()
@@ -177,7 +180,7 @@ class Receiver(RoutingLoop):
             raise
         LOG.info("receiver listening on %s, routing to %s", self.endpoint,
                  self.ipc_dir)
-        if getattr(self.settings, "servicegroup_enabled", False):
+        if self.settings.servicegroup_enabled:
             self._join_servicegroup()
 
     def _join_servicegroup(self) -> None:

@@ -69,11 +69,11 @@ def families(receiver: Any) -> list[Family]:
         Family(metrics.metric_name("receiver", "backlog_topics"), "gauge",
                "Topics with a non-empty backlog.").add(len(receiver.waiting)),
     ]
-    if connections is not None:  # not counted with CURVE (connections.py)
+    if connections is not None:  # None before start() and once closed
         out.append(Family(
             metrics.metric_name("receiver", "connections_open"), "gauge",
-            "TCP peers connected to the receiver's port (read every 0.1 s "
-            "by the routing loop).").add(connections.open))
+            "TCP peers connected to the receiver's port, in their handshake "
+            "or past it (at most a fraction of a second old).").add(connections.open))
     auth = receiver.authenticator
     accepted = auth.accepted if auth is not None else 0
     refused = dict.fromkeys(CURVE_REFUSALS, 0)

@@ -53,8 +53,8 @@ class ReceiverHealth:
     @classmethod
     def from_settings(cls, receiver: Any, settings: Settings) -> "ReceiverHealth":
         """The policy for ``receiver`` with the options of ``settings``."""
-        return cls(receiver, getattr(settings, "rpc_zmq_drain_file", None),
-                   float(getattr(settings, "rpc_zmq_health_stuck_after", 1)))
+        return cls(receiver, settings.rpc_zmq_drain_file,
+                   float(settings.rpc_zmq_health_stuck_after))
 
     def __call__(self) -> str | None:
         """The one-line reason to answer 503, or None for 200."""

@@ -13,8 +13,9 @@ Who does what:
 
 * receiver: ``ZapAuthenticator(ctx, AllowList(keys_dir)).start()`` before
   ``configure_server(sock, KeyPair.from_settings(s))`` and ``bind``;
-  ``auth.watch_server(sock)`` to count mechanism and key mismatches too
-  (see ``zap``);
+  ``auth.watch_server(sock, on_connection=...)`` to count mechanism and
+  key mismatches too, and to hand the socket's connection events to the
+  receiver's connection count (the socket's one monitor; see ``zap``);
 * sender: ``configure_client(sock, my_pair, server_key_for(H, keys_dir))``
   and ``watcher.watch(sock, H)`` before ``connect``; ``watcher.failure(H)``
   or ``on_failure`` say why H refused us (see ``monitor``).

@@ -46,6 +46,12 @@ What the receiver sees of each refusal (libzmq 4.3.5, measured):
   domain; the policy then refuses it (400 'mechanism mismatch'), a second
   line of defence.
 
+Each refused handshake also ends in a ``DISCONNECTED`` event on the
+server socket, after its ``ACCEPTED``, like any other closed connection.
+``watch_server(sock, on_connection=...)`` hands those two events to the
+caller (the receiver's connection count): the socket has one monitor, and
+this is it.
+
 The accepted peer's host name is the ZAP user id, so a receiver may read
 it from each message: ``frame.get('User-Id')`` (``recv(copy=False)``).
 
@@ -97,6 +103,8 @@ PROTOCOL_ERROR = "protocol error"
 _SERVER_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                   | zmq.EVENT_MONITOR_STOPPED)
+#: What ``watch_server(on_connection=...)`` also watches and hands over.
+CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 #: libzmq retries a refused handshake about every 100 ms, so a repeating
 #: monitor refusal is logged once per this many seconds per endpoint and
 #: reason, with how many came in between (all are counted).
@@ -105,6 +113,8 @@ _MAX_BATCH = 100          # requests or events handled per wake-up
 _MAX_FRAMES = 16          # a ZAP request has 6 frames plus credentials
 
 RefusalCallback = Callable[[Decision, str], None]
+#: Called with ``zmq.EVENT_ACCEPTED`` or ``zmq.EVENT_DISCONNECTED``.
+ConnectionCallback = Callable[[int], None]
 
 
 def _unbound(sock: Any, what: str) -> None:
@@ -187,7 +197,8 @@ class ZapAuthenticator:
         self._accepted = 0
         self._refused: dict[str, int] = {}
         self._warned: dict[tuple[str, str], tuple[float, int]] = {}
-        self._pending: list[zmq.Socket] = []
+        #: monitor sockets not yet polled, with their on_connection
+        self._pending: list[tuple[zmq.Socket, ConnectionCallback | None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._zap: zmq.Socket | None = None
@@ -252,21 +263,34 @@ class ZapAuthenticator:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def watch_server(self, sock: zmq.Socket) -> None:
+    def watch_server(self, sock: zmq.Socket,
+                     on_connection: ConnectionCallback | None = None) -> None:
         """Count and log handshakes ``sock`` refuses before ZAP is asked
         (mechanism mismatch, wrong server key).  Call from the thread that
         owns ``sock``, before it binds; this takes over ``sock``'s monitor.
+
+        ``on_connection(event)`` runs in the loop thread for each TCP
+        connection ``sock`` accepts (``zmq.EVENT_ACCEPTED``) and each one
+        closed, refused ones included (``zmq.EVENT_DISCONNECTED``), in
+        order, none lost; its exceptions are logged, never fatal.
         """
         with self._lock:
             self._serial += 1
             addr = "inproc://nova-rpc-zmq.zap-monitor.%d.%d" % (id(self),
                                                                 self._serial)
-        sock.monitor(addr, _SERVER_EVENTS)
+        events = _SERVER_EVENTS
+        rcvhwm = None
+        if on_connection is not None:
+            # no bound on the reading side: a lost event would leave a
+            # connection count wrong for good
+            events |= CONNECTION_EVENTS
+            rcvhwm = 0
+        sock.monitor(addr, events)
         pair = zmqio.make_socket(sock.context, zmq.PAIR, linger=0,
-                                 native=True)
+                                 rcvhwm=rcvhwm, native=True)
         pair.connect(addr)
         with self._lock:
-            self._pending.append(pair)
+            self._pending.append((pair, on_connection))
 
     # ---------------------------------------------------------- counters --
     @property
@@ -305,22 +329,22 @@ class ZapAuthenticator:
         assert zap is not None
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
-        monitors: list[zmq.Socket] = []
+        monitors: dict[zmq.Socket, ConnectionCallback | None] = {}
         timeout_ms = max(1, int(self.poll_interval * 1000))
         try:
             while not self._stop.is_set():
                 with self._lock:
                     fresh, self._pending = self._pending, []
-                for pair in fresh:
+                for pair, on_connection in fresh:
                     poller.register(pair, zmq.POLLIN)
-                    monitors.append(pair)
+                    monitors[pair] = on_connection
                 ready = dict(poller.poll(timeout_ms))
                 if zap in ready:
                     self._serve_batch(zap)
                 for pair in [m for m in monitors if m in ready]:
-                    if not self._read_monitor(pair):
+                    if not self._read_monitor(pair, monitors[pair]):
                         poller.unregister(pair)
-                        monitors.remove(pair)
+                        del monitors[pair]
                         pair.close()
         except zmq.ContextTerminated:
             LOG.info("ZAP handler stops: its context was terminated")
@@ -329,9 +353,9 @@ class ZapAuthenticator:
                           "fail until it is restarted")
         finally:
             with self._lock:
-                monitors.extend(self._pending)
+                leftovers = [pair for pair, _ in self._pending]
                 self._pending = []
-            for sock in monitors + [zap]:
+            for sock in list(monitors) + leftovers + [zap]:
                 sock.close(linger=0)
             self._zap = None
 
@@ -396,7 +420,15 @@ class ZapAuthenticator:
         except Exception:  # noqa: BLE001 - a callback never kills the loop
             LOG.exception("on_refusal callback failed for %s", peer)
 
-    def _read_monitor(self, pair: zmq.Socket) -> bool:
+    @staticmethod
+    def _hand_over(on_connection: ConnectionCallback, kind: int) -> None:
+        try:
+            on_connection(kind)
+        except Exception:  # noqa: BLE001 - a callback never kills the loop
+            LOG.exception("on_connection callback failed (event %d)", kind)
+
+    def _read_monitor(self, pair: zmq.Socket,
+                      on_connection: ConnectionCallback | None = None) -> bool:
         """Handle queued monitor events; False once the socket is gone."""
         for _ in range(_MAX_BATCH):
             try:
@@ -410,6 +442,10 @@ class ZapAuthenticator:
             endpoint = event["endpoint"].decode("utf-8", "replace")
             if kind == zmq.EVENT_MONITOR_STOPPED:
                 return False
+            if kind & CONNECTION_EVENTS:
+                if on_connection is not None:
+                    self._hand_over(on_connection, kind)
+                continue
             if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                     reason, why = MECHANISM_MISMATCH, (
