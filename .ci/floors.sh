@@ -160,7 +160,7 @@ EXCLUDE=(
 set +e
 NOVA_RPC_ZMQ_TEST_TIMEOUT_SCALE=${NOVA_RPC_ZMQ_TEST_TIMEOUT_SCALE:-2} \
     "$VENV/bin/python" -m pytest -q -rfEsx -p no:cacheprovider --timeout=600 \
-    tests/unit tests/functional "${EXCLUDE[@]}" "$@"
+    tests/unit tests/fuzz tests/functional "${EXCLUDE[@]}" "$@"
 rc=$?
 set -e
 say "python $("$VENV/bin/python" -V 2>&1 | cut -d' ' -f2), exit $rc, $(( $(date +%s) - started ))s"

@@ -1,5 +1,7 @@
 """The IPC directory (``rpc_zmq_ipc_dir``) shared by the receiver and the
-services of a host: socket paths, its safety checks, the receiver's lock.
+services of a host: the name of every file in it (topic sockets, direct
+reply sockets, local-call directories, the lock) and the path limit, its
+safety checks, the receiver's lock.
 
 Anyone who can write in it can talk to the local services or replace their
 sockets, so it is made 0750 and refused when others may write in it. Used by
@@ -19,6 +21,15 @@ from nova_rpc_zmq.errors import ConfigurationError
 IPC_PATH_MAX = 107
 #: The file in rpc_zmq_ipc_dir that the running receiver holds locked.
 LOCK_NAME = "receiver.lock"
+#: The receiver's socket of a topic is ``<dir>/zmq_topic_<topic>``.
+TOPIC_PREFIX = "zmq_topic_"
+#: A caller's direct reply socket is ``<dir>/zmq_direct_<token>``.
+DIRECT_PREFIX = "zmq_direct_"
+#: The local services of a topic bind ``<dir>/zmq_local.<topic>/<token>``.
+LOCAL_PREFIX = "zmq_local."
+#: Longest rpc_zmq_ipc_dir (in bytes) in which the shortest socket path the
+#: receiver makes, ``<dir>/zmq_topic_`` and a one-character topic, fits.
+MAX_DIR_LEN = IPC_PATH_MAX - len("/" + TOPIC_PREFIX + "x")
 
 
 class IpcDirError(ConfigurationError):
@@ -27,7 +38,19 @@ class IpcDirError(ConfigurationError):
 
 def ipc_path(ipc_dir: str, topic: str) -> str:
     """The file path behind ``ipc://<dir>/zmq_topic_<topic>``."""
-    return os.path.join(ipc_dir, "zmq_topic_" + topic)
+    return os.path.join(ipc_dir, TOPIC_PREFIX + topic)
+
+
+def direct_reply_path(ipc_dir: str, token: str) -> str:
+    """The reply socket a caller process with ``token`` binds for servers
+    on its host: ``<dir>/zmq_direct_<token>``."""
+    return os.path.join(ipc_dir, DIRECT_PREFIX + token)
+
+
+def local_dir(ipc_dir: str, topic: str) -> str:
+    """The directory holding the local sockets of ``topic``'s services:
+    ``<dir>/zmq_local.<topic>``."""
+    return os.path.join(ipc_dir, LOCAL_PREFIX + topic)
 
 
 def prepare_ipc_dir(ipc_dir: str, receiver: bool = True) -> None:

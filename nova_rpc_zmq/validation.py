@@ -14,15 +14,13 @@ import re
 from typing import Any, Sequence
 
 from nova_rpc_zmq.errors import ConfigurationError
+from nova_rpc_zmq.ipcdir import MAX_DIR_LEN
 from nova_rpc_zmq.options import (BACKENDS, DOWN_TIME_FACTOR, FIELDS,
                                   MATCHMAKER_ALIASES, MATCHMAKERS,
                                   SERVICEGROUP_DRIVERS)
 from nova_rpc_zmq.redact import mask_url
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
-# An ipc:// path holds ~107 bytes; the shortest the receiver makes is
-# "<dir>/zmq_topic_" plus a one-character topic.
-_MAX_IPC_DIR = 107 - len("/zmq_topic_x")
 
 
 def option_name(field: str) -> str:
@@ -133,9 +131,9 @@ def validate(c: Checker) -> None:
     if not _HOST_RE.match(v["rpc_zmq_host"]):
         raise c.fail("rpc_zmq_host", "is not a host name",
                      "use this host's name, FQDN or IP address")
-    if len(v["rpc_zmq_ipc_dir"].encode()) > _MAX_IPC_DIR:
+    if len(v["rpc_zmq_ipc_dir"].encode()) > MAX_DIR_LEN:
         raise c.fail("rpc_zmq_ipc_dir", "is too long for IPC socket paths",
-                     "use a directory of at most %d bytes" % _MAX_IPC_DIR)
+                     "use a directory of at most %d bytes" % MAX_DIR_LEN)
     if v["service_down_time"] <= v["report_interval"]:
         raise c.fail("service_down_time", "is not above report_interval (%s), so live hosts "
                      "would look down" % v["report_interval"],
@@ -161,4 +159,6 @@ def validate(c: Checker) -> None:
                   "rpc_zmq_reply_hosts"):
         if v[field] is not None:
             v[field] = tuple(str(x).strip() for x in v[field] if str(x).strip())
+        elif field != "memcached_servers":  # None there: the in-process store
+            v[field] = ()
     v["rpc_zmq_curve"] = bool(v["rpc_zmq_curve"])

@@ -3,13 +3,14 @@
 a marker per directory, and the network guard of the unit tests.
 
 Markers (registered in pyproject.toml): every test under ``tests/unit`` is
-``unit`` (no network, seconds: ``pytest -m unit``), under
+``unit`` (no network, seconds: ``pytest -m unit``), under ``tests/fuzz``
+``fuzz`` (property tests and a bounded atheris run, tens of seconds), under
 ``tests/functional`` and ``tests/oslo`` ``functional`` (real sockets,
 processes, servers), under ``tests/multihost`` ``multihost`` (network
 namespaces, root).
-With ``NOVA_RPC_ZMQ_UNIT_NETWORK_GUARD=1`` a ``unit`` test that opens a
-TCP/UDP socket or a ZeroMQ socket on a network transport fails
-(tests/fixtures/netguard.py).
+A ``unit`` test that opens a TCP/UDP socket or a ZeroMQ socket on a network
+transport fails (tests/fixtures/netguard.py); ``NOVA_RPC_ZMQ_UNIT_NETWORK_GUARD=0``
+turns the guard off.
 """
 
 import os
@@ -29,8 +30,8 @@ from tests.fixtures import netguard  # noqa: E402
 HERE = Path(__file__).resolve().parent
 #: tests/<directory> -> the marker its tests get (tests/oslo: oslo.messaging
 #: over real sockets and processes)
-DIRECTORY_MARKERS = {"unit": "unit", "functional": "functional", "oslo": "functional",
-                     "multihost": "multihost"}
+DIRECTORY_MARKERS = {"unit": "unit", "fuzz": "fuzz", "functional": "functional",
+                     "oslo": "functional", "multihost": "multihost"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,12 +64,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 def _guard_on() -> bool:
-    return os.environ.get(netguard.ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    """On unless NOVA_RPC_ZMQ_UNIT_NETWORK_GUARD says 0 (false, no, off)."""
+    return os.environ.get(netguard.ENV, "").strip().lower() not in netguard.OFF
 
 
 @pytest.fixture(autouse=True)
 def _unit_network_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a ``unit`` test that used the network (when the guard is on)."""
+    """Fail a ``unit`` test that used the network (unless the guard is off)."""
     if request.node.get_closest_marker("unit") is None or not _guard_on():
         yield
         return

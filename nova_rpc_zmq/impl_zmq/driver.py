@@ -23,9 +23,9 @@ from nova_rpc_zmq.concurrency import Handler, get_handler
 from nova_rpc_zmq.errors import NoHostsError, RPCException, Timeout
 from nova_rpc_zmq.impl_zmq import routes
 from nova_rpc_zmq.impl_zmq.local import LocalCalls
-from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter, direct_reply_path
+from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter
 from nova_rpc_zmq.impl_zmq.sockets import LINGER_MS, Outbound
-from nova_rpc_zmq.ipcdir import ipc_path
+from nova_rpc_zmq.ipcdir import direct_reply_path, ipc_path
 from nova_rpc_zmq.metrics import Counters
 from nova_rpc_zmq.runner import FAILURE, VALUE, run_request
 
@@ -102,7 +102,12 @@ class Driver:
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
         # opt-in GET /metrics of this process (rpc_zmq_metrics_port)
         from nova_rpc_zmq.impl_zmq import exporter
-        self.metrics_server = exporter.start(self)
+        #: a reader of each gauge of ``exporter.GAUGES``
+        self.gauges: exporter.Gauges = {
+            "calls_in_flight": lambda: self.replies.in_flight,
+            "outbound_peers": lambda: self.outbound.peer_count,
+            "connections": lambda: len(self.connections)}
+        self.metrics_server = exporter.start(settings, handler, counters, self.gauges)
 
     # -- hooks for later layers ------------------------------------------
     def _start_liveness(self) -> None:

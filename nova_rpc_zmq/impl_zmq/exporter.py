@@ -12,12 +12,15 @@ outbound peers, open connections) in the Prometheus text format 0.0.4.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from nova_rpc_zmq import metrics, netaddr
-from nova_rpc_zmq.concurrency import original
+from nova_rpc_zmq.concurrency import Handler, original
 from nova_rpc_zmq.errors import ConfigurationError
-from nova_rpc_zmq.metrics import Family
+from nova_rpc_zmq.metrics import Counters, Family
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -36,26 +39,29 @@ HELPS = {
     "consumer.dropped": "Requests this process dropped unrun, by reason.",
     "replies.dropped": "Replies dropped as malformed, by reason.",
 }
+#: The driver's gauges, name -> help, in the order shown; the driver hands
+#: ``start`` a reader of each (``Gauges``).
+GAUGES = {
+    "calls_in_flight": "Calls waiting for their reply.",
+    "outbound_peers": "Hosts with an open outbound socket.",
+    "connections": "Open rpc connections (consumers) of this process.",
+}
+#: Name of a gauge of GAUGES -> a callable returning its value now; called
+#: from the metrics thread, so it must only read (no lock, no I/O).
+Gauges = Mapping[str, Callable[[], float]]
 #: Seconds accept() waits, so that ``stop()`` is noticed.
 ACCEPT_WAIT = 0.5
 #: Longest request head read (a scrape's is a few hundred bytes).
 MAX_REQUEST = 8192
 
 
-def families(driver: Any) -> list[Family]:
-    """Every family of ``driver``; safe from any thread (only reads)."""
-    out = metrics.counter_families(driver.counters, HELPS, ALWAYS)
-    waiters = getattr(driver.replies, "_waiters", {})
-    peers = getattr(driver.outbound, "_socks", {})
-    out += [
-        Family(metrics.metric_name("driver", "calls_in_flight"), "gauge",
-               "Calls waiting for their reply.").add(len(waiters)),
-        Family(metrics.metric_name("driver", "outbound_peers"), "gauge",
-               "Hosts with an open outbound socket.").add(len(peers)),
-        Family(metrics.metric_name("driver", "connections"), "gauge",
-               "Open rpc connections (consumers) of this process."
-               ).add(len(driver.connections)),
-    ]
+def families(counters: Counters, gauges: Gauges) -> list[Family]:
+    """Every family of a driver: its ``counters`` and each gauge of GAUGES
+    read from ``gauges`` now; safe from any thread (only reads). Raises
+    KeyError when ``gauges`` lacks one of GAUGES."""
+    out = metrics.counter_families(counters, HELPS, ALWAYS)
+    out += [Family(metrics.metric_name("driver", name), "gauge", text).add(gauges[name]())
+            for name, text in GAUGES.items()]
     return out + metrics.process_families()
 
 
@@ -128,21 +134,21 @@ class MetricsServer:
         self._sock.close()
 
 
-def start(driver: Any) -> MetricsServer | None:
-    """The driver's metrics server when ``rpc_zmq_metrics_port`` is set,
-    else None. A port that cannot be bound is logged, not raised: metrics
-    must not keep a service from serving."""
-    settings = driver.settings
-    port = int(getattr(settings, "rpc_zmq_metrics_port", 0) or 0)
+def start(settings: Settings, handler: Handler, counters: Counters,
+          gauges: Gauges) -> MetricsServer | None:
+    """A driver's metrics server (its ``counters`` and ``gauges``, see
+    ``families``) when ``rpc_zmq_metrics_port`` is set, else None. A port
+    that cannot be bound is logged, not raised: metrics must not keep a
+    service from serving."""
+    port = settings.rpc_zmq_metrics_port
     if not port:
         return None
-    host = (getattr(settings, "rpc_zmq_health_bind_address", None)
-            or settings.rpc_zmq_bind_address)
+    host = settings.rpc_zmq_health_bind_address or settings.rpc_zmq_bind_address
     try:
         if host != "*" and not netaddr.is_ip(host):
             host = netaddr.resolve_bind_address(host)
-        server = MetricsServer(driver.handler, host, port,
-                               lambda: metrics.render(families(driver)))
+        server = MetricsServer(handler, host, port,
+                               lambda: metrics.render(families(counters, gauges)))
     except (OSError, ConfigurationError) as exc:
         LOG.error("metrics: cannot serve on %s:%d (%s); set rpc_zmq_metrics_port "
                   "to a free port or 0", host, port, exc)

@@ -36,7 +36,7 @@ import zmq
 from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import zmqio
 from nova_rpc_zmq.concurrency import Handler
-from nova_rpc_zmq.ipcdir import IPC_PATH_MAX, prepare_ipc_dir
+from nova_rpc_zmq.ipcdir import IPC_PATH_MAX, local_dir, prepare_ipc_dir
 from nova_rpc_zmq.metrics import Counters
 
 LOG = logging.getLogger(__name__)
@@ -52,13 +52,6 @@ HWM = 1000
 MAX_SOCKETS = 32
 #: ``rescan_at`` of a closed route.
 _CLOSED = float("inf")
-#: Directory names start with this, then the topic.
-PREFIX = "zmq_local."
-
-
-def local_dir(ipc_dir: str, topic: str) -> str:
-    """The directory holding the local sockets of ``topic``'s services."""
-    return os.path.join(ipc_dir, PREFIX + topic)
 
 
 def _is_stale(path: str) -> bool:

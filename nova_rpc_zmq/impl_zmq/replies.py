@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
@@ -32,7 +31,7 @@ from nova_rpc_zmq import wire, zmqio
 from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RemoteProtocolError, Timeout
 from nova_rpc_zmq.impl_zmq.routes import caller_mark  # noqa: F401 - its old home
-from nova_rpc_zmq.ipcdir import ipc_path
+from nova_rpc_zmq.ipcdir import direct_reply_path, ipc_path
 from nova_rpc_zmq.metrics import Counters
 
 if TYPE_CHECKING:
@@ -45,16 +44,8 @@ PROBE_INTERVAL = 0.1
 #: RCVTIMEO of the listener, so it notices close() promptly.
 POLL_MS = 250
 
-#: A caller's direct reply socket is ``<rpc_zmq_ipc_dir>/zmq_direct_<token>``.
-DIRECT_PREFIX = "zmq_direct_"
 #: ``send(host, frames, topic)``: hands frames to ``host``'s receiver.
 Send = Callable[[str, list, str], None]
-
-
-def direct_reply_path(ipc_dir: str, token: str) -> str:
-    """The reply socket a caller process with ``token`` binds for servers
-    on its host."""
-    return os.path.join(ipc_dir, DIRECT_PREFIX + token)
 
 
 class ReplyWaiter:
@@ -90,6 +81,11 @@ class ReplyWaiter:
         self._threads: list[Any] = []
         self.counters = counters
         self.reply_topic = wire.reply_topic(settings.rpc_zmq_host)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls registered and waiting for their reply now."""
+        return len(self._waiters)
 
     def new_msg_id(self) -> str:
         """32 hex digits, starting with this process's token."""

@@ -74,7 +74,7 @@ class ReplyPolicy:
         keys_dir = settings.rpc_zmq_curve_keys_dir \
             if settings.rpc_zmq_curve else None
         return cls(settings.rpc_zmq_host, matchmaker, keys_dir,
-                   settings.rpc_zmq_reply_hosts or ())
+                   settings.rpc_zmq_reply_hosts)
 
     def reply_host(self, reply_topic: str) -> str | None:
         """The host named by ``reply_topic`` (``zmq_replies.<host>``), or

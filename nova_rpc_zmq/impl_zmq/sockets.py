@@ -62,8 +62,7 @@ class Outbound:
         self.own_address = netaddr.local_connect_address(
             settings.rpc_zmq_bind_address)
         self.send_timeout = float(settings.rpc_cast_timeout)
-        self.idle_timeout = float(getattr(
-            settings, "rpc_zmq_outbound_idle_timeout", 0) or 0)
+        self.idle_timeout = float(settings.rpc_zmq_outbound_idle_timeout)
         self._configure = configure
         self._socks: dict[str, tuple[Any, Any]] = {}
         self._used: dict[str, float] = {}
@@ -258,6 +257,11 @@ class Outbound:
     def hosts(self) -> list[str]:
         """Hosts with an open socket now."""
         return list(self._socks)
+
+    @property
+    def peer_count(self) -> int:
+        """How many hosts have an open socket now (``len(hosts())``)."""
+        return len(self._socks)
 
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close every socket, letting each flush for ``linger_ms``."""

@@ -18,6 +18,9 @@ so a service's tests see the behaviour they would see on the wire:
 * ``Timeout`` when no consumer serves the topic, or when the next value
   does not arrive within ``timeout`` (default ``conf.rpc_response_timeout``).
 
+``conf`` is a Settings, a ConfigOpts or None; an option it lacks (or None)
+has its default (``options.default``), as with no configuration at all.
+
 Methods run in native threads (green ones if the process is
 monkey-patched), one per message, so casts are asynchronous: use
 ``wait_idle()`` in a test to wait until every delivered message was
@@ -39,7 +42,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from nova_rpc_zmq import errors, wire
+from nova_rpc_zmq import errors, options, wire
 from nova_rpc_zmq.codec import RpcContext
 from nova_rpc_zmq.metrics import Counters
 from nova_rpc_zmq.rpc import common as rpc_common
@@ -50,9 +53,6 @@ from nova_rpc_zmq.runner import run_request
 
 LOG = logging.getLogger(__name__)
 
-#: Defaults used when ``conf`` lacks an option (or is None).
-DEFAULT_RESPONSE_TIMEOUT = 60.0
-DEFAULT_ALLOWED_MODULES = ("nova.exception", "cinder.exception", "exceptions")
 #: How many notifications ``get_notifications`` remembers.
 MAX_NOTIFICATIONS = 1000
 
@@ -64,25 +64,26 @@ counters = Counters("impl_fake")
 
 # -- helpers ------------------------------------------------------------------
 
-def _setting(conf: Any, name: str, default: Any) -> Any:
-    value = getattr(conf, name, None) if conf is not None else None
-    return default if value is None else value
+def _setting(conf: Any, field: str) -> Any:
+    """``conf.<field>``; the option's default when ``conf`` is None or
+    lacks it (a ConfigOpts that did not register it) or it is unset."""
+    value = getattr(conf, field, None) if conf is not None else None
+    return options.default(field) if value is None else value
 
 
 def _host(conf: Any) -> str:
-    return str(_setting(conf, "rpc_zmq_host", "") or socket.gethostname())
+    return str(_setting(conf, "rpc_zmq_host") or socket.gethostname())
 
 
 def _timeout(conf: Any, timeout: float | None) -> float:
     # As the ZeroMQ driver: None or 0 means the configured response timeout.
     if timeout:
         return float(timeout)
-    return float(_setting(conf, "rpc_response_timeout", DEFAULT_RESPONSE_TIMEOUT))
+    return float(_setting(conf, "rpc_response_timeout"))
 
 
 def _allowed_modules(conf: Any) -> list[str]:
-    return list(_setting(conf, "allowed_rpc_exception_modules",
-                         DEFAULT_ALLOWED_MODULES))
+    return list(_setting(conf, "allowed_rpc_exception_modules"))
 
 
 def _checked_topic(topic: Any) -> str:

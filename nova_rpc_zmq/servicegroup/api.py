@@ -111,7 +111,7 @@ class API:
         if isinstance(driver, Driver):
             self.driver = driver
         else:
-            name = driver or getattr(settings, "servicegroup_driver", None) or "db"
+            name = driver or settings.servicegroup_driver
             if name not in DRIVER_NAMES:
                 raise errors.ConfigurationError(
                     "servicegroup_driver = %r is not known; use one of %s"

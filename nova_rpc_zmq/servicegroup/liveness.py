@@ -27,7 +27,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-from nova_rpc_zmq import concurrency
+from nova_rpc_zmq import concurrency, options
 from nova_rpc_zmq.servicegroup.drivers.base import MemberRecord
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ class LivenessView:
     ``is_up`` and ``dead_hosts`` are safe from any thread and never block.
     """
 
-    def __init__(self, api: Any, receiver_group: str = "rpc_zmq_receiver",
+    def __init__(self, api: Any,
+                 receiver_group: str = options.default("rpc_zmq_receiver_group"),
                  refresh_interval: float | None = None,
                  handler: concurrency.Handler | None = None,
                  topics: Iterable[str] = ()) -> None:
@@ -74,10 +75,8 @@ class LivenessView:
     def from_settings(cls, api: Any, settings: config.Settings,
                       handler: concurrency.Handler | None = None) -> "LivenessView":
         """Build with ``rpc_zmq_receiver_group`` and ``report_interval``."""
-        group = getattr(settings, "rpc_zmq_receiver_group", None) or "rpc_zmq_receiver"
-        return cls(api, receiver_group=group,
-                   refresh_interval=getattr(settings, "report_interval", None),
-                   handler=handler)
+        return cls(api, receiver_group=settings.rpc_zmq_receiver_group,
+                   refresh_interval=settings.report_interval, handler=handler)
 
     # -- the hot path ----------------------------------------------------------
 

@@ -68,7 +68,10 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment with the checkout first on PYTHONPATH, so
     a child imports the same ``nova_rpc_zmq`` (and ``tests``, ``benchmarks``)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = checkout_root() + os.pathsep + env.get("PYTHONPATH", "")
+    # no empty entry when PYTHONPATH is unset: Python reads one as the
+    # child's working directory
+    rest = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = checkout_root() + (os.pathsep + rest if rest else "")
     env.update(extra or {})
     return env
 

@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 
 from nova_rpc_zmq import metrics, rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
 from nova_rpc_zmq.errors import AuthenticationError
 from nova_rpc_zmq.security import generate, write_keypair, write_public
+from nova_rpc_zmq.testing import LocalHost, free_port
 from tests.support import scaled, wait_for
 
 

@@ -25,9 +25,9 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
 from nova_rpc_zmq.errors import AuthenticationError, Timeout
 from nova_rpc_zmq.security import generate, write_keypair, write_public
+from nova_rpc_zmq.testing import LocalHost, free_port
 from tests.functional.wire_recorder import RecordingProxy
 from tests.support import scaled, wait_for
 

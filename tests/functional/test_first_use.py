@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nova_rpc_zmq.cli.cluster import LocalHost
+from nova_rpc_zmq.testing import LocalHost
 from tests.support import scaled
 
 HERE = os.path.dirname(os.path.abspath(__file__))

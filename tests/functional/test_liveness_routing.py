@@ -28,16 +28,15 @@ from typing import Any
 import pytest
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc, free_port
 from nova_rpc_zmq.errors import NoLiveHostsError
 from nova_rpc_zmq.impl_zmq import get_driver
 from nova_rpc_zmq.servicegroup import API
+from nova_rpc_zmq.testing import LocalHost, Proc, checkout_root, child_env, free_port
 from tests.fixtures.servers import (ServerProcess, ServerUnavailable,
                                     make_memcached, make_zookeeper)
 from tests.support import scaled, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT = ROOT / "tests" / "multihost" / "remote_client.py"
+CLIENT = Path(checkout_root()) / "tests" / "multihost" / "remote_client.py"
 IPS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 NAMES = ("h1", "h2", "h3")
 TOPIC = "demo"
@@ -199,7 +198,7 @@ class LivenessCluster:
              self.hosts[0].conf_path] + (["--eventlet"] if eventlet else [])
             + [json.dumps(ops)],
             capture_output=True, text=True, timeout=scaled(60),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            env=child_env())
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])["results"][0]
 
@@ -209,7 +208,7 @@ class LivenessCluster:
             [sys.executable, "-m", "nova_rpc_zmq.cli.main", "status",
              "--config-file", self.hosts[0].conf_path],
             capture_output=True, text=True, timeout=scaled(60),
-            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            env=child_env())
         assert out.returncode == 0, out.stderr[-3000:]
         lines = out.stdout.splitlines()
         assert lines[0].startswith("driver %s at " % self.driver), lines

@@ -21,19 +21,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import types
 import uuid
 from typing import Any, Iterator
 
 import pytest
 import zmq
 
-from nova_rpc_zmq import wire
-from nova_rpc_zmq.cli.cluster import LocalHost
+from nova_rpc_zmq import config, wire
 from nova_rpc_zmq.errors import AuthenticationError
 from nova_rpc_zmq.impl_zmq.driver import Driver
 from nova_rpc_zmq.impl_zmq.sockets import Outbound
 from nova_rpc_zmq.concurrency import get_handler
+from nova_rpc_zmq.testing import LocalHost, child_env
 from tests.support import scaled, wait_for
 
 HOSTS = 2000
@@ -92,10 +91,7 @@ def run_sender(h: LocalHost, mode: str, value: str, unreached: str = "",
     argv = [sys.executable, SCRIPT, h.conf_path, mode, value]
     if unreached:
         argv.append(unreached)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(
-        SCRIPT))) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env,
+    proc = subprocess.run(argv, capture_output=True, text=True, env=child_env(),
                           timeout=scaled(60), preexec_fn=limit)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -228,7 +224,7 @@ def test_idle_outbound_sockets_are_closed_and_reopened():
     pull.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVTIMEO, int(scaled(5) * 1000))
     port = pull.bind_to_random_port("tcp://127.0.0.1")
-    settings = types.SimpleNamespace(
+    settings = config.default_settings(
         rpc_zmq_port=port, rpc_zmq_host="me", rpc_zmq_bind_address="127.0.0.1",
         rpc_cast_timeout=5.0, rpc_zmq_outbound_idle_timeout=0.2)
     out = Outbound(get_handler("threading"), ctx, settings)

@@ -12,8 +12,8 @@ import zmq
 
 from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import impl_zmq, rpc, wire
-from nova_rpc_zmq.cli.cluster import LocalHost
 from nova_rpc_zmq.impl_zmq.replies import caller_mark
+from nova_rpc_zmq.testing import LocalHost
 from tests.support import scaled, wait_for
 
 TOPIC = "handdriven"

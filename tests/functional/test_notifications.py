@@ -14,8 +14,8 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc, free_port
 from nova_rpc_zmq.errors import LocalError
+from nova_rpc_zmq.testing import LocalHost, Proc, free_port
 from tests.support import scaled, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))

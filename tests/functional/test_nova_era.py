@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc
+from nova_rpc_zmq.testing import LocalHost, Proc
 from tests.support import scaled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

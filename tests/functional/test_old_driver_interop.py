@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost
+from nova_rpc_zmq.testing import LocalHost
 from tests.support import scaled
 
 

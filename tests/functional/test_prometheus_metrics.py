@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from nova_rpc_zmq import metrics, rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from nova_rpc_zmq.testing import LocalHost, free_port
 from tests.support import scaled, wait_for
 
 parser = pytest.importorskip("prometheus_client.parser")

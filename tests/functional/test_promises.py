@@ -19,15 +19,13 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost
 from nova_rpc_zmq.errors import AuthenticationError, NoHostsError, Timeout
 from nova_rpc_zmq.impl_zmq import get_driver
 from nova_rpc_zmq.impl_zmq.driver import CLOSE_TIMEOUT
 from nova_rpc_zmq.impl_zmq.sockets import LINGER_MS
 from nova_rpc_zmq.security import generate, write_keypair, write_public
+from nova_rpc_zmq.testing import LocalHost, child_env
 from tests.support import scaled, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,8 +68,7 @@ def host(tmp_path: Path) -> Iterator[LocalHost]:
 def cast_then_cleanup(h: LocalHost, n: int) -> float:
     out = subprocess.run([sys.executable, "-c", CASTER, h.conf_path,
                           "demo_svc", str(n)], capture_output=True, text=True,
-                         timeout=scaled(60),
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                         timeout=scaled(60), env=child_env())
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["cleanup"]
 

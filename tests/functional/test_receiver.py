@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -26,31 +25,19 @@ import psutil
 import pytest
 
 from nova_rpc_zmq import metrics, netaddr, rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from nova_rpc_zmq.testing import LocalHost, child_env, free_port, receiver_argv
 from tests import privileges
 from tests.support import scaled, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROG = "nova-rpc-zmq-receiver: error: "
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _argv(conf_path: str) -> list[str]:
-    return [sys.executable, "-m", "nova_rpc_zmq.cli.receiver",
-            "--config-file", conf_path]
 
 
 def run_failing(host: LocalHost, preexec_fn: Callable[[], None] | None = None) -> str:
     """Run the receiver with ``host``'s conf, expecting it to refuse to start;
     returns its one stderr line.  ``preexec_fn`` runs in the child before
     exec (e.g. to drop privileges)."""
-    proc = subprocess.run(_argv(host.conf_path), capture_output=True, text=True,
-                          env=_env(), timeout=scaled(30), preexec_fn=preexec_fn)
+    proc = subprocess.run(receiver_argv(host.conf_path), capture_output=True,
+                          text=True, env=child_env(), timeout=scaled(30), preexec_fn=preexec_fn)
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "listening on" not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -178,8 +165,8 @@ def test_creates_missing_ipc_dir_with_mode_0750(base: str, umask: int) -> None:
     try:
         assert not os.path.exists(host.ipc_dir)
         with open(out, "wb") as log:
-            proc = subprocess.Popen(_argv(host.conf_path), stdout=log,
-                                    stderr=subprocess.STDOUT, env=_env(),
+            proc = subprocess.Popen(receiver_argv(host.conf_path), stdout=log,
+                                    stderr=subprocess.STDOUT, env=child_env(),
                                     umask=umask)
         try:
             wait_for(lambda: "listening on" in open(out).read()

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import metrics, rpc
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from nova_rpc_zmq.testing import LocalHost, child_env, free_port, receiver_argv
 from tests.support import scaled, wait_for
 
 MAX_MSG_SIZE = 1024 * 1024        # small, so the 64-frame case is quick
@@ -303,18 +302,13 @@ def test_health_reports_a_stuck_receiver(tmp_path: Any) -> None:
         "default_log_levels": "nova_rpc_zmq.receiver.topics=DEBUG",
     })
     out = os.path.join(local.dir, "stdout.log")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))) + os.pathsep + env.get("PYTHONPATH", "")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 100000)
     with open(out, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nova_rpc_zmq.cli.receiver",
-             "--config-file", local.conf_path],
-            stdout=log, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(receiver_argv(local.conf_path), stdout=log,
+                                stderr=subprocess.PIPE, env=child_env())
     reader: threading.Thread | None = None
     try:
         wait_for(lambda: proc.poll() is not None or (

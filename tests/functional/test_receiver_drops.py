@@ -31,8 +31,8 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import metrics, wire
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
 from nova_rpc_zmq.receiver.daemon import Receiver
+from nova_rpc_zmq.testing import LocalHost, free_port
 from tests.support import scaled, wait_for
 
 

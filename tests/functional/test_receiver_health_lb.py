@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import wire
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc, free_port
+from nova_rpc_zmq.testing import LocalHost, Proc, child_env, free_port, receiver_argv
 from tests.support import scaled, wait_for
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -55,9 +54,7 @@ def _status(port: int) -> int:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = child_env()
     env.pop("NOTIFY_SOCKET", None)
     return env
 
@@ -69,10 +66,8 @@ class WedgedReceiver:
 
     def __init__(self, local: LocalHost) -> None:
         self.read_fd, write_fd = os.pipe()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nova_rpc_zmq.cli.receiver",
-             "--config-file", local.conf_path],
-            stdout=write_fd, stderr=write_fd, env=_env(), start_new_session=True)
+        self.proc = subprocess.Popen(receiver_argv(local.conf_path), stdout=write_fd,
+                                     stderr=write_fd, env=_env(), start_new_session=True)
         # a second open file description of the same pipe, non-blocking, so
         # that filling it does not make the receiver's writes non-blocking
         self._filler = os.open("/proc/self/fd/%d" % write_fd,

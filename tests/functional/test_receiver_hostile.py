@@ -28,7 +28,7 @@ import zmq.utils.monitor
 
 from nova_rpc_zmq import metrics, rpc
 from nova_rpc_zmq.receiver import droplog
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from nova_rpc_zmq.testing import LocalHost, free_port
 from tests.support import scaled, wait_for
 
 MAX_MSG_SIZE = 65536

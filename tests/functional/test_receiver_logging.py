@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import metrics
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from nova_rpc_zmq.testing import LocalHost, free_port
 from tests.support import scaled, wait_for
 
 

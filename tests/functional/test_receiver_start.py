@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -22,10 +21,9 @@ from typing import Iterator
 
 import pytest
 
-from nova_rpc_zmq.cli.cluster import LocalHost, Proc, free_port
+from nova_rpc_zmq.testing import LocalHost, Proc, child_env, free_port, receiver_argv
 from tests.support import scaled, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROG = "nova-rpc-zmq-receiver: error: "
 
 
@@ -58,12 +56,8 @@ def _port_pair() -> int:
 def _failing(host: LocalHost) -> str:
     """Run a receiver on ``host``'s conf expecting it to refuse; returns its
     error line."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "nova_rpc_zmq.cli.receiver",
-                           "--config-file", host.conf_path],
-                          capture_output=True, text=True, env=env,
-                          timeout=scaled(30))
+    proc = subprocess.run(receiver_argv(host.conf_path), capture_output=True, text=True,
+                          env=child_env(), timeout=scaled(30))
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "listening on" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith(PROG)]

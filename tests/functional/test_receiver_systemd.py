@@ -22,11 +22,11 @@ from typing import Iterator
 
 import pytest
 
-from nova_rpc_zmq.cli.cluster import LocalHost, free_port
+from nova_rpc_zmq.testing import (LocalHost, checkout_root, child_env, free_port,
+                                  receiver_argv)
 from tests.support import scaled
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UNIT = os.path.join(ROOT, "etc", "systemd", "nova-rpc-zmq-receiver.service")
+UNIT = os.path.join(checkout_root(), "etc", "systemd", "nova-rpc-zmq-receiver.service")
 
 
 def _directives(path: str) -> dict[str, list[str]]:
@@ -107,14 +107,11 @@ def test_ready_after_listening_and_stopping_on_sigterm(workdir: str,
         address = os.path.join(workdir, "notify.sock")
         notify.bind(address)
     notify.settimeout(scaled(20))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["NOTIFY_SOCKET"] = address
+    env = child_env({"NOTIFY_SOCKET": address})
     log_path = os.path.join(workdir, "receiver.log")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "nova_rpc_zmq.cli.receiver",
-                                 "--config-file", local.conf_path],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(receiver_argv(local.conf_path), stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
 
     def output() -> str:
         with open(log_path, "rb") as f:
@@ -153,13 +150,9 @@ def test_sighup_reports_reloading_then_ready(workdir: str) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(address)
     notify.settimeout(scaled(20))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["NOTIFY_SOCKET"] = address
-    proc = subprocess.Popen([sys.executable, "-m", "nova_rpc_zmq.cli.receiver",
-                             "--config-file", local.conf_path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
+    proc = subprocess.Popen(receiver_argv(local.conf_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=child_env({"NOTIFY_SOCKET": address}))
     try:
         assert "READY=1" in notify.recv(4096).decode().splitlines()
         proc.send_signal(signal.SIGHUP)

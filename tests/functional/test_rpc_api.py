@@ -13,12 +13,11 @@ import time
 import pytest
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost
 from nova_rpc_zmq.errors import RemoteError, Timeout
+from nova_rpc_zmq.testing import LocalHost, child_env
 from tests.support import scaled, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 def m(method: str, **args):
@@ -169,10 +168,9 @@ def test_a_fresh_consumer_gets_the_first_fanout(host):
 
 @pytest.mark.parametrize("mode", ["eventlet", "threads"])
 def test_fresh_client_process_first_call_and_concurrency(host, mode):
-    env = dict(os.environ, PYTHONPATH=ROOT)
     out = subprocess.run(
         [sys.executable, os.path.join(HERE, "client_script.py"), host.conf_path,
-         mode, "64"], capture_output=True, text=True, timeout=scaled(60), env=env)
+         mode, "64"], capture_output=True, text=True, timeout=scaled(60), env=child_env())
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["first"] == -1

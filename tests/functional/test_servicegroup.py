@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import select
 import signal
 import subprocess
@@ -24,11 +23,13 @@ from oslo_config import cfg
 
 from nova_rpc_zmq import config
 from nova_rpc_zmq.servicegroup import API, LivenessView, ServiceGroupUnavailable
+from nova_rpc_zmq.servicegroup.drivers import db as db_driver
 from nova_rpc_zmq.servicegroup.drivers import mc as mc_driver
+from nova_rpc_zmq.testing import checkout_root, child_env, free_port
 from tests.fixtures.servers import TcpProxy
 from tests.support import scaled, wait_for
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = checkout_root()
 DOWN, INTERVAL, ZK_TIMEOUT_MS = 3.0, 1.0, 2000
 BACKENDS = ["db-sqlite", "db-postgresql", "zk", "mc", "mc-local"]
 
@@ -133,10 +134,9 @@ def members() -> Any:
               eventlet: bool = False) -> tuple[subprocess.Popen, dict]:
         arg = json.dumps({"settings": fields, "joins": joins,
                           "eventlet": eventlet})
-        env = dict(os.environ, PYTHONPATH=_ROOT)
         proc = subprocess.Popen([sys.executable, "-c", MEMBER_SCRIPT, arg],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, cwd=_ROOT, env=env)
+                                stdin=subprocess.DEVNULL, cwd=_ROOT, env=child_env())
         procs.append(proc)
         deadline = time.monotonic() + scaled(30)
         line = b""
@@ -483,7 +483,6 @@ def test_member_under_eventlet(name: str, request: Any, tmp_path: Any, apis: Any
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("driver", ["zk", "mc", "db"])
 def test_unreachable_backend_at_start_names_address(driver: str) -> None:
-    from tests.support import free_port
     port = free_port()
     settings = config.load_settings(
         cfg.ConfigOpts(), servicegroup_driver=driver, service_down_time=3, report_interval=1,
@@ -496,6 +495,21 @@ def test_unreachable_backend_at_start_names_address(driver: str) -> None:
         API(settings)
     assert str(port) in str(err.value)
     assert "secret" not in str(err.value)
+
+
+@pytest.mark.timeout(60)
+def test_db_unreachable_names_the_address_masked(caplog: Any) -> None:
+    """A database that refuses connections: ServiceGroupUnavailable and
+    every log line show the URL with the password masked."""
+    pytest.importorskip("pg8000")
+    password = "Hunter2SecretPw"
+    caplog.set_level(logging.DEBUG)
+    url = "postgresql+pg8000://nova:%s@127.0.0.1:%d/nova" % (password, free_port())
+    with pytest.raises(ServiceGroupUnavailable) as info:
+        db_driver.DbDriver(url, report_interval=1, service_down_time=3, connect_timeout=1)
+    assert password not in str(info.value)
+    assert "nova:***@127.0.0.1" in str(info.value)
+    assert not [r for r in caplog.records if password in r.getMessage()]
 
 
 @pytest.mark.timeout(60)
@@ -513,7 +527,7 @@ def test_status_command_lists_members(zookeeper_server: Any, request: Any,
     res = subprocess.run([sys.executable, "-m", "nova_rpc_zmq.cli.main", "status",
                           "--config-file", str(cfg)], cwd=_ROOT, timeout=60,
                          capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=_ROOT))
+                         env=child_env())
     assert res.returncode == 0, res.stderr
     lines = {tuple(line.split()[:3]) for line in res.stdout.splitlines()}
     assert ("compute", "host-s1", "up") in lines, res.stdout

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from nova_rpc_zmq import rpc
-from nova_rpc_zmq.cli.cluster import LocalHost
+from nova_rpc_zmq.testing import LocalHost
 from tests.support import scaled, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -171,11 +171,11 @@ def test_every_console_script_prints_the_version(installed: Installed) -> None:
 
 def test_a_driver_without_its_extra_names_the_extra(installed: Installed) -> None:
     probe = (
-        "import types\n"
+        "from nova_rpc_zmq import config\n"
         "from nova_rpc_zmq.errors import ConfigurationError\n"
         "from nova_rpc_zmq.servicegroup.drivers import load_driver\n"
-        "s = types.SimpleNamespace(memcached_servers=['127.0.0.1:1'],\n"
-        "                          service_down_time=60, report_interval=10)\n"
+        "s = config.default_settings(memcached_servers=['127.0.0.1:1'],\n"
+        "                            service_down_time=60, report_interval=10)\n"
         "for name in ('zk', 'mc', 'db'):\n"
         "    try:\n"
         "        load_driver(name, s)\n"

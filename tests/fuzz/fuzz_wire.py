@@ -7,7 +7,7 @@ Run it by hand for as long as you like::
 The input bytes become a list of frames (see ``frames_from_bytes``); any
 exception other than ``RemoteProtocolError`` is a crash, and so is a message
 that decodes but does not survive encode -> decode unchanged.  The same
-check runs in-process under hypothesis (tests/unit/test_wire_fuzz.py), which
+check runs in-process under hypothesis (tests/fuzz/test_wire_fuzz.py), which
 also runs this file for a bounded time.
 
 ``wire`` is imported only inside ``main`` so that atheris can instrument it.

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from nova_rpc_zmq.cli.cluster import Proc
+from nova_rpc_zmq.testing import Proc
 from tests.fixtures.servers import zookeeper_classpath
 from tests.multihost.netns import NetnsCluster, NetnsHost, op
 from tests.multihost.test_three_hosts import values

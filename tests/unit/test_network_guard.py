@@ -98,15 +98,7 @@ def test_a_thread_is_caught_and_the_classes_are_restored(guard) -> None:
     assert zmq.Socket.__dict__["bind"] is zmq_bind
 
 
-def test_a_swallowed_use_fails_the_unit_test(pytester: pytest.Pytester,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The suite's own conftest hooks, on a throw-away suite: a use the
-    test caught fails it at tear-down; a test that uses nothing passes."""
-    monkeypatch.setenv(netguard.ENV, "1")
-    pytester.makeini("[pytest]\nmarkers =\n    unit: a unit test\n")
-    pytester.makeconftest("from tests.conftest import (  # noqa: F401\n"
-                          "    _unit_network_guard, pytest_runtest_makereport)\n")
-    pytester.makepyfile(test_inner="""
+_SWALLOWS = """
 import socket
 import pytest
 
@@ -121,7 +113,60 @@ def test_swallows():
 
 def test_quiet():
     pass
-""")
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+"""
+
+# Whether the guard is on, without touching the network (this test runs
+# guarded itself): socket.socket.bind is patched only while a guard runs.
+_PROBE = """
+import socket
+import pytest
+
+pytestmark = pytest.mark.unit
+BIND = socket.socket.__dict__.get("bind")
+
+def test_bind_is_as_at_import():
+    assert socket.socket.__dict__.get("bind") is BIND
+"""
+
+
+def _run_inner_suite(pytester: pytest.Pytester, source: str) -> pytest.RunResult:
+    """``source`` as a suite of unit tests under the suite's own conftest
+    hooks, in this process."""
+    pytester.makeini("[pytest]\nmarkers =\n    unit: a unit test\n")
+    pytester.makeconftest("from tests.conftest import (  # noqa: F401\n"
+                          "    _unit_network_guard, pytest_runtest_makereport)\n")
+    pytester.makepyfile(test_inner=source)
+    # without hypothesis' plugin: pytester drops the modules a run imports,
+    # and the plugin imports hypothesis anew (seconds) at every session end
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
+@pytest.mark.parametrize("setting", [None, "", "1"])
+def test_a_swallowed_use_fails_the_unit_test(pytester: pytest.Pytester,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             setting: str | None) -> None:
+    """On by default: a use the test caught fails it at tear-down; a test
+    that uses nothing passes."""
+    if setting is None:
+        monkeypatch.delenv(netguard.ENV, raising=False)
+    else:
+        monkeypatch.setenv(netguard.ENV, setting)
+    result = _run_inner_suite(pytester, _SWALLOWS)
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*unit test used the network 1 time(s)*127.0.0.1*"])
+
+
+@pytest.mark.parametrize("setting, guarded", [(None, True), ("0", False), ("off", False),
+                                              (" False ", False)])
+def test_nova_rpc_zmq_unit_network_guard_0_turns_it_off(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+        setting: str | None, guarded: bool) -> None:
+    if setting is None:
+        monkeypatch.delenv(netguard.ENV, raising=False)
+    else:
+        monkeypatch.setenv(netguard.ENV, setting)
+    result = _run_inner_suite(pytester, _PROBE)
+    if guarded:
+        result.assert_outcomes(failed=1)
+    else:
+        result.assert_outcomes(passed=1)

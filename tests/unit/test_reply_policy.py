@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from nova_rpc_zmq import config
 from nova_rpc_zmq.impl_zmq.reply_policy import ReplyPolicy
 from nova_rpc_zmq.matchmaker.localhost import LocalhostMatchMaker
 from nova_rpc_zmq.matchmaker.ring import RingMatchMaker
@@ -60,3 +61,15 @@ def test_refusals_are_counted_and_logged_once_per_interval(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
     assert "1 such call(s)" in lines[0] and "100 such call(s)" in lines[1]
+
+
+def test_from_settings_reads_the_fields_even_when_set_to_none():
+    settings = config.default_settings(rpc_zmq_reply_hosts=None,
+                                       allowed_rpc_exception_modules=None)
+    assert settings.rpc_zmq_reply_hosts == ()
+    assert settings.allowed_rpc_exception_modules == ()
+    assert config.default_settings(memcached_servers=None).memcached_servers is None
+    policy = ReplyPolicy.from_settings(settings, LocalhostMatchMaker(settings.rpc_zmq_host))
+    assert policy.extra_hosts == frozenset()
+    assert policy.allows("zmq_replies." + settings.rpc_zmq_host)
+    assert not policy.allows("zmq_replies.other")

@@ -49,10 +49,11 @@ def missing_package_message(driver: str, exc: ImportError) -> str:
             "%s or choose another driver" % (driver, module, exc, fix))
 
 
-def load_driver(name: str, settings: config.Settings | None = None,
+def load_driver(name: str, settings: config.Settings,
                 handler: concurrency.Handler | None = None) -> Driver:
     """Build driver ``name`` from ``settings`` (see each module for the
-    fields it reads).  Raises ConfigurationError for an unknown name or a
+    fields it reads; ``config.default_settings()`` has every option at its
+    default).  Raises ConfigurationError for an unknown name or a
     missing client library, ServiceGroupUnavailable when the back end does
     not answer."""
     if name not in DRIVERS:

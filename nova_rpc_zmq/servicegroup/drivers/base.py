@@ -20,12 +20,9 @@ import abc
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from nova_rpc_zmq import concurrency, errors, options
-
-if TYPE_CHECKING:
-    from nova_rpc_zmq import config
 
 LOG = logging.getLogger(__name__)
 
@@ -199,12 +196,6 @@ def heartbeat_loop(beat: Callable[[], None], *, driver: str,
             delay = backoff.next()
         wake.wait(delay)
         wake.clear()
-
-
-def setting(settings: config.Settings | None, name: str, default: Any) -> Any:
-    """``settings.name`` if present and not None, else ``default``."""
-    value = getattr(settings, name, None) if settings is not None else None
-    return default if value is None else value
 
 
 class Driver(abc.ABC):

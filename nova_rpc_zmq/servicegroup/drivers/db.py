@@ -1,9 +1,10 @@
 """ServiceGroup driver ``db``: heartbeat rows in an SQL database.
 
 Options (from ``Settings``): ``database_connection`` - any SQLAlchemy URL
-(SQLAlchemy 1.4 or 2);
-an SQLite file by default (``sqlite:////var/lib/nova/servicegroup.sqlite``),
-PostgreSQL as ``postgresql+pg8000://user:pw@host/db`` (pure Python, works
+(SQLAlchemy 1.4 or 2): by default (the option's, and ``DbDriver``'s when
+given none) the SQLite file
+``sqlite:////var/lib/nova/nova_rpc_zmq_servicegroup.sqlite``; PostgreSQL
+as ``postgresql+pg8000://user:pw@host/db`` (pure Python, works
 under eventlet) or ``postgresql+psycopg://...``; ``report_interval`` -
 seconds between heartbeats; ``service_down_time`` - a member not heard from
 for this long is down.
@@ -33,8 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from nova_rpc_zmq import concurrency, errors
+from nova_rpc_zmq import concurrency, errors, options
 from nova_rpc_zmq.redact import mask_url
 from nova_rpc_zmq.servicegroup.drivers import base
 
@@ -52,9 +51,8 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 TABLE_NAME = "nova_rpc_zmq_servicegroup"
-#: used when no ``database_connection`` is configured
-DEFAULT_URL = "sqlite:///" + os.path.join(tempfile.gettempdir(),
-                                          "nova-rpc-zmq-servicegroup.sqlite")
+#: the URL when none is given: the default of ``[database] connection``
+DEFAULT_URL: str = options.default("database_connection")
 
 metadata = sa.MetaData()
 # Epoch seconds need a double: a single-precision float is 128 s coarse
@@ -293,13 +291,14 @@ class DbDriver(base.Driver):
 
     name = "db"
 
-    def __init__(self, database_connection: str | None = None, *,
-                 service_down_time: float = 60, report_interval: float = 10,
+    def __init__(self, database_connection: str = DEFAULT_URL, *,
+                 service_down_time: float = options.default("service_down_time"),
+                 report_interval: float = options.default("report_interval"),
                  connect_timeout: float | None = None,
                  handler: concurrency.Handler | None = None) -> None:
         super().__init__(service_down_time=service_down_time,
                          report_interval=report_interval, handler=handler)
-        self.url = database_connection or DEFAULT_URL
+        self.url = database_connection
         timeout = connect_timeout or max(1.0, min(5.0, self.report_interval))
         self._pulse = _Pulse.acquire(self.url, timeout, self.report_interval,
                                      self.handler, self)
@@ -312,10 +311,9 @@ class DbDriver(base.Driver):
                       handler: concurrency.Handler | None = None) -> "DbDriver":
         """Build from ``Settings`` (``database_connection``,
         ``service_down_time``, ``report_interval``)."""
-        return cls(base.setting(settings, "database_connection", None),
-                   service_down_time=base.setting(settings, "service_down_time", 60),
-                   report_interval=base.setting(settings, "report_interval", 10),
-                   handler=handler)
+        return cls(settings.database_connection,
+                   service_down_time=settings.service_down_time,
+                   report_interval=settings.report_interval, handler=handler)
 
     @property
     def address(self) -> str:

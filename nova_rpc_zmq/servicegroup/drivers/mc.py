@@ -56,9 +56,9 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from nova_rpc_zmq import concurrency, errors
+from nova_rpc_zmq import concurrency, errors, options
 from nova_rpc_zmq.servicegroup.drivers import base
 from nova_rpc_zmq.servicegroup.drivers.mc_store import (  # noqa: F401 - API
     MERGE_TRIES, LocalStore, MemcachedStore, NotOurs, RefusedValue,
@@ -197,8 +197,10 @@ class McDriver(base.Driver):
 
     name = "mc"
 
-    def __init__(self, memcached_servers: list[str] | str | None = None, *,
-                 service_down_time: float = 60, report_interval: float = 10,
+    def __init__(self, memcached_servers: Sequence[str] | str | None =
+                 options.default("memcached_servers"), *,
+                 service_down_time: float = options.default("service_down_time"),
+                 report_interval: float = options.default("report_interval"),
                  handler: concurrency.Handler | None = None,
                  socket_timeout: float | None = None) -> None:
         super().__init__(service_down_time=service_down_time,
@@ -241,10 +243,9 @@ class McDriver(base.Driver):
                       handler: concurrency.Handler | None = None) -> "McDriver":
         """Build from ``Settings`` (``memcached_servers``,
         ``service_down_time``, ``report_interval``)."""
-        return cls(base.setting(settings, "memcached_servers", None),
-                   service_down_time=base.setting(settings, "service_down_time", 60),
-                   report_interval=base.setting(settings, "report_interval", 10),
-                   handler=handler)
+        return cls(settings.memcached_servers,
+                   service_down_time=settings.service_down_time,
+                   report_interval=settings.report_interval, handler=handler)
 
     @property
     def address(self) -> str:
@@ -445,7 +446,7 @@ def _adder(field: str, names: set[str], now: float) -> Callable[[Any], str | Non
     return fn
 
 
-def _server_list(value: list[str] | str | None) -> list[str]:
+def _server_list(value: Sequence[str] | str | None) -> list[str]:
     """Normalise ``memcached_servers``; raise ConfigurationError on junk."""
     if value is None:
         return []

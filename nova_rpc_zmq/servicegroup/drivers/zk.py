@@ -44,7 +44,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from nova_rpc_zmq import concurrency, errors
+from nova_rpc_zmq import concurrency, errors, options
 from nova_rpc_zmq.servicegroup.drivers import base
 
 if TYPE_CHECKING:
@@ -83,9 +83,11 @@ class ZkDriver(base.Driver):
     pushes_changes = True
 
     def __init__(self, zookeeper_address: str | None, *,
-                 service_down_time: float = 60, report_interval: float = 10,
-                 recv_timeout_ms: int = 4000, sg_prefix: str = "/servicegroups",
-                 retry_interval: float = 5,
+                 service_down_time: float = options.default("service_down_time"),
+                 report_interval: float = options.default("report_interval"),
+                 recv_timeout_ms: int = options.default("zookeeper_recv_timeout"),
+                 sg_prefix: str = options.default("zookeeper_sg_prefix"),
+                 retry_interval: float = options.default("zookeeper_sg_retry_interval"),
                  handler: concurrency.Handler | None = None,
                  start_timeout: float | None = None) -> None:
         super().__init__(service_down_time=service_down_time,
@@ -142,13 +144,12 @@ class ZkDriver(base.Driver):
         ``zookeeper_recv_timeout``, ``zookeeper_sg_prefix``,
         ``zookeeper_sg_retry_interval``, ``service_down_time``,
         ``report_interval``)."""
-        g = functools.partial(base.setting, settings)
-        return cls(g("zookeeper_address", None),
-                   service_down_time=g("service_down_time", 60),
-                   report_interval=g("report_interval", 10),
-                   recv_timeout_ms=int(g("zookeeper_recv_timeout", 4000)),
-                   sg_prefix=g("zookeeper_sg_prefix", "/servicegroups"),
-                   retry_interval=float(g("zookeeper_sg_retry_interval", 5)),
+        return cls(settings.zookeeper_address,
+                   service_down_time=settings.service_down_time,
+                   report_interval=settings.report_interval,
+                   recv_timeout_ms=settings.zookeeper_recv_timeout,
+                   sg_prefix=settings.zookeeper_sg_prefix,
+                   retry_interval=settings.zookeeper_sg_retry_interval,
                    handler=handler)
 
     @property

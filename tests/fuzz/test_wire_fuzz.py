@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nova_rpc_zmq import errors, wire
+from nova_rpc_zmq.testing import child_env
 from tests.fuzz import fuzz_wire
 
-ROOT = fuzz_wire.ROOT
-HARNESS = os.path.join(ROOT, "tests", "fuzz", "fuzz_wire.py")
+HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_wire.py")
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow,
@@ -263,11 +263,10 @@ def _run_harness(tmp_path, corpus: list[bytes], *flags: str,
     corpus_dir.mkdir()
     for number, data in enumerate(corpus):
         (corpus_dir / ("seed-%d" % number)).write_bytes(data)
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
     return subprocess.run(
         [sys.executable, HARNESS, str(corpus_dir), "-rss_limit_mb=1024",
          "-timeout=20", "-artifact_prefix=%s/" % tmp_path, *flags],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        cwd=str(tmp_path), env=child_env(env_extra), capture_output=True, text=True,
         timeout=timeout)
 
 
