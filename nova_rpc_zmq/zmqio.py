@@ -71,25 +71,18 @@ def make_socket(ctx: Any, kind: int, *, linger: int | None = None,
     """
     sock = zmq.Socket(ctx, kind) if native else ctx.socket(kind)
     try:
-        if linger is not None:
-            sock.setsockopt(zmq.LINGER, int(linger))
-        if hwm is not None:
-            sock.setsockopt(zmq.SNDHWM, int(hwm))
-            sock.setsockopt(zmq.RCVHWM, int(hwm))
-        if sndhwm is not None:
-            sock.setsockopt(zmq.SNDHWM, int(sndhwm))
-        if rcvhwm is not None:
-            sock.setsockopt(zmq.RCVHWM, int(rcvhwm))
-        if rcvtimeo is not None:
-            sock.setsockopt(zmq.RCVTIMEO, int(rcvtimeo))
-        if sndtimeo is not None:
-            sock.setsockopt(zmq.SNDTIMEO, int(sndtimeo))
-        if maxmsgsize is not None:
-            sock.setsockopt(zmq.MAXMSGSIZE, int(maxmsgsize))
+        # hwm first, so that sndhwm / rcvhwm given too override one side
+        for option, value in ((zmq.LINGER, linger), (zmq.SNDHWM, hwm),
+                              (zmq.RCVHWM, hwm), (zmq.SNDHWM, sndhwm),
+                              (zmq.RCVHWM, rcvhwm), (zmq.RCVTIMEO, rcvtimeo),
+                              (zmq.SNDTIMEO, sndtimeo),
+                              (zmq.MAXMSGSIZE, maxmsgsize)):
+            if value is not None:
+                sock.setsockopt(option, int(value))
         if immediate is not None:
             sock.setsockopt(zmq.IMMEDIATE, 1 if immediate else 0)
-        for option, value in (options or {}).items():
-            sock.setsockopt(option, value)
+        for extra, setting in (options or {}).items():
+            sock.setsockopt(extra, setting)
         if subscribe is not None:
             sock.setsockopt(zmq.SUBSCRIBE, subscribe)
     except BaseException:
