@@ -532,3 +532,32 @@ def test_status_command_lists_members(zookeeper_server: Any, request: Any,
     lines = {tuple(line.split()[:3]) for line in res.stdout.splitlines()}
     assert ("compute", "host-s1", "up") in lines, res.stdout
     assert ("compute", "host-s2", "DOWN") in lines, res.stdout
+
+
+
+@pytest.mark.timeout(120)
+def test_many_services_creating_the_schema_at_once(tmp_path: Any) -> None:
+    """Services that start together against a new database each find no
+    table and each try to create it; every one of them must start."""
+    import threading
+    failures: list[BaseException] = []
+    for attempt in range(12):
+        url = "sqlite:///%s" % (tmp_path / ("race%d.sqlite" % attempt))
+        engines = [db_driver.make_engine(url, 5) for _ in range(6)]
+        gate = threading.Barrier(len(engines))
+
+        def start(engine: Any) -> None:
+            try:
+                gate.wait(10)
+                db_driver.create_schema(engine)
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for engine in engines:
+            engine.dispose()
+    assert not failures, failures[:3]

@@ -76,6 +76,29 @@ def _service_json(service: Any) -> str | None:
     return json.dumps(service, default=str, sort_keys=True)
 
 
+def create_schema(engine: "sa.engine.Engine", attempts: int = 5) -> None:
+    """Create the heartbeat table unless it exists.
+
+    Several processes may start against a new database together: each
+    sees no table and each tries CREATE TABLE.  All but one fail, with
+    "already exists", or on SQLite with "database is locked" at once
+    (two readers that both want to write).  A loser checks again: the
+    table is there, or it tries again, ``attempts`` times in all; any
+    other failure, or the last one, is raised.
+    """
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError,
+                sa_exc.IntegrityError):
+            if sa.inspect(engine).has_table(TABLE_NAME):
+                return
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def make_engine(url: str, connect_timeout: float) -> "sa.engine.Engine":
     """An engine for ``url`` with timeouts fit for liveness work.
 
@@ -176,7 +199,7 @@ class _Pulse:
                 shown = engine.url.render_as_string(hide_password=True)
                 health = base.BackendHealth("db", shown, LOG)
                 try:
-                    metadata.create_all(engine, checkfirst=True)
+                    create_schema(engine)
                 except sa_exc.SQLAlchemyError as exc:
                     engine.dispose()
                     # from None: the chained DB-API error may quote the URL
@@ -253,7 +276,7 @@ class _Pulse:
         except (sa_exc.ProgrammingError, sa_exc.OperationalError):
             # the table may have vanished (database re-created): make it
             # and retry once; if the database is away this raises again
-            metadata.create_all(self.engine, checkfirst=True)
+            create_schema(self.engine)
             self._beat_once(stmt, params, items, now)
         self.beats += 1
 
