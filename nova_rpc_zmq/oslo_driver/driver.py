@@ -23,6 +23,7 @@ from oslo_messaging._drivers import base
 
 from nova_rpc_zmq import concurrency, errors, wire, zmqio
 from nova_rpc_zmq.oslo_driver import options, registry
+from nova_rpc_zmq.oslo_driver.curve import Curve, HostRefused, NoServerKey
 from nova_rpc_zmq.oslo_driver.listener import MONITOR_KEY, QueueListener
 from nova_rpc_zmq.oslo_driver.replies import ReplyWaiter
 from nova_rpc_zmq.oslo_driver.sockets import Inbound, Outbound
@@ -35,9 +36,13 @@ ATTEMPT_WAIT = 1.0
 #: A cast that finds no server willing to take it gives up after this
 #: long when ``retry`` is unlimited (calls have their own timeout).
 CAST_GIVE_UP = 30.0
+#: Errors of a send to a member that CURVE keeps us from (its key or ours).
+CURVE_REFUSALS = (HostRefused, NoServerKey)
 #: The transport URL's matchmaker (after ``zmq+``) -> registry kind.
 URL_MATCHMAKERS = {"": None, "dummy": "dummy", "redis": "redis",
-                   "sentinel": "sentinel"}
+                   "sentinel": "sentinel", "ring": "ring"}
+#: The matchmaker whose transport is the Nova-era driver (``ring.py``).
+RING = "ring"
 
 
 class ZmqConfigurationError(base.TransportDriverError):
@@ -66,9 +71,17 @@ def _matchmaker(url: Any, zconf: Any) -> str:
         return kind
     raise oslo_messaging.InvalidTransportURL(
         str(url), "the %r matchmaker (%s) is not available yet; use zmq:// "
-        "(one host), zmq+redis://host:port, zmq+sentinel://host:port,... "
-        "or zmq+dummy:// (one process)"
+        "(one host), zmq+redis://host:port, zmq+sentinel://host:port,..., "
+        "zmq+ring:// (the Nova-era ring file and receivers) or zmq+dummy:// "
+        "(one process)"
         % (kind, transport))
+
+
+def _ring_bridge(driver: "ZmqDriver") -> Any:
+    """``zmq+ring://``'s send and listen paths (imported only then: it
+    loads the Nova-era driver)."""
+    from nova_rpc_zmq.oslo_driver.ring import RingBridge
+    return RingBridge(driver)
 
 
 def _check(zconf: Any) -> None:
@@ -91,10 +104,19 @@ class ZmqDriver(base.BaseDriver):
         self.zconf = options.register(conf)
         _check(self.zconf)
         self.kind = _matchmaker(url, self.zconf)
+        self._ring = _ring_bridge(self) if self.kind == RING else None
         self.handler = concurrency.get_handler()
+        # CURVE keys are read now: a bad key file fails the start
         try:
+            self._curve = Curve.from_options(self.zconf, self.handler)
+        except errors.ConfigurationError as exc:
+            raise ZmqConfigurationError("[%s] %s" % (options.GROUP, exc)) \
+                from None
+        try:
+            # zmq+ring:// registers nothing: liveness is the Nova-era side's
             self.registry = registry.registry_for(
-                self.kind, url, conf, self.zconf.rpc_zmq_host, self.handler)
+                self.kind, url, None if self._ring else conf,
+                self.zconf.rpc_zmq_host, self.handler)
         except ValueError as exc:
             raise oslo_messaging.InvalidTransportURL(str(url), str(exc)) \
                 from None
@@ -127,7 +149,8 @@ class ZmqDriver(base.BaseDriver):
                 if self._ctx is None:
                     ctx = zmqio.context(self.handler)
                     self._outbound = Outbound(self.handler, ctx,
-                                              self._linger_ms)
+                                              self._linger_ms,
+                                              curve=self._curve)
                     self._ctx = ctx
         return self._ctx
 
@@ -143,7 +166,8 @@ class ZmqDriver(base.BaseDriver):
             return Inbound(self.handler, self._context(),
                            z.rpc_zmq_bind_address,
                            (z.rpc_zmq_min_port, z.rpc_zmq_max_port,
-                            z.rpc_zmq_bind_port_retries), on_message, what)
+                            z.rpc_zmq_bind_port_retries), on_message, what,
+                           curve=self._curve)
         except (RuntimeError, ValueError) as exc:
             raise ZmqConfigurationError(str(exc)) from exc
 
@@ -211,14 +235,26 @@ class ZmqDriver(base.BaseDriver):
         fresh = False
         while True:
             members = self.lookup.rotation(key, fresh)
+            rejected: list[Exception] = []
             for member in members:
                 wait = ATTEMPT_WAIT if deadline is None else max(
                     0.0, min(ATTEMPT_WAIT, deadline - time.monotonic()))
-                if out.send(member, parts, wait):
-                    return True
+                try:
+                    if out.send(member, parts, wait):
+                        return True
+                except CURVE_REFUSALS as refused_by:
+                    # this member will not talk to us: try the next one
+                    rejected.append(refused_by)
+                    self.lookup.suspect(member)
+                    continue
                 self.lookup.suspect(member)
                 LOG.warning("%s: %s did not take the message within %.1fs",
                             what, member, wait)
+            if members and len(rejected) == len(members):
+                # every server refused our keys: say so now, not at timeout
+                raise rejected[-1]
+            for refusal in rejected:
+                LOG.warning("%s: %s", what, refusal)
             if members:
                 refused += 1
             elif fresh and not wait_for_servers:
@@ -250,6 +286,9 @@ class ZmqDriver(base.BaseDriver):
              wait_for_reply: bool | None = None, timeout: float | None = None,
              call_monitor_timeout: float | None = None,
              retry: int | None = None, transport_options: Any = None) -> Any:
+        if self._ring is not None:
+            return self._ring.send(target, ctxt, message, wait_for_reply,
+                                   timeout, call_monitor_timeout, retry)
         exchange = target.exchange or self._default_exchange
         topic = target.topic
         try:
@@ -291,7 +330,13 @@ class ZmqDriver(base.BaseDriver):
     def _fanout(self, key: str, parts: list, what: str) -> None:
         out = self._out()
         for member in self.lookup.members(key, fresh=True):
-            if not out.send(member, parts, ATTEMPT_WAIT):
+            try:
+                taken = out.send(member, parts, ATTEMPT_WAIT)
+            except CURVE_REFUSALS as exc:
+                LOG.warning("%s: %s misses the fanout message: %s",
+                            what, member, exc)
+                continue
+            if not taken:
                 LOG.warning("%s: %s did not take the fanout message; "
                             "it misses it", what, member)
 
@@ -317,6 +362,10 @@ class ZmqDriver(base.BaseDriver):
 
     def send_notification(self, target: Any, ctxt: Any, message: dict,
                           version: float, retry: int | None = None) -> None:
+        if self._ring is not None:
+            self._ring.send_notification(target, ctxt, message, version,
+                                         retry)
+            return
         exchange = target.exchange or self._default_exchange
         key = notify_key(exchange, target.topic)
         wire_topic = wire.notification_topic(target.topic)
@@ -325,8 +374,11 @@ class ZmqDriver(base.BaseDriver):
         out = self._out()
         for pool, members in self.lookup.pools(key).items():
             for member in members:
-                if out.send(member, parts, ATTEMPT_WAIT):
-                    break
+                try:
+                    if out.send(member, parts, ATTEMPT_WAIT):
+                        break
+                except CURVE_REFUSALS as exc:
+                    LOG.warning("notification to %s: %s", key, exc)
                 self.lookup.suspect(member)
             else:
                 LOG.warning("notification to %s (pool %r) dropped: no "
@@ -335,6 +387,8 @@ class ZmqDriver(base.BaseDriver):
     # -- listening ---------------------------------------------------------
 
     def listen(self, target: Any, batch_size: int, batch_timeout: Any) -> Any:
+        if self._ring is not None:
+            return self._ring.listen(target, batch_size, batch_timeout)
         exchange = target.exchange or self._default_exchange
         topic, server = target.topic, target.server
         try:
@@ -352,6 +406,9 @@ class ZmqDriver(base.BaseDriver):
     def listen_for_notifications(self, targets_and_priorities: Any,
                                  pool: str | None, batch_size: int,
                                  batch_timeout: Any) -> Any:
+        if self._ring is not None:
+            return self._ring.listen_for_notifications(
+                targets_and_priorities, pool, batch_size, batch_timeout)
         topics, keys = set(), []
         for target, priority in targets_and_priorities:
             exchange = target.exchange or self._default_exchange
@@ -368,6 +425,8 @@ class ZmqDriver(base.BaseDriver):
         if self._closed:
             return
         self._closed = True
+        if self._ring is not None:
+            self._ring.cleanup()
         self._stop_refresh.set()
         with self._lock:
             listeners = list(self._listeners)
@@ -379,6 +438,8 @@ class ZmqDriver(base.BaseDriver):
             self._replies.close()
         if self._outbound is not None:
             self._outbound.close()
+        if self._curve is not None:
+            self._curve.close()
         self.registry.close()
         if self._ctx is not None and self._pid == os.getpid():
             zmqio.term_context(self._ctx, self.handler, 5.0)

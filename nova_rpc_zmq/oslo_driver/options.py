@@ -22,12 +22,14 @@ from typing import Any
 
 from oslo_config import cfg
 
+from nova_rpc_zmq import options as legacy_options
+
 GROUP = "oslo_messaging_zmq"
 
 #: Matchmakers by the part of the transport URL scheme after ``zmq+``.
-MATCHMAKERS = ("dummy", "directory", "redis", "sentinel")
+MATCHMAKERS = ("dummy", "directory", "redis", "sentinel", "ring")
 #: Named by the URL but not available yet.
-MATCHMAKERS_LATER = ("ring",)
+MATCHMAKERS_LATER: tuple[str, ...] = ()
 
 OPTS = [
     cfg.StrOpt("rpc_zmq_host", default=socket.gethostname(),
@@ -44,9 +46,12 @@ OPTS = [
                choices=MATCHMAKERS + MATCHMAKERS_LATER,
                help="Matchmaker of zmq:// (a transport_url with a '+' "
                     "names its own: zmq+redis://, zmq+sentinel://, "
-                    "zmq+dummy://): 'directory' (this host's processes), "
-                    "'redis', 'sentinel' (the URL's hosts), 'dummy' (this "
-                    "process). 'ring' is not available yet."),
+                    "zmq+ring://, zmq+dummy://): 'directory' (this host's "
+                    "processes), 'redis', 'sentinel' (the URL's hosts), "
+                    "'ring' (the Nova-era transport of this host: its "
+                    "receiver and the ring file of [DEFAULT] "
+                    "rpc_zmq_matchmaker = ring, [matchmaker_ring] ringfile), "
+                    "'dummy' (this process)."),
     cfg.IntOpt("zmq_target_expire", default=300,
                help="Seconds a server's registration lives in the "
                     "matchmaker unless refreshed; <= 0: it never expires."),
@@ -81,6 +86,12 @@ OPTS = [
     cfg.ListOpt("subscribe_on", default=[],
                 help="host:port of PUB/SUB proxies to subscribe to (with "
                      "use_pub_sub, not available yet)."),
+    # CURVE: the legacy driver's options with its names, defaults and help
+    # (a host's certificate is named by its rpc_zmq_host; see curve.py)
+    *(type(opt)(opt.name, default=opt.default, help=opt.help)
+      for opt in (legacy_options.OPTS[(None, name)]
+                  for name in ("rpc_zmq_curve", "rpc_zmq_curve_key_file",
+                               "rpc_zmq_curve_keys_dir"))),
 ]
 
 

@@ -13,6 +13,12 @@
 Each socket is used by one thread at a time: a reader owns its PULL; sends
 on a PUSH take its lock. Sends never block in libzmq (``NOBLOCK``); a full
 or unconnected peer is waited for with the handler's sleep.
+
+With ``rpc_zmq_curve`` both take a ``curve.Curve``: PULLs become CURVE
+servers behind its ZAP authenticator, PUSHes CURVE clients of their host's
+key (see ``curve.py``). A peer that refuses our handshake never gets a pipe
+(``ZMQ_IMMEDIATE``), so nothing is queued for it; once the refusal is known,
+sends to its host raise ``curve.HostRefused`` saying why.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 
 from nova_rpc_zmq import concurrency, frames, wire, zmqio
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.oslo_driver.curve import Curve
 
 LOG = logging.getLogger(__name__)
 
@@ -70,16 +79,25 @@ def bind_random(sock: Any, address: str, min_port: int, max_port: int,
                                       last))
 
 
+def member_host(member: str) -> str:
+    """The host of a ``host:port`` member (whose certificate a CURVE
+    client uses as the server key)."""
+    return member.rpartition(":")[0]
+
+
 class Inbound:
     """A bound PULL socket and its reader.
 
     ``on_message(frames)`` runs in the reader for each message and must
-    not raise (what it raises is logged and the message dropped).
+    not raise (what it raises is logged and the message dropped). With
+    ``curve`` the socket is a CURVE server that admits the keys of its
+    keys dir (set before the bind, so no peer gets in unchecked).
     """
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
                  bind_address: str, port_range: tuple[int, int, int],
-                 on_message: Callable[[list], None], what: str) -> None:
+                 on_message: Callable[[list], None], what: str,
+                 curve: Curve | None = None) -> None:
         self.handler = handler
         self.what = what
         self._on_message = on_message
@@ -87,6 +105,8 @@ class Inbound:
             ctx, zmq.PULL, linger=0, rcvhwm=HWM, rcvtimeo=READ_WAKE_MS,
             maxmsgsize=wire.DEFAULT_LIMITS.max_msg_size)
         try:
+            if curve is not None:
+                curve.serve(self._sock, ctx)
             self.port = bind_random(self._sock, bind_address, *port_range)
         except BaseException:
             self._sock.close(0)
@@ -124,11 +144,17 @@ class Inbound:
 
 
 class Outbound:
-    """PUSH sockets to peers, one per ``host:port``, shared by threads."""
+    """PUSH sockets to peers, one per ``host:port``, shared by threads.
+
+    With ``curve`` each is a CURVE client of its host's key; see ``send``
+    for what a refusal does.
+    """
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
-                 linger_ms: int, idle: float = OUTBOUND_IDLE) -> None:
+                 linger_ms: int, idle: float = OUTBOUND_IDLE,
+                 curve: Curve | None = None) -> None:
         self.handler = handler
+        self._curve = curve
         self._ctx = ctx
         self._linger_ms = linger_ms
         self._idle = idle
@@ -151,10 +177,26 @@ class Outbound:
                 sock = zmqio.make_socket(self._ctx, zmq.PUSH,
                                          linger=self._linger_ms, sndhwm=HWM,
                                          immediate=True)
-                sock.connect("tcp://%s" % member)
+                try:
+                    if self._curve is not None:
+                        self._curve.connect(sock, member_host(member))
+                    sock.connect("tcp://%s" % member)
+                except BaseException:
+                    sock.close(0)
+                    raise
                 peer = [sock, self.handler.Lock(), time.monotonic()]
                 self._peers[member] = peer
             return peer
+
+    def _drop_host(self, host: str) -> None:
+        """Close every socket to ``host`` (the next send opens new ones)."""
+        with self._lock:
+            for member, peer in list(self._peers.items()):
+                if member_host(member) == host:
+                    with peer[1]:
+                        del self._peers[member]
+                        peer[0].close()
+                        peer[2] = None
 
     def _sweep(self) -> None:
         """Close sockets idle for longer than ``idle`` (under ``_lock``,
@@ -175,11 +217,21 @@ class Outbound:
         ``wait`` seconds (None: for ever) for its connection or room.
 
         Returns False when it did not go (nothing was queued: a message is
-        never sent twice). Raises ``zmq.ZMQError`` after cleanup.
+        never sent twice). Raises ``zmq.ZMQError`` after cleanup. With
+        CURVE, raises ``curve.HostRefused`` once the peer's host refused
+        our handshake (see ``curve.py`` for retries) and
+        ``curve.NoServerKey`` when the keys dir has no certificate of it.
         """
         deadline = None if wait is None else time.monotonic() + wait
         pause = 0.0005
+        host = member_host(member)
         while True:
+            if self._curve is not None:
+                refused, retry = self._curve.refusal(host)
+                if retry:
+                    self._drop_host(host)  # new sockets for the next sends
+                if refused is not None:
+                    raise refused
             peer = self._peer(member)
             with peer[1]:
                 if peer[2] is not None:

@@ -2,9 +2,12 @@
 
     python -m tests.oslo.om_server URL TOPIC SERVER RECORD_DIR [--eventlet]
         [--exchange E] [--expire S] [--update S] [--call TOPIC]...
+        [--host NAME] [--curve KEY_FILE KEYS_DIR]
 
 Prints ``READY <pid> <concurrency handler>`` once its server has started, and stops cleanly (the
-registration removed) on SIGTERM.
+registration removed) on SIGTERM. With ``--curve`` it runs with
+``rpc_zmq_curve`` on and prints ``CURVE-REFUSED <json>`` (the handshakes
+it refused, by reason) before ``STOPPED``.
 """
 
 from __future__ import annotations
@@ -36,13 +39,22 @@ def main() -> None:
     parser.add_argument("--call", action="append", default=[],
                         help="after start, call whoami on this topic and "
                              "print CALLED <topic> <answer>")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="rpc_zmq_host (the host part of what it "
+                             "registers, and its certificate's name)")
+    parser.add_argument("--curve", nargs=2, default=None,
+                        metavar=("KEY_FILE", "KEYS_DIR"),
+                        help="rpc_zmq_curve on with these files")
     args = parser.parse_args()
 
     import oslo_messaging
 
     from tests.oslo.omsupport import Endpoint, make_conf
-    conf = make_conf(zmq_target_expire=args.expire,
-                     zmq_target_update=args.update)
+    curve = {} if args.curve is None else {
+        "rpc_zmq_curve": True, "rpc_zmq_curve_key_file": args.curve[0],
+        "rpc_zmq_curve_keys_dir": args.curve[1]}
+    conf = make_conf(host=args.host, zmq_target_expire=args.expire,
+                     zmq_target_update=args.update, **curve)
     transport = oslo_messaging.get_rpc_transport(conf, args.url)
     target = oslo_messaging.Target(topic=args.topic, server=args.server,
                                    exchange=args.exchange)
@@ -63,6 +75,10 @@ def main() -> None:
         pass
     server.stop()
     server.wait()
+    if args.curve is not None:
+        import json
+        print("CURVE-REFUSED %s" % json.dumps(
+            transport._driver._curve.refused, sort_keys=True), flush=True)
     transport.cleanup()
     print("STOPPED", flush=True)
 

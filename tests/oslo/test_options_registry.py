@@ -29,13 +29,22 @@ SEED_DEFAULTS = {
     "subscribe_on": [],
 }
 
+#: Our CURVE options, with the Nova-era transport's names and defaults.
+CURVE_DEFAULTS = {
+    "rpc_zmq_curve": False,
+    "rpc_zmq_curve_key_file": "/etc/nova/zmq/host.key",
+    "rpc_zmq_curve_keys_dir": "/etc/nova/zmq/keys",
+}
+
 
 def test_options_have_the_guides_names_and_defaults() -> None:
     [(group, opts)] = list_opts()
     assert group == "oslo_messaging_zmq"
     by_name = {opt.name: opt for opt in opts}
     assert set(SEED_DEFAULTS) | {"rpc_zmq_host", "rpc_zmq_matchmaker"} \
-        == set(by_name)
+        | set(CURVE_DEFAULTS) == set(by_name)
+    for name, default in CURVE_DEFAULTS.items():
+        assert by_name[name].default == default, name
     for name, default in SEED_DEFAULTS.items():
         assert by_name[name].default == default, name
     assert all(opt.help for opt in opts)

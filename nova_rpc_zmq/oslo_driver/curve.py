@@ -1,0 +1,243 @@
+"""CURVE on the oslo.messaging driver: who may connect to our PULL sockets,
+and which key we expect from the PULL sockets we push to.
+
+Off unless ``[oslo_messaging_zmq] rpc_zmq_curve = true``. The files are
+those of the legacy driver (``nova_rpc_zmq.security``, docs/design.md
+"Security"): ``rpc_zmq_curve_key_file`` holds this host's key pair,
+``rpc_zmq_curve_keys_dir`` one public certificate ``<host>.key`` per host,
+named by each host's ``rpc_zmq_host``.
+
+* Every ``Inbound`` PULL (RPC servers, notification listeners, a caller's
+  reply socket) is a CURVE server with our key pair, checked by one ZAP
+  authenticator per ZeroMQ context that admits exactly the keys of the
+  keys dir (``AllowList``: it follows the directory's changes). The
+  authenticator starts before the first bind and stops at cleanup.
+* Every ``Outbound`` PUSH to ``host:port`` is a CURVE client with our key
+  pair and ``<keys_dir>/<host>.key`` as the server key. A host without a
+  certificate there is our own configuration mistake: the send raises
+  ``NoServerKey`` at once, naming the host and the file expected.
+* A host that refuses our handshake (it does not list our key, or our
+  copy of its key is stale) never gets a pipe (``ZMQ_IMMEDIATE``): nothing
+  is queued for it. The handshake watcher logs why, naming the host and
+  the file to fix, and from then on every send to that host (call, cast,
+  reply, notification) raises ``HostRefused`` with those words at once,
+  as the legacy driver does, instead of waiting for a timeout. libzmq
+  gives up on a socket refused by ZAP for good, so at most every
+  ``RETRY_REFUSED`` seconds such a send also replaces the host's sockets
+  (re-reading its certificate): once the keys are fixed, sends resume
+  without a restart.
+
+The ZAP loop blocks in ``zmq_poll``; in a monkey-patched process it runs
+in a real OS thread (``NativeZapAuthenticator``), never on the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import oslo_messaging
+import zmq
+
+from nova_rpc_zmq import concurrency, zmqio
+from nova_rpc_zmq.errors import ConfigurationError, LocalError
+from nova_rpc_zmq.security import (AllowList, HandshakeWatcher, KeyPair,
+                                   ZapAuthenticator, configure_client,
+                                   configure_server, load_keypair,
+                                   server_key_for)
+from nova_rpc_zmq.security.zap import ZAP_ENDPOINT
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds between two fresh sockets to a host that refused our handshake.
+RETRY_REFUSED = 5.0
+#: Seconds ``close`` waits for the ZAP and handshake loops to end.
+STOP_WAIT = 2.0
+
+
+class NoServerKey(oslo_messaging.MessageDeliveryFailure):
+    """We have no usable certificate for the host we send to (our keys dir
+    lacks ``<host>.key`` or it is malformed): a configuration mistake."""
+
+
+class HostRefused(oslo_messaging.MessageDeliveryFailure):
+    """The host we send to refused our CURVE handshake; the message says
+    why and which file to fix (the handshake watcher's words)."""
+
+
+class NativeZapAuthenticator(ZapAuthenticator):
+    """A ``ZapAuthenticator`` whose loop is a real OS thread, also in a
+    monkey-patched process: it blocks in ``zmq_poll``, which would stop
+    every green thread if it ran on the hub. Its lock and stop flag are
+    the unpatched ones, since the loop thread uses them."""
+
+    def __init__(self, context: Any, allow_list: AllowList,
+                 handler: concurrency.Handler) -> None:
+        super().__init__(context, allow_list)
+        real = concurrency.original("threading")
+        self._lock = real.Lock()
+        self._stop = real.Event()
+        self._handler = handler
+
+    def start(self) -> None:
+        """Bind the ZAP endpoint now and serve it in an OS thread.
+
+        Raises LocalError when another handler already serves the context.
+        """
+        if self._thread is not None:
+            raise LocalError("ZapAuthenticator already started")
+        sock = zmqio.make_socket(self.context, zmq.REP, linger=0, native=True)
+        try:
+            sock.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            sock.close()
+            if exc.errno == zmq.EADDRINUSE:
+                raise LocalError("another ZAP handler already serves this "
+                                 "ZeroMQ context; run one authenticator per "
+                                 "context") from exc
+            raise
+        self._zap = sock
+        self._stop.clear()
+        # the thread's start hands the socket over (a memory barrier)
+        self._thread = self._handler.spawn_native(self._run)
+
+
+class Curve:
+    """This driver's CURVE set-up: the server side of ``Inbound`` sockets
+    and the client side of ``Outbound`` ones.
+
+    Thread-safe (green or native threads, those of ``handler``). Build it
+    with ``from_options``; ``close`` at the driver's cleanup, after its
+    sockets are closed and before its context is terminated.
+    """
+
+    def __init__(self, keypair: KeyPair, keys_dir: str, local_host: str,
+                 handler: concurrency.Handler) -> None:
+        self.keypair = keypair
+        self.keys_dir = keys_dir
+        self.local_host = local_host
+        self.handler = handler
+        # raises ConfigurationError naming rpc_zmq_curve_keys_dir
+        self.allow_list = AllowList(keys_dir)
+        self._lock = handler.Lock()
+        self._pid = os.getpid()
+        self._authenticators: list[NativeZapAuthenticator] = []
+        self.watcher = self._new_watcher()
+        self._retry_at: dict[str, float] = {}
+
+    @classmethod
+    def from_options(cls, zconf: Any, handler: concurrency.Handler
+                     ) -> "Curve | None":
+        """The set-up ``zconf`` (the ``[oslo_messaging_zmq]`` group) asks
+        for, None with CURVE off. Reads the key pair and the keys dir now.
+
+        Raises ConfigurationError naming the option, the file and the fix.
+        """
+        if not zconf.rpc_zmq_curve:
+            return None
+        if not zmq.has("curve"):
+            raise ConfigurationError(
+                "rpc_zmq_curve = true but this libzmq (%s) has no CURVE "
+                "support: install a libzmq built with libsodium, or set "
+                "rpc_zmq_curve = false" % zmq.zmq_version())
+        try:
+            keypair = load_keypair(zconf.rpc_zmq_curve_key_file)
+        except ConfigurationError as exc:
+            raise ConfigurationError("rpc_zmq_curve_key_file: %s" % exc) \
+                from None
+        return cls(keypair, zconf.rpc_zmq_curve_keys_dir, zconf.rpc_zmq_host,
+                   handler)
+
+    def _new_watcher(self) -> HandshakeWatcher:
+        return HandshakeWatcher(self.handler, keys_dir=self.keys_dir,
+                                local_host=self.local_host)
+
+    def _after_fork(self) -> None:
+        """A forked child has neither its parent's loops nor its context:
+        it starts its own (the parent's objects are left alone)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._authenticators = []
+                self.watcher = self._new_watcher()
+                self._retry_at = {}
+
+    # ------------------------------------------------------------ server --
+    def _authenticator(self, ctx: Any) -> NativeZapAuthenticator:
+        with self._lock:
+            for auth in self._authenticators:
+                if auth.context is ctx:
+                    return auth
+            auth = NativeZapAuthenticator(ctx, self.allow_list, self.handler)
+            auth.start()
+            self._authenticators.append(auth)
+            return auth
+
+    def serve(self, sock: Any, ctx: Any) -> None:
+        """Make ``sock``, an unbound PULL of ``ctx``, a CURVE server that
+        admits the keys of the keys dir; the context's authenticator starts
+        on its first socket. Call from the thread that owns ``sock``."""
+        self._after_fork()
+        auth = self._authenticator(ctx)
+        configure_server(sock, self.keypair)
+        # counts and logs what ZAP never sees (a stale copy of our key)
+        auth.watch_server(sock)
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Handshakes our sockets refused so far, by reason (all contexts
+        of this process)."""
+        total: dict[str, int] = {}
+        for auth in list(self._authenticators):
+            for reason, count in auth.refused.items():
+                total[reason] = total.get(reason, 0) + count
+        return total
+
+    # ------------------------------------------------------------ client --
+    def connect(self, sock: Any, host: str) -> None:
+        """Make ``sock``, an unconnected PUSH, a CURVE client of ``host``
+        and watch its handshakes.
+
+        Raises NoServerKey when the keys dir has no usable ``<host>.key``.
+        """
+        self._after_fork()
+        try:
+            server_key = server_key_for(host, self.keys_dir)
+        except ConfigurationError as exc:
+            raise NoServerKey("rpc_zmq_curve_keys_dir: %s" % exc) from None
+        configure_client(sock, self.keypair, server_key)
+        self.watcher.watch(sock, host)
+
+    def refusal(self, host: str) -> tuple[HostRefused | None, bool]:
+        """``(error, retry)``: why ``host`` refused our last handshake (None
+        when it did not), and whether its sockets should be replaced now
+        (at most every ``RETRY_REFUSED`` seconds; the refusal is then
+        forgotten, so the new socket's handshake decides afresh)."""
+        failure = self.watcher.failure(host)
+        if failure is None:
+            return None, False
+        error = HostRefused(str(failure))
+        now = time.monotonic()
+        with self._lock:
+            if now < self._retry_at.get(host, 0.0):
+                return error, False
+            self._retry_at[host] = now + RETRY_REFUSED
+        self.watcher.clear(host)
+        LOG.info("CURVE: new connection to %s, which refused the last "
+                 "handshake (its keys or ours may have been fixed)", host)
+        return error, True
+
+    def close(self) -> None:
+        """Stop the authenticators and the handshake watcher (this
+        process's only); CURVE servers refuse every handshake afterwards."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            authenticators, self._authenticators = self._authenticators, []
+        for auth in authenticators:
+            auth.stop(STOP_WAIT)
+        self.watcher.stop(STOP_WAIT)
