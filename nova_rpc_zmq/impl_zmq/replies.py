@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
+#: Replies a caller's reply sockets take in before Python reads them.
+#: libzmq's own I/O thread fills these queues without the GIL, so a burst
+#: of replies leaves the receiver's pipe at once even while the caller's
+#: threads are busy; with the default 1000 the receiver's pipe stayed
+#: full, and a caller with thousands of calls in flight was cut off from
+#: its reply topic (``subscriber_full``) and lost replies. A caller gets
+#: no more replies than it has calls waiting, so this bounds little.
+REPLY_RCVHWM = 100000
+
 #: Seconds between probe resends while waiting for the reply path.
 PROBE_INTERVAL = 0.1
 #: RCVTIMEO of the listener, so it notices close() promptly.
@@ -103,7 +112,7 @@ class ReplyWaiter:
         rcvtimeo = None if self.handler.green else POLL_MS
         sock = zmqio.make_socket(
             self.ctx, zmq.SUB, linger=0, rcvtimeo=rcvtimeo,
-            maxmsgsize=settings.limits.max_msg_size,
+            rcvhwm=REPLY_RCVHWM, maxmsgsize=settings.limits.max_msg_size,
             subscribe=self.token.encode(),
             options={zmq.RECONNECT_IVL: 20, zmq.RECONNECT_IVL_MAX: 100})
         sock.connect("ipc://" + ipc_path(settings.rpc_zmq_ipc_dir,
@@ -112,7 +121,7 @@ class ReplyWaiter:
         # here (one process hop less); replies from other hosts, and from
         # old servers, come through the receiver's publisher above.
         direct = zmqio.make_socket(self.ctx, zmq.PULL, linger=0,
-                                   rcvtimeo=rcvtimeo,
+                                   rcvtimeo=rcvtimeo, rcvhwm=REPLY_RCVHWM,
                                    maxmsgsize=settings.limits.max_msg_size)
         direct.bind("ipc://" + direct_reply_path(settings.rpc_zmq_ipc_dir,
                                                  self.token))
