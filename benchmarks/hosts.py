@@ -68,7 +68,9 @@ def _read_json(path: str) -> Any:
 
 def run_python(module: str, plan: dict, log_dir: str, name: str,
                timeout: float, role: str | None = None,
-               tick: Callable[[], None] | None = None) -> Any:
+               tick: Callable[[], None] | None = None,
+               python: str | None = None,
+               env: dict[str, str] | None = None) -> Any:
     """Run ``python -m module [role] --plan P --out O``; return O's JSON.
 
     Blocks until the process exits.  It is killed after ``timeout`` seconds,
@@ -76,6 +78,8 @@ def run_python(module: str, plan: dict, log_dir: str, name: str,
     workload's ``limit``; then the partial result is returned with an error
     naming the workload (or ChildFailed raised when there is none).
     ``tick`` is called about every 0.1 s while it runs (sampling).
+    ``python`` (default: this interpreter) and ``env`` (default:
+    ``child_env()``) run it in another venv or environment.
     Raises ChildFailed with the tail of its log when it fails.
     """
     fd, plan_path = tempfile.mkstemp(prefix=name + "-", suffix=".plan.json",
@@ -84,9 +88,10 @@ def run_python(module: str, plan: dict, log_dir: str, name: str,
         json.dump(plan, f)
     base = plan_path[:-len(".plan.json")]
     out_path = base + ".out.json"
-    argv = [sys.executable, "-m", module] + ([role] if role else []) + [
+    argv = [python or sys.executable, "-m", module] + ([role] if role else []) + [
         "--plan", plan_path, "--out", out_path]
-    proc = Proc(name, argv, base + ".log", env=child_env())
+    proc = Proc(name, argv, base + ".log",
+                env=child_env() if env is None else env)
     deadline = time.monotonic() + timeout
     overstayed: dict | None = None
     try:

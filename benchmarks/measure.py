@@ -19,6 +19,11 @@ from typing import Any, Iterable, Sequence
 OURS = "ours"
 PYZMQ = "pyzmq"
 RABBIT = "rabbit"
+#: this project's oslo.messaging driver (``zmq://``), through
+#: oslo.messaging's API
+OSLO_ZMQ = "oslo-zmq"
+#: oslo.messaging 8.1's own zmq driver, in its own venv
+OM8ZMQ = "om8zmq"
 
 MIB = 1024 * 1024
 

@@ -14,9 +14,10 @@ import platform
 import time
 from typing import Any
 
-from benchmarks.measure import OURS, PYZMQ, RABBIT
+from benchmarks.measure import OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT
 
-NAMES = {OURS: "nova-rpc-zmq", PYZMQ: "pyzmq", RABBIT: "rabbit"}
+NAMES = {OURS: "nova-rpc-zmq", PYZMQ: "pyzmq", RABBIT: "rabbit",
+         OSLO_ZMQ: OSLO_ZMQ, OM8ZMQ: OM8ZMQ}
 
 
 def cpu_busy(seconds: float = 0.5) -> float:
@@ -191,8 +192,11 @@ def chart(doc: dict, path: str) -> str | None:
               ("raw eventlet.green.zmq", (PYZMQ, "green")),
               ("nova-rpc-zmq threads", (OURS, "threads")),
               ("nova-rpc-zmq eventlet", (OURS, "eventlet")),
-              ("oslo.messaging rabbit", (RABBIT, "threads"))]
-    colors = ["#7f7f7f", "#bcbd22", "#1f77b4", "#2ca02c", "#d62728"]
+              ("oslo.messaging rabbit", (RABBIT, "threads")),
+              ("oslo.messaging zmq:// (ours)", (OSLO_ZMQ, "threads")),
+              ("oslo.messaging 8.1 zmq", (OM8ZMQ, "threads"))]
+    colors = ["#7f7f7f", "#bcbd22", "#1f77b4", "#2ca02c", "#d62728",
+              "#9467bd", "#8c564b"]
     lat_rows = [("call p50", "call_latency", "rt_1", "p50"),
                 ("call p99", "call_latency", "rt_1", "p99")]
     tput_rows = [("calls/s 1 caller", "call_throughput_1", "rt_1"),

@@ -2,11 +2,15 @@
 
 ``run_suite(options)`` starts a bench host (receiver plus three eventlet and
 three threaded bench services), the raw pyzmq peers and, when asked and
-possible, a private RabbitMQ with three oslo.messaging servers; then for
-each repeat runs, interleaved so drift hits every system alike: the ring
-scale, the raw baselines (plain, green), our workloads per mode, the
-RabbitMQ workloads, and the memory workload on a fresh host per mode.  It
-returns the result document that ``benchmarks.report`` prints and saves.
+possible, three oslo.messaging servers per oslo.messaging system: our
+driver on ``zmq://127.0.0.1`` (``--driver oslo``, system ``oslo-zmq``),
+oslo.messaging 8.1's zmq driver in its own venv with a private Redis
+(``--peer om8zmq``) and the rabbit driver on a private RabbitMQ (``--peer
+rabbit``).  Then for each repeat it runs, interleaved so drift hits every
+system alike: the ring scale, the raw baselines (plain, green), our
+workloads per mode, the oslo.messaging systems' workloads, and the memory
+workload on a fresh host per mode.  It returns the result document that
+``benchmarks.report`` prints and saves.
 """
 
 from __future__ import annotations
@@ -20,13 +24,26 @@ from typing import Any, Callable
 
 from benchmarks import measure, rawzmq, ringscale
 from benchmarks.hosts import BenchHost, ChildFailed, child_env, run_python
-from benchmarks.measure import MIB, OURS, PYZMQ, RABBIT
+from benchmarks.measure import MIB, OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT
 
 MODES = ("eventlet", "threads")
 SERVICES = {"eventlet": ("bench_ev", ["ev1", "ev2", "ev3"]),
             "threads": ("bench_th", ["th1", "th2", "th3"])}
 RABBIT_TOPIC = "bench_rabbit"
 RABBIT_SERVERS = ["r1", "r2", "r3"]
+#: the peers ``--peer`` takes
+PEERS = ("rabbit", "om8zmq")
+#: our oslo.messaging driver on one host: the registry dir (a private temp
+#: dir of the run) is how its servers find each other
+OSLO_ZMQ_URL = "zmq://127.0.0.1"
+REGISTRY_ENV = "NOVA_RPC_ZMQ_OSLO_REGISTRY_DIR"
+#: oslo.messaging 8.1's zmq driver answers concurrent threaded callers
+#: about once a second each (16 callers: ~16 calls/s, p50 ~1 s); with 64
+#: the window's last calls outlast the workload's limit, and the child
+#: killed then loses the workloads after it
+OM8ZMQ_MAX_CALLERS = 16
+#: seconds an oslo.messaging server may take to print READY
+OSLO_SERVER_START_TIMEOUT = 90.0
 
 
 @dataclasses.dataclass
@@ -71,7 +88,10 @@ class Options:
 
     repeat: int = 3
     modes: tuple[str, ...] = MODES
-    peer: str | None = None
+    #: of PEERS, each run when it can start (else SKIPPED with the reason)
+    peers: tuple[str, ...] = ()
+    #: ``--driver oslo``: our oslo.messaging driver too (system oslo-zmq)
+    oslo_driver: bool = False
     smoke: bool = False
     log: Callable[[str], None] = print
 
@@ -154,14 +174,31 @@ def raw_plan(flavor: str, eps: list[str], prof: Profile,
             "control": eps[2], "workloads": wl}
 
 
-def rabbit_plan(url: str, prof: Profile,
-                pids: dict[str, int] | None = None) -> dict:
-    """oslo.messaging over RabbitMQ, on the workloads it can run (``pids``:
-    the broker and the first server, whose CPU is measured too)."""
+@dataclasses.dataclass
+class OsloPeer:
+    """One oslo.messaging system: its URL, servers and how to run them."""
+
+    system: str
+    url: str
+    python: str = sys.executable
+    env: dict[str, str] | None = None   # None: child_env()
+    config_file: str | None = None
+    om8_shims: bool = False
+    servers: list[Any] = dataclasses.field(default_factory=list)
+    #: stopped after the servers (broker, Redis)
+    backing: Any = None
+
+
+def oslo_plan(peer: OsloPeer, prof: Profile,
+              pids: dict[str, int] | None = None) -> dict:
+    """An oslo.messaging system on the workloads it can run (``pids``: the
+    broker and the first server, whose CPU is measured too)."""
     wl: list[dict] = [dict(name="call_latency", window=prof.latency[0],
                            count=prof.latency[1],
                            limit=_limit(prof.latency[0], prof))]
     for n in prof.callers:
+        if peer.system == OM8ZMQ and n > OM8ZMQ_MAX_CALLERS:
+            continue
         wl.append(dict(name="call_throughput", label="call_throughput_%d" % n,
                        callers=n, pids=pids,
                        window=prof.throughput[0], count=prof.throughput[1],
@@ -171,9 +208,19 @@ def rabbit_plan(url: str, prof: Profile,
                 limit=_limit(prof.cast[0], prof, True)),
            dict(name="fanout", window=prof.fanout[0], count=prof.fanout[1],
                 drain_timeout=prof.drain_timeout,
-                limit=_limit(prof.fanout[0], prof, True))]
-    return {"url": url, "topic": RABBIT_TOPIC, "servers": RABBIT_SERVERS,
-            "workloads": wl}
+                limit=_limit(prof.fanout[0], prof, True)),
+           dict(name="notify", window=prof.cast[0], count=prof.cast[1],
+                drain_timeout=prof.drain_timeout,
+                limit=_limit(prof.cast[0], prof, True))]
+    return {"url": peer.url, "topic": RABBIT_TOPIC, "servers": RABBIT_SERVERS,
+            "system": peer.system, "config_file": peer.config_file,
+            "om8_shims": peer.om8_shims, "workloads": wl}
+
+
+def rabbit_plan(url: str, prof: Profile,
+                pids: dict[str, int] | None = None) -> dict:
+    """oslo.messaging over RabbitMQ (``oslo_plan`` of the rabbit peer)."""
+    return oslo_plan(OsloPeer(RABBIT, url), prof, pids)
 
 
 def _plan_timeout(plan: dict) -> float:
@@ -192,8 +239,8 @@ class Suite:
         self.dir = tempfile.mkdtemp(prefix="nrz-bench-")
         self.host: BenchHost | None = None
         self.peers: dict[str, tuple[Any, list[str]]] = {}
-        self.broker: Any = None
-        self.rabbit_servers: list[Any] = []
+        #: the oslo.messaging systems that started, by system name
+        self.oslo: dict[str, OsloPeer] = {}
         self.peer_status: dict[str, str] = {}
         self.runs: list[dict] = []
 
@@ -220,51 +267,107 @@ class Suite:
         for proc, _eps in self.peers.values():
             proc.wait_for_line("READY", 60)
 
+    def _start_oslo_servers(self, peer: OsloPeer) -> None:
+        """Start the peer's three servers and wait for READY; raises
+        RuntimeError (with the log tail) or OSError when one does not
+        come up. Stopped by ``_stop_oslo``."""
+        from nova_rpc_zmq.testing import Proc
+        extra = ["--config-file", peer.config_file] if peer.config_file \
+            else []
+        if peer.om8_shims:
+            extra.append("--om8-shims")
+        for name in RABBIT_SERVERS:
+            proc = Proc("%s server %s" % (peer.system, name),
+                        [peer.python, "-m", "benchmarks.rabbit", "server",
+                         "--url", peer.url, "--topic", RABBIT_TOPIC,
+                         "--name", name] + extra,
+                        os.path.join(self.dir, "%s-%s.log"
+                                     % (peer.system, name)),
+                        env=child_env() if peer.env is None else peer.env)
+            peer.servers.append(proc)
+        for proc in peer.servers:
+            proc.wait_for_line("READY", OSLO_SERVER_START_TIMEOUT)
+
+    def _start_peer(self, peer: OsloPeer, status: str, label: str,
+                    start_backing: Callable[[], None] | None = None) -> None:
+        """Start the backing server (broker, Redis) and the servers of
+        ``peer``; on failure, stop what started and record it as skipped
+        under ``label`` (with the reason), as the run goes on without it."""
+        try:
+            if start_backing is not None:
+                start_backing()
+            self._start_oslo_servers(peer)
+        except (RuntimeError, OSError) as exc:
+            reason = str(exc).splitlines()[0]
+            self.peer_status[label] = "skipped: " + reason
+            self.log("%s peer skipped: %s" % (label, reason))
+            self._stop_oslo(peer)
+            return
+        self.oslo[peer.system] = peer
+        self.peer_status[label] = status
+
+    def _start_oslo_zmq(self) -> None:
+        """Our oslo.messaging driver (``--driver oslo``) on zmq://127.0.0.1,
+        its registry in a private dir of this run."""
+        registry = os.path.join(self.dir, "oslo-registry")
+        os.makedirs(registry, mode=0o700, exist_ok=True)
+        peer = OsloPeer(OSLO_ZMQ, OSLO_ZMQ_URL,
+                        env=child_env({REGISTRY_ENV: registry}))
+        self.log("starting 3 oslo.messaging servers on %s ..." % peer.url)
+        self._start_peer(peer, "used: %s, registry %s" % (peer.url, registry),
+                         "oslo-zmq")
+
     def _start_rabbit(self) -> None:
         from benchmarks import rabbit
-        from nova_rpc_zmq.testing import Proc
         problem = rabbit.broker_problem()
         if problem:
             self.peer_status["rabbit"] = "skipped: " + problem
             self.log("RabbitMQ peer skipped: %s" % problem)
             return
         broker = rabbit.RabbitBroker(self.dir)
-        try:
-            self.log("starting a private RabbitMQ on 127.0.0.1:%d ..."
-                     % broker.port)
-            broker.start()
-            for name in RABBIT_SERVERS:
-                proc = Proc("oslo.messaging server %s" % name,
-                            [sys.executable, "-m", "benchmarks.rabbit",
-                             "server", "--url", broker.url, "--topic",
-                             RABBIT_TOPIC, "--name", name],
-                            os.path.join(self.dir, "rabbit-%s.log" % name),
-                            env=child_env())
-                self.rabbit_servers.append(proc)
-            for proc in self.rabbit_servers:
-                proc.wait_for_line("READY", 90)
-        except (RuntimeError, OSError) as exc:
-            reason = str(exc).splitlines()[0]
-            self.peer_status["rabbit"] = "skipped: " + reason
-            self.log("RabbitMQ peer skipped: %s" % reason)
-            self._stop_rabbit(broker)
-            return
-        self.broker = broker
-        self.peer_status["rabbit"] = "used: rabbitmq-server %s, %s" % (
-            rabbit.rabbit_version(), broker.url.split("@")[-1])
+        peer = OsloPeer(RABBIT, broker.url, backing=broker)
+        self.log("starting a private RabbitMQ on 127.0.0.1:%d ..."
+                 % broker.port)
+        self._start_peer(peer, "used: rabbitmq-server %s, %s" % (
+            rabbit.rabbit_version(), broker.url.split("@")[-1]), "rabbit",
+            broker.start)
 
-    def _stop_rabbit(self, broker: Any = None) -> None:
-        for proc in self.rabbit_servers:
+    def _start_om8zmq(self) -> None:
+        from benchmarks import om8zmq
+        from nova_rpc_zmq.testing import checkout_root
+        root = checkout_root()
+        problem = om8zmq.redis_problem()
+        env = om8zmq.om8_env(self.dir, root)
+        python, version = (None, problem) if problem else \
+            om8zmq.venv_python(root, env, self.log)
+        if python is None:
+            self.peer_status["om8zmq"] = "skipped: %s" % version
+            self.log("om8zmq peer skipped: %s" % version)
+            return
+        conf = os.path.join(self.dir, "om8zmq.conf")
+        with open(conf, "w") as f:
+            f.write(om8zmq.config_text())
+        redis = om8zmq.RedisServer(self.dir)
+        peer = OsloPeer(OM8ZMQ, redis.url, python=python, env=env,
+                        config_file=conf, om8_shims=True, backing=redis)
+        self.log("starting a private Redis on 127.0.0.1:%d and 3 "
+                 "oslo.messaging %s servers ..." % (redis.port, version))
+        self._start_peer(peer, "used: oslo.messaging %s zmq driver, %s"
+                         % (version, redis.url), "om8zmq", redis.start)
+
+    def _stop_oslo(self, peer: OsloPeer) -> None:
+        for proc in peer.servers:
             proc.stop()
-        self.rabbit_servers = []
-        broker = broker or self.broker
-        if broker is not None:
-            broker.stop()
-        self.broker = None
+        peer.servers = []
+        if peer.backing is not None:
+            peer.backing.stop()
+            peer.backing = None
 
     def close(self) -> None:
         """Stop every process this run started and remove its temp dir."""
-        self._stop_rabbit()
+        for peer in self.oslo.values():
+            self._stop_oslo(peer)
+        self.oslo.clear()
         for proc, _eps in self.peers.values():
             proc.stop()
         self.peers.clear()
@@ -276,11 +379,13 @@ class Suite:
 
     # -- one repeat
     def _child(self, module: str, plan: dict, name: str, run: dict,
-               role: str | None = None) -> None:
+               role: str | None = None, peer: OsloPeer | None = None) -> None:
         t = time.monotonic()
         try:
             result = run_python(module, plan, self.dir, name,
-                                _plan_timeout(plan), role=role)
+                                _plan_timeout(plan), role=role,
+                                python=peer.python if peer else None,
+                                env=peer.env if peer else None)
         except ChildFailed as exc:
             run["errors"].append({"workload": name, "mode": plan.get("mode"),
                                   "error": str(exc)[:4000]})
@@ -336,14 +441,17 @@ class Suite:
             self._child("benchmarks.client",
                         ours_plan(mode, host.conf_path, prof, pids),
                         "ours-%s" % mode, run)
-        if self.broker is not None:
-            pids = {"service": self.rabbit_servers[0].pid}
-            beam = self.broker.pid()
-            if beam:
-                pids["broker"] = beam
-            self._child("benchmarks.rabbit",
-                        rabbit_plan(self.broker.url, prof, pids),
-                        "rabbit", run, role="client")
+        for system in (OSLO_ZMQ, OM8ZMQ, RABBIT):
+            peer = self.oslo.get(system)
+            if peer is None:
+                continue
+            pids = {"service": peer.servers[0].pid}
+            if system == RABBIT:
+                beam = peer.backing.pid()
+                if beam:
+                    pids["broker"] = beam
+            self._child("benchmarks.rabbit", oslo_plan(peer, prof, pids),
+                        system, run, role="client", peer=peer)
         for mode in self.opt.modes:
             self._memory(mode, run)
         run["loadavg_end"] = os.getloadavg()
@@ -360,10 +468,15 @@ class Suite:
                      "pyzmq peers ..." % (3 * len(self.opt.modes)))
             self._start_host()
             self._start_raw_peers()
-            if self.opt.peer == "rabbit":
-                self._start_rabbit()
-            elif self.opt.peer:
-                self.peer_status[self.opt.peer] = "skipped: unknown peer"
+            if self.opt.oslo_driver:
+                self._start_oslo_zmq()
+            for name in self.opt.peers:
+                if name == "rabbit":
+                    self._start_rabbit()
+                elif name == "om8zmq":
+                    self._start_om8zmq()
+                else:
+                    self.peer_status[name] = "skipped: unknown peer"
             for i in range(self.opt.repeat):
                 self.log("repeat %d of %d" % (i + 1, self.opt.repeat))
                 self.runs.append(self._repeat(i + 1))
@@ -420,5 +533,6 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["Options", "Profile", "SMOKE", "Suite", "aggregate", "MODES",
-           "OURS", "PYZMQ", "RABBIT"]
+__all__ = ["Options", "OsloPeer", "PEERS", "Profile", "SMOKE", "Suite",
+           "aggregate", "oslo_plan", "MODES", "OURS", "PYZMQ", "RABBIT",
+           "OSLO_ZMQ", "OM8ZMQ"]

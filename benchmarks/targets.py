@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.measure import OURS, PYZMQ, RABBIT
+from benchmarks.measure import OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT
 
 Key = tuple[str, str, str, str]
 
@@ -34,15 +34,29 @@ CAST_OF_RAW = 0.20             # casts >= 20% of raw PUSH/PULL
 FANOUT_OF_RAW = 0.30
 RECEIVER_RSS_MAX = 60.0        # MiB, 1,000 topics and 10,000 calls in flight
 RING_GROWTH_MAX = 1.5          # cost with 5,000 hosts / cost with 10
+#: our oslo.messaging driver (system oslo-zmq), through oslo.messaging
+OSLO_LATENCY_X_RAW = 2.0       # call p50 <= 2x raw round trip p50
+OSLO_THROUGHPUT_OF_RAW = 0.30  # 16 callers >= 30% of raw 16-in-flight
+OSLO_THROUGHPUT_X_RABBIT = 10.0  # 16 callers >= 10x RabbitMQ's 16 callers
+#: the workloads on which oslo-zmq must be ahead of oslo.messaging 8.1's
+#: zmq driver: (workload, metric, lower is better)
+OSLO_VS_OM8 = [("call_latency", "p50", True),
+               ("call_throughput_1", "rate", False),
+               ("call_throughput_16", "rate", False),
+               ("cast", "rate", False), ("fanout_3", "rate", False),
+               ("notify", "rate", False)]
+#: systems measured through oslo.messaging's API (threading executor)
+OSLO_SYSTEMS = (RABBIT, OSLO_ZMQ, OM8ZMQ)
 
-_SYSTEMS = [OURS, PYZMQ, RABBIT]
+_SYSTEMS = [OURS, PYZMQ, OSLO_ZMQ, OM8ZMQ, RABBIT]
 _WORKLOADS = ["call_latency", "call_throughput_1", "call_throughput_16",
               "call_throughput_64", "call_latency_via_receiver",
-              "call_throughput_16_via_receiver", "cast", "fanout_3", "multicall_10",
+              "call_throughput_16_via_receiver", "cast", "fanout_3", "notify",
+              "multicall_10",
               "payload_100B", "payload_10KiB", "payload_1MiB", "memory",
               "rt_1", "rt_16", "push", "ring_10", "ring_5000"]
 _METRICS = ["p50", "p99", "rate", "first_p50", "last_p50", "last_p99",
-            "bandwidth", "lost", "cpu_total", "cpu_caller", "cpu_receiver",
+            "bandwidth", "lost", "duplicated", "cpu_total", "cpu_caller", "cpu_receiver",
             "cpu_service", "cpu_broker", "receiver_rss", "receiver_rss_idle",
             "caller_rss", "caller_rss_idle", "in_flight", "bare", "directed",
             "fanout_per_host"]
@@ -79,7 +93,7 @@ def baseline_key(fig: dict, index: dict[Key, dict],
         if flavor == "plain" and metric in ("receiver_rss", "caller_rss"):
             return (system, mode, workload, metric + "_idle")
         return None
-    if system == RABBIT and flavor != "plain":
+    if system in OSLO_SYSTEMS and flavor != "plain":
         return None
     raw = _raw_shape(workload, metric)
     if raw is None:
@@ -109,7 +123,7 @@ def _raw_shape(workload: str, metric: str) -> tuple[str, str] | None:
         if metric == "rate":
             return ("rt_1" if callers == 1 else "rt_16"), "rate"
         return ("rt_1", metric) if metric in latency else None
-    if workload == "cast" or workload.startswith("fanout_"):
+    if workload in ("cast", "notify") or workload.startswith("fanout_"):
         return ("push", "rate") if metric == "rate" else None
     return None
 
@@ -231,9 +245,76 @@ def evaluate(medians: list[dict], peers: dict[str, str],
                              % (metric, sizes[-1], sizes[0]), "-", big, small,
                              "ns", "<= %.1fx (must not grow)"
                              % RING_GROWTH_MAX, RING_GROWTH_MAX, lower=True))
+    out += _oslo_targets(index, peers)
     if soak is not None:
         out += soak.get("targets", [])
     return out
+
+
+def _oslo_targets(index: dict[Key, dict], peers: dict[str, str]) -> list[dict]:
+    """The targets of our oslo.messaging driver (system oslo-zmq), when it
+    ran (``--driver oslo``)."""
+    mode = "threads"
+    if not any(k[0] == OSLO_ZMQ for k in index):
+        return []
+    out: list[dict] = []
+    name = "oslo-zmq: %s"
+    lat = _get(index, OSLO_ZMQ, mode, "call_latency", "p50")
+    out.append(_relative(name % "call p50, one caller", mode, lat,
+                         _get(index, PYZMQ, "plain", "rt_1", "p50"), "us",
+                         "<= %.0fx raw pyzmq round trip p50"
+                         % OSLO_LATENCY_X_RAW, OSLO_LATENCY_X_RAW, lower=True))
+    c16 = _get(index, OSLO_ZMQ, mode, "call_throughput_16", "rate")
+    out.append(_relative(name % "calls/s, 16 callers", mode, c16,
+                         _get(index, PYZMQ, "plain", "rt_16", "rate"), "1/s",
+                         ">= %.0f%% of raw pyzmq 16 in flight"
+                         % (OSLO_THROUGHPUT_OF_RAW * 100),
+                         OSLO_THROUGHPUT_OF_RAW))
+    out.append(_versus(name % "calls/s, 16 callers vs RabbitMQ", mode, c16,
+                       _get(index, RABBIT, mode, "call_throughput_16", "rate"),
+                       ">= %.0fx oslo.messaging+RabbitMQ"
+                       % OSLO_THROUGHPUT_X_RABBIT, OSLO_THROUGHPUT_X_RABBIT,
+                       peers.get("rabbit", "skipped: no --peer rabbit")))
+    for workload, metric, lower in OSLO_VS_OM8:
+        mine = _get(index, OSLO_ZMQ, mode, workload, metric)
+        unit = mine["unit"] if mine else ("us" if lower else "1/s")
+        out.append(_versus(name % "%s %s vs om8zmq"
+                           % (workload, metric), mode, mine,
+                           _get(index, OM8ZMQ, mode, workload, metric),
+                           "ahead of om8zmq (%s)" % ("<= 1x" if lower
+                                                     else ">= 1x"),
+                           1.0, peers.get("om8zmq",
+                                          "skipped: no --peer om8zmq"),
+                           lower=lower, unit=unit))
+    lost = [_get(index, OSLO_ZMQ, mode, w, "lost")
+            for w in ("cast", "fanout_3", "notify")]
+    if any(f is None for f in lost):
+        out.append(_target(name % "nothing lost (casts, fanout, "
+                           "notifications)", mode, None, "msgs", "== 0",
+                           None, None, "missing"))
+    else:
+        total = sum(f["value"] for f in lost if f)
+        out.append(_target(name % "nothing lost (casts, fanout, "
+                           "notifications)", mode, total, "msgs", "== 0",
+                           None, total == 0, "%d lost over every repeat"
+                           % total))
+    return out
+
+
+def _versus(name: str, mode: str, fig: dict | None, peer: dict | None,
+            threshold: str, bound: float, status: str, lower: bool = False,
+            unit: str = "1/s") -> dict:
+    """A target against a peer system: SKIPPED with the peer's reason
+    when the peer did not run."""
+    if peer is None and fig is not None:
+        # the peer did not run (SKIPPED), or ran and its workload failed
+        detail = status if status.startswith("skipped") else \
+            "missing: the peer has no figure (its workload failed, see " \
+            "the errors)"
+        return _target(name, mode, fig["value"], unit, threshold, None, None,
+                       detail)
+    return _relative(name, mode, fig, peer, unit, threshold, bound,
+                     lower=lower)
 
 
 def _relative(name: str, mode: str, fig: dict | None, base: dict | None,

@@ -267,6 +267,7 @@ def memory(mode: str, topic: str, in_flight: int, topics: int,
     until = time.monotonic() + hold
     msg = _msg("hold", until=until)
     state = {"started": 0, "done": 0, "failed": 0}
+    first_errors: dict[str, str] = {}
     lock = threading.Lock()
 
     def caller() -> None:
@@ -274,9 +275,10 @@ def memory(mode: str, topic: str, in_flight: int, topics: int,
             state["started"] += 1
         try:
             rpc.call(CTX, topic, msg, timeout=hold + 120)
-        except Exception:  # noqa: BLE001 - counted
+        except Exception as exc:  # noqa: BLE001 - counted, first of each kind shown
             with lock:
                 state["failed"] += 1
+                first_errors.setdefault(type(exc).__name__, str(exc)[:200])
         with lock:
             state["done"] += 1
 
@@ -306,9 +308,11 @@ def memory(mode: str, topic: str, in_flight: int, topics: int,
     stop.set()
     watcher.join(5)
     if state["done"] < in_flight or state["failed"]:
-        raise RuntimeError("%d of %d held calls failed or never returned"
+        raise RuntimeError("%d of %d held calls failed or never returned%s"
                            % (in_flight - state["done"] + state["failed"],
-                              in_flight))
+                              in_flight,
+                              "".join("; %s: %s" % kv
+                                      for kv in sorted(first_errors.items()))))
     extra = {"in_flight_target": in_flight, "topics": topics,
              "all_started_before_release": sent_by < until}
     return [

@@ -1,6 +1,7 @@
 """``nova-rpc-zmq bench``: the benchmark suite, from a checkout.
 
-    nova-rpc-zmq bench [--repeat 3] [--peer rabbit] [--output DIR]
+    nova-rpc-zmq bench [--repeat 3] [--driver oslo] [--peer rabbit]
+                       [--peer om8zmq] [--output DIR]
     nova-rpc-zmq bench --smoke            (seconds; what the tests run)
     nova-rpc-zmq bench --soak [--soak-seconds 600]
 
@@ -42,14 +43,24 @@ def add_parser(sub: Any) -> None:
         description="Measure calls, casts, fanout, streaming, payloads, "
                     "memory and ring scale over real processes on loopback, "
                     "against raw pyzmq (and oslo.messaging+RabbitMQ with "
-                    "--peer rabbit) in the same run.")
+                    "--peer rabbit, oslo.messaging 8.1's zmq driver with "
+                    "--peer om8zmq) in the same run.")
     p.add_argument("--repeat", type=int, default=3,
                    help="runs of every workload; medians are reported "
                         "(default 3)")
-    p.add_argument("--peer", choices=["rabbit"],
-                   help="also measure oslo.messaging's rabbit driver on a "
-                        "private RabbitMQ (skipped, with the reason, when it "
-                        "cannot start)")
+    p.add_argument("--peer", choices=["rabbit", "om8zmq"], action="append",
+                   default=[],
+                   help="also measure, on the oslo.messaging workloads "
+                        "(repeatable): rabbit = oslo.messaging's rabbit "
+                        "driver on a private RabbitMQ; om8zmq = "
+                        "oslo.messaging 8.1's zmq driver with a private "
+                        "Redis, in the venv .venv-om8zmq of the checkout "
+                        "(made with pip on first use). Skipped, with the "
+                        "reason, when it cannot start")
+    p.add_argument("--driver", choices=["oslo"], action="append", default=[],
+                   help="oslo: also measure this project's oslo.messaging "
+                        "driver (transport_url zmq://127.0.0.1) through "
+                        "oslo.messaging's API: rows of system oslo-zmq")
     p.add_argument("--modes", default="eventlet,threads",
                    help="concurrency modes to measure, comma separated "
                         "(default eventlet,threads)")
@@ -108,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
                        sample_every=max(0.5, min(5.0, seconds / 60.0)), log=log)
     else:
         from benchmarks.suite import Options, Suite
-        peer = None if args.smoke else args.peer
+        peers = () if args.smoke else tuple(dict.fromkeys(args.peer))
         if args.smoke and args.peer:
-            log("--smoke: the %s peer is not run" % args.peer)
+            log("--smoke: the %s peer is not run" % " and ".join(args.peer))
         opts = Options(repeat=1 if args.smoke else args.repeat, modes=modes,
-                       peer=peer, smoke=args.smoke, log=log)
+                       peers=peers, oslo_driver="oslo" in args.driver,
+                       smoke=args.smoke, log=log)
         doc = Suite(opts).run()
     doc["command"] = "nova-rpc-zmq bench " + " ".join(sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "bench" else "nova-rpc-zmq bench"

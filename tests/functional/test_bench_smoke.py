@@ -145,6 +145,8 @@ def test_ratios_targets_and_files(smoke):
     statuses = {t["target"]: t["status"] for t in doc["targets"]}
     assert statuses["calls/s, 16 callers vs RabbitMQ"] == "SKIPPED"
     assert statuses["nothing lost (casts, fanout)"] == "MET"
+    # without --driver oslo there are no oslo-zmq rows nor targets
+    assert not [t for t in doc["targets"] if t["target"].startswith("oslo-zmq")]
     assert set(statuses.values()) <= {"MET", "NOT MET", "SKIPPED"}
     # the table was printed and saved; the chart when matplotlib is here
     assert "call p50, one caller" in output and "MET" in output
@@ -233,6 +235,62 @@ def test_targets_judge_synthetic_medians():
              for f in medians}
     label, value = targets.ratio(medians[3], index)
     assert label == "pyzmq plain rt_1 p50" and value == 2.5
+
+
+@pytest.mark.timeout(60)
+def test_oslo_driver_targets_judge_synthetic_medians():
+    """oslo-zmq against raw pyzmq, RabbitMQ and oslo.messaging 8.1's zmq
+    driver; SKIPPED with the peer's reason when a peer did not run."""
+    from benchmarks import targets
+    base = [
+        _fig("pyzmq", "plain", "rt_1", "p50", 100.0),
+        _fig("pyzmq", "plain", "rt_16", "rate", 40000.0),
+        _fig("oslo-zmq", "threads", "call_latency", "p50", 190.0),
+        _fig("oslo-zmq", "threads", "call_throughput_1", "rate", 3000.0),
+        _fig("oslo-zmq", "threads", "call_throughput_16", "rate", 11000.0),
+        _fig("oslo-zmq", "threads", "cast", "rate", 9000.0),
+        _fig("oslo-zmq", "threads", "fanout_3", "rate", 9000.0),
+        _fig("oslo-zmq", "threads", "notify", "rate", 8000.0),
+        _fig("oslo-zmq", "threads", "cast", "lost", 0, sent=10),
+        _fig("oslo-zmq", "threads", "fanout_3", "lost", 0, sent=10),
+        _fig("oslo-zmq", "threads", "notify", "lost", 1, sent=10),
+    ]
+    peers = [
+        _fig("rabbit", "threads", "call_throughput_16", "rate", 1000.0),
+        _fig("om8zmq", "threads", "call_latency", "p50", 200.0),
+        _fig("om8zmq", "threads", "call_throughput_1", "rate", 2000.0),
+        _fig("om8zmq", "threads", "call_throughput_16", "rate", 100.0),
+        _fig("om8zmq", "threads", "cast", "rate", 10000.0),
+        _fig("om8zmq", "threads", "fanout_3", "rate", 5000.0),
+        _fig("om8zmq", "threads", "notify", "rate", 4000.0),
+    ]
+    got = {t["target"]: (t["status"], t["ratio"])
+           for t in targets.evaluate(base + peers, {"rabbit": "used",
+                                                    "om8zmq": "used"})}
+    assert got["oslo-zmq: call p50, one caller"] == ("MET", 1.9)
+    assert got["oslo-zmq: calls/s, 16 callers"] == ("NOT MET", 0.275)
+    assert got["oslo-zmq: calls/s, 16 callers vs RabbitMQ"] == ("MET", 11.0)
+    assert got["oslo-zmq: call_latency p50 vs om8zmq"] == ("MET", 0.95)
+    assert got["oslo-zmq: call_throughput_16 rate vs om8zmq"][0] == "MET"
+    assert got["oslo-zmq: cast rate vs om8zmq"] == ("NOT MET", 0.9)
+    assert got["oslo-zmq: notify rate vs om8zmq"] == ("MET", 2.0)
+    assert got["oslo-zmq: nothing lost (casts, fanout, notifications)"][0] \
+        == "NOT MET"
+    # 8.1 ran but its cast workload failed: no figure, MISSING, not MET
+    failed = targets.evaluate(base + [f for f in peers if not (
+        f["system"] == "om8zmq" and f["workload"] == "cast")],
+        {"om8zmq": "used"})
+    status = {t["target"]: (t["status"], t["detail"]) for t in failed}
+    assert status["oslo-zmq: cast rate vs om8zmq"][0] == "MISSING"
+    assert "failed" in status["oslo-zmq: cast rate vs om8zmq"][1]
+    skipped = targets.evaluate(base, {"om8zmq": "skipped: no pip"})
+    status = {t["target"]: (t["status"], t["detail"]) for t in skipped}
+    assert status["oslo-zmq: cast rate vs om8zmq"] == ("SKIPPED",
+                                                       "skipped: no pip")
+    assert status["oslo-zmq: calls/s, 16 callers vs RabbitMQ"][0] == "SKIPPED"
+    # without --driver oslo there is no oslo-zmq target at all
+    assert not [t for t in targets.evaluate(base[:2], {})
+                if t["target"].startswith("oslo-zmq")]
 
 
 @pytest.mark.timeout(60)
