@@ -41,13 +41,12 @@ from typing import Any
 import oslo_messaging
 import zmq
 
-from nova_rpc_zmq import concurrency, zmqio
-from nova_rpc_zmq.errors import ConfigurationError, LocalError
+from nova_rpc_zmq import concurrency
+from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.security import (AllowList, HandshakeWatcher, KeyPair,
                                    ZapAuthenticator, configure_client,
                                    configure_server, load_keypair,
                                    server_key_for)
-from nova_rpc_zmq.security.zap import ZAP_ENDPOINT
 
 LOG = logging.getLogger(__name__)
 
@@ -81,27 +80,9 @@ class NativeZapAuthenticator(ZapAuthenticator):
         self._stop = real.Event()
         self._handler = handler
 
-    def start(self) -> None:
-        """Bind the ZAP endpoint now and serve it in an OS thread.
-
-        Raises LocalError when another handler already serves the context.
-        """
-        if self._thread is not None:
-            raise LocalError("ZapAuthenticator already started")
-        sock = zmqio.make_socket(self.context, zmq.REP, linger=0, native=True)
-        try:
-            sock.bind(ZAP_ENDPOINT)
-        except zmq.ZMQError as exc:
-            sock.close()
-            if exc.errno == zmq.EADDRINUSE:
-                raise LocalError("another ZAP handler already serves this "
-                                 "ZeroMQ context; run one authenticator per "
-                                 "context") from exc
-            raise
-        self._zap = sock
-        self._stop.clear()
-        # the thread's start hands the socket over (a memory barrier)
-        self._thread = self._handler.spawn_native(self._run)
+    def _start_thread(self) -> Any:
+        """The loop's thread: a real OS thread, also when monkey-patched."""
+        return self._handler.spawn_native(self._run)
 
 
 class Curve:

@@ -233,9 +233,14 @@ class ZapAuthenticator:
         self._zap = sock
         self._stop.clear()
         # Thread start is the memory barrier that hands the socket over.
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name="nova-rpc-zmq-zap")
-        self._thread.start()
+        self._thread = self._start_thread()
+
+    def _start_thread(self) -> Any:
+        """Start the loop's thread; returns it (``join``, ``is_alive``)."""
+        thread = threading.Thread(target=self._run, daemon=True,
+                                  name="nova-rpc-zmq-zap")
+        thread.start()
+        return thread
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop serving and close the ZAP socket, waiting at most
