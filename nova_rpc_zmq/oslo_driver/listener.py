@@ -90,21 +90,53 @@ class NotificationMessage(base.IncomingMessage):
         """Not supported: notifications are not stored."""
 
 
-class QueueListener(base.PollStyleListener):
+class Inbox(base.PollStyleListener):
+    """A poll-style listener whose messages wait in a queue of ``handler``:
+    its feeder calls ``put``, ``poll`` takes them, ``close_inbox`` (from
+    ``stop``) makes ``poll`` drain what is left and then return None."""
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__()
+        self._queue = handler.Queue()
+        self._empty = handler.Empty
+        self._stopped = False
+
+    def put(self, message: base.IncomingMessage) -> None:
+        self._queue.put(message)
+
+    def close_inbox(self) -> bool:
+        """Mark stopped and wake ``poll``; False when already stopped."""
+        if self._stopped:
+            return False
+        self._stopped = True
+        self._queue.put(_STOP)
+        return True
+
+    @base.batch_poll_helper
+    def poll(self, timeout: float | None = None) -> Any:
+        """The next message, or None after ``timeout`` or once stopped and
+        drained. Never raises."""
+        try:
+            if self._stopped:
+                item = self._queue.get(block=False)
+            else:
+                item = self._queue.get(timeout=timeout)
+        except self._empty:
+            return None
+        return None if item is _STOP else item
+
+
+class QueueListener(Inbox):
     """A poll-style listener fed by an ``Inbound`` reader."""
 
     def __init__(self, driver: "ZmqDriver", topics: set[str],
                  keys: list[str], notifications: bool, what: str,
                  pool: str | None = None) -> None:
-        super().__init__()
+        super().__init__(driver.handler)
         self._driver = driver
         self._topics = frozenset(topics)
         self._notifications = notifications
         self.what = what
-        handler = driver.handler
-        self._queue = handler.Queue()
-        self._empty = handler.Empty
-        self._stopped = False
         self.inbound = driver.inbound(self._on_frames, what)
         self.member = driver.member(self.inbound.port)
         if pool is not None:
@@ -127,7 +159,7 @@ class QueueListener(base.PollStyleListener):
                         "serves %s; a stale registration?)", self.what,
                         msg.topic, ", ".join(sorted(self._topics)))
             return
-        self._queue.put(self._incoming(msg))
+        self.put(self._incoming(msg))
 
     def _incoming(self, msg: wire.Message) -> base.IncomingMessage:
         if self._notifications:
@@ -140,28 +172,10 @@ class QueueListener(base.PollStyleListener):
                               request.msg_id, reply_to)
         return RpcMessage(self._driver, msg.context, body, None, None)
 
-    @base.batch_poll_helper
-    def poll(self, timeout: float | None = None) -> Any:
-        """The next message, or None after ``timeout`` or once stopped and
-        drained. Never raises."""
-        try:
-            if self._stopped:
-                item = self._queue.get(block=False)
-            else:
-                item = self._queue.get(timeout=timeout)
-        except self._empty:
-            return None
-        if item is _STOP:
-            return None
-        return item
-
     def stop(self) -> None:
         """Unregister and wake ``poll``; thread-safe, never raises."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._driver.unregister(self)
-        self._queue.put(_STOP)
+        if self.close_inbox():
+            self._driver.unregister(self)
 
     def cleanup(self) -> None:
         """Stop, then close the socket (unread messages are dropped)."""

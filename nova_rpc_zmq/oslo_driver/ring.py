@@ -63,6 +63,7 @@ from oslo_serialization import jsonutils
 # The one import across the impl_zmq | oslo_driver layer: zmq+ring:// *is*
 # the Nova-era driver behind oslo.messaging's API (.importlinter says so).
 from nova_rpc_zmq import config, errors, impl_zmq, wire
+from nova_rpc_zmq.oslo_driver.listener import Inbox
 
 if TYPE_CHECKING:
     from nova_rpc_zmq.oslo_driver.driver import ZmqDriver
@@ -79,7 +80,6 @@ WAIT_TICK = 0.25
 REMOTE_SUFFIX = "_Remote"
 #: The module of Python's built-in exceptions, as Python 3 names it.
 BUILTINS = "builtins"
-_STOP = object()
 
 
 class RingConfigurationError(base.TransportDriverError):
@@ -227,7 +227,7 @@ class _LegacyProxy:
         self._listener.put(RingNotification(ctxt.to_dict(), message))
 
 
-class RingListener(base.PollStyleListener):
+class RingListener(Inbox):
     """A poll-style listener fed by legacy consumers of this host.
 
     ``consume(topic, fanout)`` adds a consumer, ``start`` starts them
@@ -235,16 +235,12 @@ class RingListener(base.PollStyleListener):
     """
 
     def __init__(self, bridge: "RingBridge", what: str) -> None:
-        super().__init__()
-        self.what = what
         drv = bridge.legacy()
-        handler = drv.handler
-        self._event: Callable[[], Any] = handler.Event
-        self._queue = handler.Queue()
-        self._empty = handler.Empty
+        super().__init__(drv.handler)
+        self.what = what
+        self._event: Callable[[], Any] = drv.handler.Event
         self._proxy = _LegacyProxy(self)
         self._conn = drv.create_connection()
-        self._stopped = False
         self.closed = False
 
     def consume(self, topic: str, fanout: bool = False) -> None:
@@ -254,9 +250,6 @@ class RingListener(base.PollStyleListener):
     def start(self) -> None:
         """Start reading (returns once fanout subscriptions are proven)."""
         self._conn.consume_in_thread()
-
-    def put(self, message: base.IncomingMessage) -> None:
-        self._queue.put(message)
 
     def run(self, ctxt: dict, message: dict) -> Any:
         """Hand a legacy request to the oslo server and wait for its answer
@@ -276,31 +269,16 @@ class RingListener(base.PollStyleListener):
             raise exc.with_traceback(answer.failure[2])
         return answer.value
 
-    @base.batch_poll_helper
-    def poll(self, timeout: float | None = None) -> Any:
-        """The next message, or None after ``timeout`` or once stopped and
-        drained. Never raises."""
-        try:
-            if self._stopped:
-                item = self._queue.get(block=False)
-            else:
-                item = self._queue.get(timeout=timeout)
-        except self._empty:
-            return None
-        return None if item is _STOP else item
-
     def stop(self) -> None:
         """Stop consuming (other processes of this host serving the topic
         get its messages) and wake ``poll``; never raises."""
-        if self._stopped:
+        if not self.close_inbox():
             return
-        self._stopped = True
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - stopping must go on
             LOG.exception("%s: closing its legacy consumers failed",
                           self.what)
-        self._queue.put(_STOP)
 
     def cleanup(self) -> None:
         """Stop; legacy requests still waiting get ServerStopped."""
