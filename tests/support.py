@@ -20,3 +20,25 @@ def hang_up(*socks: socket.socket) -> None:
         except OSError:
             pass
         s.close()
+
+
+def run_bench_smoke(out_dir: str, *args: str) -> tuple[int, dict, str]:
+    """Run ``nova-rpc-zmq bench --smoke *args`` from the checkout's root,
+    writing into ``out_dir``; (exit code, its JSON document, its output).
+    Fails the test when no JSON was written."""
+    import glob
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nova_rpc_zmq.cli.main", "bench", "--smoke",
+         *args, "--output", out_dir],
+        cwd=root, capture_output=True, text=True, timeout=scaled(280))
+    found = glob.glob(os.path.join(out_dir, "bench-*.json"))
+    assert found, "no JSON written:\n%s\n%s" % (proc.stdout[-3000:],
+                                                proc.stderr[-3000:])
+    with open(found[0]) as f:
+        doc = json.load(f)
+    return proc.returncode, doc, proc.stdout + proc.stderr

@@ -8,16 +8,12 @@ from rotting as the transport changes.
 from __future__ import annotations
 
 import glob
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.support import scaled
+from tests.support import run_bench_smoke
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LATENCY = ("p50", "p99", "rate")
 PAYLOADS = ("payload_100B", "payload_10KiB", "payload_1MiB")
@@ -49,16 +45,8 @@ LARGE_GREEN = ("ours", "eventlet", "payload_1MiB")
 def smoke(tmp_path_factory):
     """Run the smoke suite once; (exit code, result document, output, dir)."""
     out_dir = str(tmp_path_factory.mktemp("bench"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "nova_rpc_zmq.cli.main", "bench", "--smoke",
-         "--output", out_dir],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(280))
-    found = glob.glob(os.path.join(out_dir, "bench-*.json"))
-    assert found, "no JSON written:\n%s\n%s" % (proc.stdout[-3000:],
-                                                proc.stderr[-3000:])
-    with open(found[0]) as f:
-        doc = json.load(f)
-    return proc.returncode, doc, proc.stdout + proc.stderr, out_dir
+    code, doc, output = run_bench_smoke(out_dir)
+    return code, doc, output, out_dir
 
 
 def _index(doc: dict) -> dict:

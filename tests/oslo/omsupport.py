@@ -12,11 +12,11 @@ import oslo_messaging.opts
 from oslo_config import cfg
 
 
-def make_conf(host: str = "127.0.0.1", **zmq_options: Any) -> cfg.ConfigOpts:
-    """A parsed ConfigOpts with oslo.messaging's options registered (as a
-    service has them on cfg.CONF) and ``[oslo_messaging_zmq]`` overrides."""
+def service_conf(args: list[str] | None = None,
+                 project: str = "nova-rpc-zmq-tests") -> cfg.ConfigOpts:
+    """A ConfigOpts with oslo.messaging's options registered, as a service
+    has them on cfg.CONF, parsed from ``args`` (e.g. ``--config-file``)."""
     conf = cfg.ConfigOpts()
-    conf([], project="nova-rpc-zmq-tests")
     for group, opts in oslo_messaging.opts.list_opts():
         conf.register_opts(opts, group=group)
     # registered on cfg.CONF only when their modules are imported
@@ -26,6 +26,14 @@ def make_conf(host: str = "127.0.0.1", **zmq_options: Any) -> cfg.ConfigOpts:
                        group="oslo_messaging_tracing")
     conf.register_opts(metrics.oslo_messaging_metrics,
                        group="oslo_messaging_metrics")
+    conf(args or [], project=project)
+    return conf
+
+
+def make_conf(host: str = "127.0.0.1", **zmq_options: Any) -> cfg.ConfigOpts:
+    """A parsed ConfigOpts with oslo.messaging's options registered (as a
+    service has them on cfg.CONF) and ``[oslo_messaging_zmq]`` overrides."""
+    conf = service_conf()
     from nova_rpc_zmq.oslo_driver import options
     options.register(conf)
     conf.set_override("rpc_zmq_host", host, group=options.GROUP)

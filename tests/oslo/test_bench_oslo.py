@@ -10,18 +10,12 @@ test: no figure's size is asserted.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.support import scaled
+from tests.support import run_bench_smoke
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LATENCY = ("p50", "p99", "rate")
 #: the oslo-zmq figures every smoke run must hold, each above zero
@@ -33,18 +27,9 @@ OSLO_EXPECTED = {"call_latency": LATENCY, "call_throughput_1": LATENCY,
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: Any) -> tuple[int, dict, str]:
     """Run the smoke suite once with --driver oslo, threads only."""
-    out_dir = str(tmp_path_factory.mktemp("bench-oslo"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "nova_rpc_zmq.cli.main", "bench", "--smoke",
-         "--driver", "oslo", "--modes", "threads", "--no-png",
-         "--output", out_dir],
-        cwd=ROOT, capture_output=True, text=True, timeout=scaled(280))
-    found = glob.glob(os.path.join(out_dir, "bench-*.json"))
-    assert found, "no JSON written:\n%s\n%s" % (proc.stdout[-3000:],
-                                                proc.stderr[-3000:])
-    with open(found[0]) as f:
-        doc = json.load(f)
-    return proc.returncode, doc, proc.stdout + proc.stderr
+    return run_bench_smoke(str(tmp_path_factory.mktemp("bench-oslo")),
+                           "--driver", "oslo", "--modes", "threads",
+                           "--no-png")
 
 
 def _index(doc: dict) -> dict:

@@ -64,19 +64,8 @@ URL = "zmq+ring://"
 def ring_conf(conf_path: str) -> Any:
     """A ConfigOpts as an oslo.messaging service has it, parsed from a
     host's nova.conf (the legacy options in [DEFAULT], the ring file)."""
-    import oslo_messaging.opts
-    from oslo_config import cfg
-    from oslo_messaging._metrics import client as metrics
-    from oslo_messaging._tracing import client as tracing
-    conf = cfg.ConfigOpts()
-    for group, opts in oslo_messaging.opts.list_opts():
-        conf.register_opts(opts, group=group)
-    conf.register_opts(tracing.oslo_messaging_tracing,
-                       group="oslo_messaging_tracing")
-    conf.register_opts(metrics.oslo_messaging_metrics,
-                       group="oslo_messaging_metrics")
-    conf(["--config-file", conf_path], project="nova")
-    return conf
+    from tests.oslo.omsupport import service_conf
+    return service_conf(["--config-file", conf_path], project="nova")
 
 
 def serve(conf_path: str, name: str, record_dir: str, topic: str,
