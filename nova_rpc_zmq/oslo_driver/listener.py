@@ -6,6 +6,13 @@ keys that lead there. Its reader decodes each message with ``wire.decode``
 ``poll`` takes from the queue. ``stop`` unregisters at once (no new
 callers find it) and wakes ``poll``, which then returns what is queued and
 nothing more; ``cleanup`` closes the socket.
+
+A listener that takes one message at a time (``batch_size`` 1, every RPC
+server and most notification listeners) is wrapped in ``DirectListener``
+instead of oslo.messaging's ``PollStyleListenerAdapter``: the reader hands
+each message to oslo.messaging's callback itself, so a request crosses two
+threads (reader, executor worker) instead of three, the adapter's polling
+thread being the one left out.
 """
 
 from __future__ import annotations
@@ -127,7 +134,8 @@ class Inbox(base.PollStyleListener):
 
 
 class QueueListener(Inbox):
-    """A poll-style listener fed by an ``Inbound`` reader."""
+    """A poll-style listener fed by an ``Inbound`` reader; after
+    ``start_direct`` the reader calls the callback instead of queueing."""
 
     def __init__(self, driver: "ZmqDriver", topics: set[str],
                  keys: list[str], notifications: bool, what: str,
@@ -143,6 +151,11 @@ class QueueListener(Inbox):
             # notification listeners: "<pool>@host:port", pools apart
             self.member = pool + POOL_SEPARATOR + self.member
         self.registrations = [(key, self.member) for key in keys]
+        # the callback of DirectListener; the lock keeps a message from
+        # being queued while start_direct drains the queue, and any
+        # message from being handed over once stop() has returned
+        self._callback: Any = None
+        self._handing = driver.handler.Lock()
         driver.register(self)
 
     def _on_frames(self, parts: list) -> None:
@@ -159,7 +172,26 @@ class QueueListener(Inbox):
                         "serves %s; a stale registration?)", self.what,
                         msg.topic, ", ".join(sorted(self._topics)))
             return
-        self.put(self._incoming(msg))
+        message = self._incoming(msg)
+        with self._handing:
+            callback = self._callback
+            if callback is None:
+                self.put(message)
+                return
+            callback([message])
+
+    def start_direct(self, callback: Any) -> None:
+        """Hand every message to ``callback([message])`` from now on, the
+        ones that came before ``start`` first, in order."""
+        with self._handing:
+            while True:
+                try:
+                    item = self._queue.get(block=False)
+                except self._empty:
+                    break
+                if item is not _STOP:
+                    callback([item])
+            self._callback = callback
 
     def _incoming(self, msg: wire.Message) -> base.IncomingMessage:
         if self._notifications:
@@ -173,7 +205,10 @@ class QueueListener(Inbox):
         return RpcMessage(self._driver, msg.context, body, None, None)
 
     def stop(self) -> None:
-        """Unregister and wake ``poll``; thread-safe, never raises."""
+        """Unregister and wake ``poll``; no message is handed to the
+        direct callback after this returns. Thread-safe, never raises."""
+        with self._handing:
+            self._callback = None
         if self.close_inbox():
             self._driver.unregister(self)
 
@@ -181,3 +216,33 @@ class QueueListener(Inbox):
         """Stop, then close the socket (unread messages are dropped)."""
         self.stop()
         self.inbound.close()
+
+
+class DirectListener(base.Listener):
+    """oslo.messaging's ``Listener`` over a ``QueueListener`` whose reader
+    calls the server's callback with each message (``batch_size`` 1)."""
+
+    def __init__(self, inbox: QueueListener, batch_size: int,
+                 batch_timeout: Any) -> None:
+        super().__init__(batch_size, batch_timeout, inbox.prefetch_size)
+        self._inbox = inbox
+
+    def start(self, on_incoming_callback: Any) -> None:
+        super().start(on_incoming_callback)
+        self._inbox.start_direct(on_incoming_callback)
+
+    def stop(self) -> None:
+        self._inbox.stop()
+        super().stop()
+
+    def cleanup(self) -> None:
+        self._inbox.cleanup()
+
+
+def adapt(inbox: QueueListener, batch_size: int,
+          batch_timeout: Any) -> base.Listener:
+    """The ``Listener`` oslo.messaging gets for ``inbox``: direct for one
+    message at a time, oslo.messaging's polling adapter for batches."""
+    if batch_size is None or batch_size <= 1:
+        return DirectListener(inbox, batch_size, batch_timeout)
+    return base.PollStyleListenerAdapter(inbox, batch_size, batch_timeout)

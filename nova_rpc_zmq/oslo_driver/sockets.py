@@ -92,12 +92,16 @@ class Inbound:
     not raise (what it raises is logged and the message dropped). With
     ``curve`` the socket is a CURVE server that admits the keys of its
     keys dir (set before the bind, so no peer gets in unchecked).
+
+    With ``reader=False`` no reader is started: the owner calls ``read``
+    itself, from one thread at a time (a caller's reply socket, read by
+    whichever waiting caller leads; see ``replies.py``).
     """
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
                  bind_address: str, port_range: tuple[int, int, int],
                  on_message: Callable[[list], None], what: str,
-                 curve: Curve | None = None) -> None:
+                 curve: Curve | None = None, reader: bool = True) -> None:
         self.handler = handler
         self.what = what
         self._on_message = on_message
@@ -112,7 +116,11 @@ class Inbound:
             self._sock.close(0)
             raise
         self._stopped = False
-        self._reader = handler.spawn(self._read)
+        self._reader = handler.spawn(self._read) if reader else None
+        self._poller: Any = None
+        if not reader:
+            self._poller = zmq.Poller()
+            self._poller.register(self._sock, zmq.POLLIN)
 
     def _read(self) -> None:
         sock, handle = self._sock, self._on_message
@@ -133,13 +141,41 @@ class Inbound:
                 LOG.exception("%s: a message from port %d was dropped",
                               self.what, self.port)
 
+    @property
+    def reading(self) -> bool:
+        """True when a reader of its own reads the socket."""
+        return self._reader is not None
+
+    def read(self, timeout: float) -> list | None:
+        """The next message's frames, waiting at most ``timeout`` seconds;
+        None when none came or the socket is closed (``reader=False`` only;
+        one thread at a time, and never together with ``close``)."""
+        if self._stopped:
+            return None
+        try:
+            try:
+                return frames.recv(self._sock, frames.NOBLOCK)
+            except zmq.Again:
+                pass
+            if not self._poller.poll(max(0, int(timeout * 1000))):
+                return None
+            return frames.recv(self._sock, frames.NOBLOCK)
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as exc:
+            if not self._stopped:
+                LOG.error("%s: reading port %d failed: %s", self.what,
+                          self.port, exc)
+            return None
+
     def close(self) -> None:
         """Stop the reader (within ``READ_WAKE_MS``) and close the socket;
         messages not yet read are dropped."""
         if self._stopped:
             return
         self._stopped = True
-        self.handler.join(self._reader, 5.0)
+        if self._reader is not None:
+            self.handler.join(self._reader, 5.0)
         self._sock.close(0)
 
 
