@@ -12,6 +12,7 @@ own reply socket (``zmq_replies.<host>:<port>``); the server pushes the
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -24,7 +25,12 @@ from oslo_messaging._drivers import base
 from nova_rpc_zmq import concurrency, errors, wire, zmqio
 from nova_rpc_zmq.oslo_driver import options, registry
 from nova_rpc_zmq.oslo_driver.curve import Curve, HostRefused, NoServerKey
-from nova_rpc_zmq.oslo_driver.listener import MONITOR_KEY, QueueListener
+from nova_rpc_zmq.oslo_driver.listener import (MONITOR_KEY, QueueListener,
+                                               adapt)
+from nova_rpc_zmq.oslo_driver.proxied import (PROXY_SETTLE, ProxyInbound,
+                                              ProxyList, ProxyOutbound)
+from nova_rpc_zmq.oslo_driver.pubsub import (FanoutSender, Subscriber,
+                                             parse_subscribe_on, publishers)
 from nova_rpc_zmq.oslo_driver.replies import ReplyWaiter
 from nova_rpc_zmq.oslo_driver.sockets import Inbound, Outbound
 
@@ -43,6 +49,9 @@ URL_MATCHMAKERS = {"": None, "dummy": "dummy", "redis": "redis",
                    "sentinel": "sentinel", "ring": "ring"}
 #: The matchmaker whose transport is the Nova-era driver (``ring.py``).
 RING = "ring"
+#: Matchmakers a router proxy cannot share (it is another process).
+NOT_SHARED = {"dummy": "zmq+dummy:// is one process's",
+              "ring": "zmq+ring:// routes by the Nova-era ring file"}
 
 
 class ZmqConfigurationError(base.TransportDriverError):
@@ -77,6 +86,20 @@ def _matchmaker(url: Any, zconf: Any) -> str:
         % (kind, transport))
 
 
+def matchmaker_kind(url: Any, zconf: Any) -> str:
+    """The registry kind of a TransportURL (``redis``, ``directory``...);
+    raises InvalidTransportURL for one this driver does not have."""
+    return _matchmaker(url, zconf)
+
+
+def _check_proxy_matchmaker(kind: str) -> None:
+    if kind in NOT_SHARED:
+        raise ZmqConfigurationError(
+            "[%s] use_router_proxy = true: %s, the proxies cannot register "
+            "there; use zmq+redis://host:port (or zmq:// on one host) for "
+            "services and proxies" % (options.GROUP, NOT_SHARED[kind]))
+
+
 def _ring_bridge(driver: "ZmqDriver") -> Any:
     """``zmq+ring://``'s send and listen paths (imported only then: it
     loads the Nova-era driver)."""
@@ -104,6 +127,9 @@ class ZmqDriver(base.BaseDriver):
         self.zconf = options.register(conf)
         _check(self.zconf)
         self.kind = _matchmaker(url, self.zconf)
+        self.proxied = bool(self.zconf.use_router_proxy)
+        if self.proxied:
+            _check_proxy_matchmaker(self.kind)
         self._ring = _ring_bridge(self) if self.kind == RING else None
         self.handler = concurrency.get_handler()
         # CURVE keys are read now: a bad key file fails the start
@@ -121,6 +147,9 @@ class ZmqDriver(base.BaseDriver):
             raise oslo_messaging.InvalidTransportURL(str(url), str(exc)) \
                 from None
         self.lookup = registry.Lookup(self.registry)
+        self._proxies = ProxyList(registry.Lookup(self.registry),
+                                  self.handler.Lock(), PROXY_SETTLE) \
+            if self.proxied else None
         linger = self.zconf.zmq_linger
         self._linger_ms = 1000 if linger < 0 else int(linger * 1000)
         self._lock = self.handler.Lock()
@@ -128,8 +157,10 @@ class ZmqDriver(base.BaseDriver):
         self._refresher: Any = None
         self._stop_refresh = self.handler.Event()
         self._pid = os.getpid()
+        self._ids_prefix = uuid.uuid4().hex[:20]
+        self._ids = itertools.count()
         self._ctx: Any = None
-        self._outbound: Outbound | None = None
+        self._outbound: Outbound | ProxyOutbound | None = None
         self._replies: ReplyWaiter | None = None
         self._closed = False
 
@@ -141,6 +172,7 @@ class ZmqDriver(base.BaseDriver):
             # starts afresh (the parent's are left alone, not closed).
             LOG.info("fork detected: this process gets its own sockets")
             self._pid = os.getpid()
+            self._ids_prefix = uuid.uuid4().hex[:20]
             self._ctx = self._outbound = self._replies = None
             self._listeners = []
             self._refresher = None
@@ -148,31 +180,49 @@ class ZmqDriver(base.BaseDriver):
             with self._lock:
                 if self._ctx is None:
                     ctx = zmqio.context(self.handler)
-                    self._outbound = Outbound(self.handler, ctx,
-                                              self._linger_ms,
-                                              curve=self._curve)
+                    if self._proxies is not None:
+                        self._outbound = ProxyOutbound(
+                            self.handler, ctx, self._linger_ms,
+                            self._proxies, self.lookup.suspect)
+                    else:
+                        self._outbound = Outbound(self.handler, ctx,
+                                                  self._linger_ms,
+                                                  curve=self._curve)
                     self._ctx = ctx
         return self._ctx
 
-    def _out(self) -> Outbound:
+    def _out(self) -> Outbound | ProxyOutbound:
         self._context()
         assert self._outbound is not None
         return self._outbound
 
-    def inbound(self, on_message: Any, what: str) -> Inbound:
-        """A bound PULL socket in the configured port range."""
+    def inbound(self, on_message: Any, what: str,
+                reader: bool = True) -> Inbound | ProxyInbound:
+        """A bound PULL socket in the configured port range; with
+        ``use_router_proxy`` a DEALER connected to every proxy."""
         z = self.zconf
+        if self._proxies is not None:
+            try:
+                return ProxyInbound(self.handler, self._context(),
+                                    z.rpc_zmq_host, self._proxies,
+                                    on_message, what)
+            except (errors.LocalError, ValueError) as exc:
+                raise ZmqConfigurationError(
+                    "[%s] %s" % (options.GROUP, exc)) from exc
         try:
             return Inbound(self.handler, self._context(),
                            z.rpc_zmq_bind_address,
                            (z.rpc_zmq_min_port, z.rpc_zmq_max_port,
                             z.rpc_zmq_bind_port_retries), on_message, what,
-                           curve=self._curve)
+                           curve=self._curve, reader=reader)
         except (RuntimeError, ValueError) as exc:
             raise ZmqConfigurationError(str(exc)) from exc
 
-    def member(self, port: int) -> str:
-        """How other hosts reach our ``port``: ``rpc_zmq_host:port``."""
+    def member(self, port: int | str) -> str:
+        """How other hosts reach our ``port``: ``rpc_zmq_host:port``, or
+        behind router proxies the inbound socket's member id itself."""
+        if isinstance(port, str):
+            return port
         return "%s:%d" % (self.zconf.rpc_zmq_host, port)
 
     # -- registrations -----------------------------------------------------
@@ -313,7 +363,7 @@ class ZmqDriver(base.BaseDriver):
                 LOG.warning("%s: no server registered; dropped", what)
             return None
         replies = self._reply_waiter()
-        msg_id = uuid.uuid4().hex
+        msg_id = self._msg_id()
         msg = dict(message)
         if call_monitor_timeout:
             msg[MONITOR_KEY] = call_monitor_timeout
@@ -327,7 +377,48 @@ class ZmqDriver(base.BaseDriver):
         finally:
             replies.forget(msg_id)
 
+    def _msg_id(self) -> str:
+        """A new call id: this process's random prefix and a counter (a
+        forked child gets its own prefix in ``_context``)."""
+        return "%s%x" % (self._ids_prefix, next(self._ids))
+
+    #: With ``use_pub_sub``: the sender of fanouts to a publisher proxy
+    #: (made at the first fanout, again in a forked child).
+    _fanout_sender: FanoutSender | None = None
+
+    def _publisher(self) -> FanoutSender:
+        ctx = self._context()
+        sender = self._fanout_sender
+        if sender is None or sender.ctx is not ctx:
+            with self._lock:
+                sender = self._fanout_sender
+                if sender is None or sender.ctx is not ctx:
+                    sender = FanoutSender(self.handler, ctx,
+                                          self._linger_ms, self.lookup)
+                    self._fanout_sender = sender
+        return sender
+
+    def subscriber(self, key: str, on_message: Any, what: str) -> Subscriber:
+        """A SUB socket for the fanouts of registry ``key`` (``use_pub_sub``):
+        to the ``subscribe_on`` endpoints when set, else to every publisher
+        proxy the matchmaker lists."""
+        fixed = None
+        listed = None
+        if self.zconf.subscribe_on:
+            try:
+                fixed = parse_subscribe_on(self.zconf.subscribe_on)
+            except ValueError as exc:
+                raise ZmqConfigurationError("[%s] %s" % (options.GROUP, exc)) \
+                    from None
+        else:
+            listed = publishers(self.lookup, self.handler.Lock())
+        return Subscriber(self.handler, self._context(), key, on_message,
+                          what, listed, fixed)
+
     def _fanout(self, key: str, parts: list, what: str) -> None:
+        if self.zconf.use_pub_sub and \
+                self._publisher().send(key, parts, ATTEMPT_WAIT, what):
+            return  # one message to one publisher proxy
         out = self._out()
         for member in self.lookup.members(key, fresh=True):
             try:
@@ -399,9 +490,10 @@ class ZmqDriver(base.BaseDriver):
         listener = QueueListener(
             self, topics, [rpc_key(exchange, topic),
                            rpc_key(exchange, topic, server)],
-            notifications=False, what="RPC server %s" % target)
-        return base.PollStyleListenerAdapter(listener, batch_size,
-                                             batch_timeout)
+            notifications=False, what="RPC server %s" % target,
+            subscription=rpc_key(exchange, topic)
+            if self.zconf.use_pub_sub else None)
+        return adapt(listener, batch_size, batch_timeout)
 
     def listen_for_notifications(self, targets_and_priorities: Any,
                                  pool: str | None, batch_size: int,
@@ -418,8 +510,7 @@ class ZmqDriver(base.BaseDriver):
         listener = QueueListener(self, topics, keys, notifications=True,
                                  what="notification listener (pool %r)"
                                  % (pool,), pool=pool or "")
-        return base.PollStyleListenerAdapter(listener, batch_size,
-                                             batch_timeout)
+        return adapt(listener, batch_size, batch_timeout)
 
     def cleanup(self) -> None:
         if self._closed:
@@ -438,6 +529,8 @@ class ZmqDriver(base.BaseDriver):
             self._replies.close()
         if self._outbound is not None:
             self._outbound.close()
+        if self._fanout_sender is not None:
+            self._fanout_sender.close()
         if self._curve is not None:
             self._curve.close()
         self.registry.close()

@@ -69,10 +69,17 @@ OPTS = [
                     "error."),
     cfg.BoolOpt("use_pub_sub", default=False,
                 help="Fanout through PUB/SUB proxies. Not available yet: "
-                     "leave false (fanout goes to each server directly)."),
+                     "leave false (fanout goes to each server, directly or "
+                     "through the router proxies)."),
     cfg.BoolOpt("use_router_proxy", default=False,
-                help="Send through ROUTER proxies. Not available yet: leave "
-                     "false (static direct connections)."),
+                help="Send every message through the ROUTER proxies "
+                     "(nova-rpc-zmq-proxy, at least three for HA) that the "
+                     "transport_url's matchmaker lists, instead of "
+                     "connecting to each server: a host then holds one "
+                     "connection per proxy. Needs a shared matchmaker "
+                     "(zmq+redis://, zmq+sentinel:// or zmq:// on one "
+                     "host); the same use_pub_sub in services and "
+                     "proxies; rpc_zmq_curve off."),
     cfg.BoolOpt("use_dynamic_connections", default=False,
                 help="Connect per message and close afterwards. Not "
                      "available yet: leave false (connections stay open)."),
@@ -105,13 +112,15 @@ def check(zconf: Any) -> tuple[list[str], list[str]]:
     """(errors, warnings) of a combination of settings (``zconf``: the
     group as ``register`` returns it); an error names the fix."""
     errors, warnings = [], []
-    wanted = [name for name in ("use_pub_sub", "use_router_proxy",
-                                "use_dynamic_connections")
-              if getattr(zconf, name)]
-    if wanted:
-        errors.append("%s: not available yet; set false to use static "
-                      "direct connections (the only topology so far)"
-                      % ", ".join("%s = true" % name for name in wanted))
+    problem = topology_problem(zconf.use_pub_sub, zconf.use_router_proxy,
+                               zconf.use_dynamic_connections)
+    if problem:
+        errors.append(problem)
+    if zconf.use_router_proxy and zconf.rpc_zmq_curve:
+        errors.append("rpc_zmq_curve = true with use_router_proxy = true: "
+                      "CURVE through the router proxies is not available "
+                      "yet; set use_router_proxy = false to use CURVE on "
+                      "static direct connections, or rpc_zmq_curve = false")
     if zconf.rpc_zmq_min_port >= zconf.rpc_zmq_max_port:
         errors.append("rpc_zmq_min_port %d must be below rpc_zmq_max_port %d"
                       % (zconf.rpc_zmq_min_port, zconf.rpc_zmq_max_port))
@@ -124,6 +133,44 @@ def check(zconf: Any) -> tuple[list[str], list[str]]:
     if zconf.subscribe_on and not zconf.use_pub_sub:
         warnings.append("subscribe_on is used only with use_pub_sub")
     return errors, warnings
+
+
+#: The topologies available, by (use_pub_sub, use_router_proxy,
+#: use_dynamic_connections).
+TOPOLOGIES = {(False, False, False): "static direct connections",
+              (False, True, False): "router proxy"}
+
+
+#: How an error names the working combinations.
+AVAILABLE = ("use_router_proxy = true with use_pub_sub and "
+             "use_dynamic_connections false (router proxy), or all three "
+             "false (static direct connections)")
+
+
+def _flags(pub_sub: bool, router: bool, dynamic: bool) -> str:
+    return ", ".join("%s = %s" % (name, str(value).lower()) for name, value in
+                     (("use_pub_sub", pub_sub), ("use_router_proxy", router),
+                      ("use_dynamic_connections", dynamic)))
+
+
+def topology_problem(pub_sub: bool, router: bool,
+                     dynamic: bool) -> str | None:
+    """Why a combination of the three topology flags cannot run (one
+    line naming the combinations that work), or None when it can."""
+    flags = (bool(pub_sub), bool(router), bool(dynamic))
+    if flags in TOPOLOGIES:
+        return None
+    if router and dynamic:
+        why = ("use_router_proxy and use_dynamic_connections exclude each "
+               "other (direct messages go either through the proxies or "
+               "straight to the servers)")
+    elif pub_sub:
+        why = "fanout through PUB/SUB proxies (use_pub_sub) is not " \
+              "available yet"
+    else:
+        why = "dynamic direct connections are not available yet"
+    return ("%s: %s; use one of the topologies available: %s"
+            % (_flags(*flags), why, AVAILABLE))
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
