@@ -6,7 +6,9 @@ The plan (JSON) names the concurrency ``mode`` (``eventlet``: the process is
 monkey-patched first and every ``threading.Thread`` is a green thread;
 ``threads``: native threads), the ``config_file`` of the bench host, and the
 ``workloads`` to run in order, each ``{"name": ..., **params}`` (see
-``benchmarks.workloads.WORKLOADS``; ``limit`` is the seconds it may take).
+``benchmarks.workloads.WORKLOADS``; ``limit`` is the seconds it may take),
+and optionally the ``shape`` of every figure it makes
+(``benchmarks.measure.SAME_HOST``, the default, or ``TWO_HOST``).
 The result is ``{"figures": [...], "errors": [...], "current": ...}``,
 rewritten after every workload: ``current`` names the running workload with
 its start time and limit, so the suite can kill a caller that hangs (the
@@ -57,17 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     rpc.init(config.parse_args(["--config-file", plan["config_file"]]))
     try:
         run_plan(plan["workloads"], args.out, mode,
-                 lambda name, **params: workloads.WORKLOADS[name](mode, **params))
+                 lambda name, **params: workloads.WORKLOADS[name](mode, **params),
+                 shape=plan.get("shape"))
     finally:
         rpc.cleanup()
     return 0
 
 
 def run_plan(specs: list[dict], out_path: str, mode: str,
-             run: Any) -> None:
+             run: Any, shape: str | None = None) -> None:
     """Run each workload spec with ``run(name, **params)`` (a list of
     figures), recording progress and errors in ``out_path`` as it goes; a
-    failing workload is reported and the next one runs."""
+    failing workload is reported and the next one runs. ``shape``, when
+    given, is stamped on every figure (``fig["shape"]``)."""
     figures: list[dict] = []
     errors: list[dict] = []
     try:
@@ -80,7 +84,11 @@ def run_plan(specs: list[dict], out_path: str, mode: str,
                            {"workload": label, "started": time.time(),
                             "limit": limit})
             try:
-                figures += run(name, **params)
+                made = run(name, **params)
+                if shape:
+                    for fig in made:
+                        fig["shape"] = shape
+                figures += made
             except Exception as exc:  # noqa: BLE001 - reported, next one runs
                 errors.append({"workload": label, "mode": mode,
                                "error": "%s: %s" % (type(exc).__name__, exc),

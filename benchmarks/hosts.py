@@ -1,7 +1,9 @@
 """Processes of a benchmark run: bench hosts and caller processes.
 
 ``BenchHost`` is a ``LocalHost`` (a temp dir, a nova.conf, a receiver) whose
-services are ``benchmarks.service`` processes.  ``run_python`` starts any
+services are ``benchmarks.service`` processes.  ``HostsBench`` is four of
+them on 127.0.0.1-4, one ring file: the callers' host and three service
+hosts, so a call crosses two receivers.  ``run_python`` starts any
 module of this checkout as a child process with a plan in a JSON file and
 reads back the JSON result it writes, killing it when it overstays.
 """
@@ -15,9 +17,11 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from nova_rpc_zmq.testing import LocalHost, Proc, child_env, service_argv
+from nova_rpc_zmq.testing import (LocalHost, Proc, child_env, free_port,
+                                  loopback_address, service_argv)
 
-__all__ = ["START_TIMEOUT", "BenchHost", "ChildFailed", "child_env", "run_python"]
+__all__ = ["START_TIMEOUT", "BenchHost", "ChildFailed", "HostsBench",
+           "child_env", "run_python"]
 
 #: Seconds a process may take to print READY / "listening on".
 START_TIMEOUT = 60.0
@@ -52,6 +56,97 @@ class BenchHost(LocalHost):
         for proc in procs:
             proc.wait_for_line("READY", timeout)
         return procs
+
+
+def common_port(addresses: list[str], tries: int = 50) -> int:
+    """A TCP port free on every one of ``addresses`` (hosts of one ring
+    share ``rpc_zmq_port``). Raises RuntimeError after ``tries``."""
+    import socket
+    for _ in range(tries):
+        port = free_port(addresses[0])
+        try:
+            for address in addresses[1:]:
+                with socket.socket() as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no TCP port free on all of %s after %d tries"
+                       % (", ".join(addresses), tries))
+
+
+class HostsBench:
+    """Hosts on 127.0.0.1-4 with one ring file, each its own receiver,
+    IPC dir and nova.conf: host A (``callers``, 127.0.0.1) runs the
+    callers; service host i (127.0.0.2 + i) runs the i-th service of each
+    topic, so ``<topic>_<names[0]>`` is on host B (127.0.0.2) and the
+    fanout of ``<topic>`` reaches three services on three hosts.
+
+    ``topics`` maps a topic to its service names (at most three). The
+    ring also names host A (topic ``bench_callers``), so the services
+    know it and answer its calls.
+    """
+
+    CALLERS_TOPIC = "bench_callers"
+
+    def __init__(self, base_dir: str, topics: dict[str, list[str]],
+                 service_hosts: int = 3) -> None:
+        import json
+        self.topics = topics
+        self.addresses = [loopback_address(n)
+                          for n in range(1, 2 + service_hosts)]
+        self.port = common_port(self.addresses)
+        self.ringfile = os.path.join(base_dir, "ring-two-host.json")
+        ring: dict[str, list[str]] = {self.CALLERS_TOPIC: [self.addresses[0]]}
+        for topic, names in topics.items():
+            hosts = self.addresses[1:1 + len(names)]
+            ring[topic] = hosts
+            for name, address in zip(names, hosts):
+                ring["%s_%s" % (topic, name)] = [address]
+        with open(self.ringfile, "w") as f:
+            json.dump(ring, f, indent=1)
+        self.hosts = [BenchHost(host=address, address=address, port=self.port,
+                                matchmaker="ring", ringfile=self.ringfile,
+                                base_dir=base_dir)
+                      for address in self.addresses]
+
+    @property
+    def callers(self) -> BenchHost:
+        """Host A: its nova.conf is the callers' config file."""
+        return self.hosts[0]
+
+    def start(self, eventlet: dict[str, bool],
+              timeout: float = START_TIMEOUT) -> None:
+        """Start every receiver, then every topic's services (``eventlet``:
+        topic -> monkey-patched or not), waiting for each."""
+        for host in self.hosts:
+            host.start_receiver(timeout)
+        for topic, names in self.topics.items():
+            for name, host in zip(names, self.hosts[1:]):
+                host.start_bench_services(topic, [name], eventlet[topic],
+                                          timeout)
+
+    def service(self, name: str) -> Proc:
+        """The service process ``name``, on whichever host runs it."""
+        for host in self.hosts[1:]:
+            if name in host.services:
+                return host.services[name]
+        raise KeyError(name)
+
+    def pids(self, name: str, hosts: int = 2) -> dict[str, int]:
+        """The processes whose CPU a workload measures besides its caller:
+        the receivers of the first ``hosts`` hosts (``receiver_a``,
+        ``receiver_b``, ...) and the service ``name``."""
+        out = {"receiver_%s" % chr(ord("a") + i): h.receiver.pid
+               for i, h in enumerate(self.hosts[:hosts])
+               if h.receiver is not None}
+        out["service"] = self.service(name).pid
+        return out
+
+    def stop(self) -> None:
+        """Stop every process of every host (services first)."""
+        for host in reversed(self.hosts):
+            host.stop()
 
 
 class ChildFailed(RuntimeError):

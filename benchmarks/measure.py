@@ -27,6 +27,12 @@ OM8ZMQ = "om8zmq"
 
 MIB = 1024 * 1024
 
+#: the shapes of a figure (``fig["shape"]``): caller and service on one
+#: host, or on two hosts (127.0.0.1 and 127.0.0.2 on loopback, each its
+#: own receiver and IPC dir), so that a call crosses both receivers
+SAME_HOST = "same-host"
+TWO_HOST = "two-host"
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``values`` (nearest rank).
@@ -59,9 +65,16 @@ def figure(system: str, mode: str, workload: str, metric: str, value: float,
             "better": better, "extra": extra}
 
 
-def key(fig: dict) -> tuple[str, str, str, str]:
-    """What identifies a figure across repeats."""
-    return (fig["system"], fig["mode"], fig["workload"], fig["metric"])
+def shape(fig: dict) -> str:
+    """The shape of ``fig``: SAME_HOST unless it says otherwise."""
+    return str(fig.get("shape") or SAME_HOST)
+
+
+def key(fig: dict) -> tuple[str, str, str, str, str]:
+    """What identifies a figure across repeats: system, mode, workload,
+    metric and shape."""
+    return (fig["system"], fig["mode"], fig["workload"], fig["metric"],
+            shape(fig))
 
 
 def latency_figures(system: str, mode: str, workload: str,
@@ -113,12 +126,11 @@ def threads_of(pid: int) -> int:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """User plus system CPU seconds used so far by ``pid`` (all threads;
-    this process by default); 0.0 when the process is gone."""
-    path = "/proc/%s/stat" % (pid if pid is not None else "self")
+def _stat_seconds(pid: int | str) -> float:
+    """utime + stime of /proc/<pid>/stat: every thread, the exited ones
+    too, in clock ticks (10 ms); 0.0 when the process is gone."""
     try:
-        with open(path) as f:
+        with open("/proc/%s/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
@@ -126,11 +138,50 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / float(_TICK)
 
 
+def _schedstat_seconds(pid: int) -> float | None:
+    """Time on a CPU of the live threads of ``pid`` (the first field of
+    /proc/<pid>/task/<tid>/schedstat, in ns); None when unreadable."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue    # the thread ended meanwhile
+        except (OSError, ValueError, IndexError):
+            return None
+    return total / 1e9
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds used so far by ``pid`` (all threads; this process by
+    default); 0.0 when the process is gone.
+
+    A short window holds few 10 ms ticks, so the finer clocks are used:
+    this process's ``getrusage`` (µs, exited threads included); another
+    process's per-thread scheduler time (ns; the threads of the services
+    and receivers the suite measures live as long as they do), or its
+    ticks when the kernel does not give it.
+    """
+    if pid is None:
+        import resource
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    precise = _schedstat_seconds(pid)
+    return _stat_seconds(pid) if precise is None else precise
+
+
 class CpuMeter:
     """CPU used per operation by this process and by other processes.
 
     ``CpuMeter({"receiver": pid, ...})`` then ``per_op(n)`` after ``n``
     operations: {"cpu_caller": µs, "cpu_receiver": µs, ..., "cpu_total": µs}.
+    Processes named ``receiver*`` (one per host a message crosses) are
+    summed as ``cpu_receivers`` too, so rows of either shape have it.
     CPU time, unlike wall time, is not inflated by other programs running
     on the machine, so it shows where the cost of a message lies.
     """
@@ -144,9 +195,14 @@ class CpuMeter:
         """µs of CPU per operation for each process, and their sum."""
         end = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         end["caller"] = cpu_seconds()
-        out = {"cpu_" + name: (end[name] - self.start[name]) * 1e6 / max(ops, 1)
-               for name in end}
+        # a thread that ended in the window takes its time with it: never
+        # below zero
+        out = {"cpu_" + name: max(0.0, end[name] - self.start[name]) * 1e6
+               / max(ops, 1) for name in end}
         out["cpu_total"] = sum(out.values())
+        receivers = [v for k, v in out.items() if k.startswith("cpu_receiver")]
+        if receivers:
+            out["cpu_receivers"] = sum(receivers)
         return out
 
     def figures(self, system: str, mode: str, workload: str, ops: int,

@@ -250,7 +250,8 @@ def client(plan_path: str, out_path: str) -> int:
     raw = RawClient(plan["flavor"], plan["echo"], plan["sink"], plan["control"])
     try:
         run_plan(plan["workloads"], out_path, plan["flavor"],
-                 lambda name, **params: getattr(raw, name)(**params))
+                 lambda name, **params: getattr(raw, name)(**params),
+                 shape=plan.get("shape"))
     finally:
         raw.close()
     return 0

@@ -14,7 +14,8 @@ import platform
 import time
 from typing import Any
 
-from benchmarks.measure import OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT
+from benchmarks.measure import OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT, SAME_HOST, TWO_HOST
+from benchmarks.measure import shape as figure_shape
 
 NAMES = {OURS: "nova-rpc-zmq", PYZMQ: "pyzmq", RABBIT: "rabbit",
          OSLO_ZMQ: OSLO_ZMQ, OM8ZMQ: OM8ZMQ}
@@ -100,17 +101,63 @@ def _ratio(value: float | None) -> str:
 def figures_table(medians: list[dict]) -> str:
     """One line per figure: median, spread over repeats, ratios."""
     width = max([18] + [len(f["workload"]) for f in medians])
-    row = "%-*s %-12s %-8s %-16s %12s %-5s %19s %9s %9s"
-    head = row % (width, "workload", "system", "mode", "metric", "median",
-                  "unit", "min .. max", "vs base", "vs green")
+    row = "%-*s %-9s %-12s %-8s %-16s %12s %-5s %19s %9s %9s"
+    head = row % (width, "workload", "shape", "system", "mode", "metric",
+                  "median", "unit", "min .. max", "vs base", "vs green")
     lines = [head, "-" * len(head)]
     for f in medians:
         spread = "%s .. %s" % (_num(f["min"], f["unit"]),
                                _num(f["max"], f["unit"]))
         lines.append(row % (
-            width, f["workload"], NAMES.get(f["system"], f["system"]),
+            width, f["workload"], figure_shape(f),
+            NAMES.get(f["system"], f["system"]),
             f["mode"], f["metric"], _num(f["value"], f["unit"]), f["unit"],
             spread, _ratio(f.get("ratio")), _ratio(f.get("ratio_green"))))
+    return "\n".join(lines)
+
+
+#: the workloads of the headline table, in its order
+HEADLINE = ["call_latency", "call_throughput_1", "call_throughput_16",
+            "call_throughput_64", "call_latency_via_receiver",
+            "call_throughput_16_via_receiver", "cast", "fanout_3",
+            "payload_100B", "payload_10KiB", "payload_1MiB",
+            "rt_1", "rt_16", "push"]
+
+
+def headline_table(medians: list[dict]) -> str:
+    """One line per system, shape, mode and workload: latency, rate, its
+    ratio to raw pyzmq of the same shape, and µs of CPU per message in the
+    caller, the receivers (both hosts' for a two-host call) and the
+    service (for raw pyzmq: its peer)."""
+    rows: dict[tuple, dict[str, dict]] = {}
+    for f in medians:
+        if f["system"] not in (OURS, PYZMQ) or f["workload"] not in HEADLINE:
+            continue
+        k = (f["system"], figure_shape(f), f["mode"], f["workload"])
+        rows.setdefault(k, {})[f["metric"]] = f
+    row = "%-9s %-12s %-8s %-31s %9s %9s %9s %8s %7s %7s %7s %7s"
+    head = row % ("shape", "system", "mode", "workload", "p50 µs", "p99 µs",
+                  "rate/s", "vs raw", "cpu cl", "cpu rcv", "cpu svc",
+                  "lost")
+    lines = [head, "-" * len(head)]
+    shapes = [TWO_HOST, SAME_HOST]
+    systems = [OURS, PYZMQ]
+    for k in sorted(rows, key=lambda k: (shapes.index(k[1]) if k[1] in shapes
+                                         else 9, systems.index(k[0]), k[2],
+                                         HEADLINE.index(k[3]))):
+        m = rows[k]
+
+        def val(metric: str) -> str:
+            f = m.get(metric)
+            return _num(f["value"], f["unit"]) if f else "-"
+        main = m.get("p50") if k[3] in ("call_latency", "rt_1") or \
+            k[3].startswith("call_latency") else m.get("rate")
+        lines.append(row % (
+            k[1], NAMES.get(k[0], k[0]), k[2], k[3], val("p50"), val("p99"),
+            val("rate"), _ratio(main.get("ratio")) if main else "-",
+            val("cpu_caller"),
+            val("cpu_receivers") if "cpu_receivers" in m else val("cpu_receiver"),
+            val("cpu_service"), val("lost")))
     return "\n".join(lines)
 
 
@@ -126,7 +173,8 @@ def targets_table(targets: list[dict]) -> str:
             t["target"], t["mode"], value, t["threshold"],
             _ratio(t["ratio"]), t["status"])
         if t["detail"] and (t["status"] in ("SKIPPED", "MISSING")
-                            or "not reached" in t["detail"]):
+                            or "not reached" in t["detail"]
+                            or "that finished" in t["detail"]):
             line += " (%s)" % t["detail"]
         lines.append(line)
     return "\n".join(lines)
@@ -154,6 +202,12 @@ def render(doc: dict) -> str:
         "in_flight: the target count); vs green = value / raw "
         "eventlet.green.zmq. Latency 3.00x = three times slower; rate "
         "0.25x = a quarter of the baseline's rate.",
+        "headline: two-host rows = caller on 127.0.0.1, service on "
+        "127.0.0.2, a receiver each (a call crosses both); same-host rows = "
+        "caller and service on one host. cpu = µs of CPU per message: "
+        "cl caller, rcv receivers (all hosts'), svc service (raw: its peer).",
+        "",
+        headline_table(doc.get("medians", [])),
         "",
         figures_table(doc.get("medians", [])),
         "",
@@ -186,17 +240,20 @@ def chart(doc: dict, path: str) -> str | None:
     if "soak" in doc:
         _soak_chart(doc, plt, path)
         return None
-    index = {(f["system"], f["mode"], f["workload"], f["metric"]): f["value"]
-             for f in doc.get("medians", [])}
-    series = [("raw pyzmq", (PYZMQ, "plain")),
-              ("raw eventlet.green.zmq", (PYZMQ, "green")),
-              ("nova-rpc-zmq threads", (OURS, "threads")),
-              ("nova-rpc-zmq eventlet", (OURS, "eventlet")),
-              ("oslo.messaging rabbit", (RABBIT, "threads")),
-              ("oslo.messaging zmq:// (ours)", (OSLO_ZMQ, "threads")),
-              ("oslo.messaging 8.1 zmq", (OM8ZMQ, "threads"))]
-    colors = ["#7f7f7f", "#bcbd22", "#1f77b4", "#2ca02c", "#d62728",
-              "#9467bd", "#8c564b"]
+    index = {(f["system"], f["mode"], f["workload"], f["metric"],
+              figure_shape(f)): f["value"] for f in doc.get("medians", [])}
+    series = [("raw pyzmq, two hosts", (PYZMQ, "plain", TWO_HOST)),
+              ("nova-rpc-zmq threads, two hosts", (OURS, "threads", TWO_HOST)),
+              ("nova-rpc-zmq eventlet, two hosts", (OURS, "eventlet", TWO_HOST)),
+              ("raw pyzmq", (PYZMQ, "plain", SAME_HOST)),
+              ("raw eventlet.green.zmq", (PYZMQ, "green", SAME_HOST)),
+              ("nova-rpc-zmq threads", (OURS, "threads", SAME_HOST)),
+              ("nova-rpc-zmq eventlet", (OURS, "eventlet", SAME_HOST)),
+              ("oslo.messaging rabbit", (RABBIT, "threads", SAME_HOST)),
+              ("oslo.messaging zmq:// (ours)", (OSLO_ZMQ, "threads", SAME_HOST)),
+              ("oslo.messaging 8.1 zmq", (OM8ZMQ, "threads", SAME_HOST))]
+    colors = ["#17becf", "#aec7e8", "#98df8a", "#7f7f7f", "#bcbd22",
+              "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
     lat_rows = [("call p50", "call_latency", "rt_1", "p50"),
                 ("call p99", "call_latency", "rt_1", "p99")]
     tput_rows = [("calls/s 1 caller", "call_throughput_1", "rt_1"),
@@ -205,11 +262,11 @@ def chart(doc: dict, path: str) -> str | None:
                  ("fanout-3 deliveries/s", "fanout_3", "push")]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     width = 0.8 / len(series)
-    for i, (label, (system, mode)) in enumerate(series):
-        lat = [index.get((system, mode, raw if system == PYZMQ else ours, m))
-               for _, ours, raw, m in lat_rows]
+    for i, (label, (system, mode, shape)) in enumerate(series):
+        lat = [index.get((system, mode, raw if system == PYZMQ else ours, m,
+                          shape)) for _, ours, raw, m in lat_rows]
         tput = [index.get((system, mode, raw if system == PYZMQ else ours,
-                           "rate")) for _, ours, raw in tput_rows]
+                           "rate", shape)) for _, ours, raw in tput_rows]
         if not any(lat + tput):
             continue
         for ax, values in ((ax1, lat), (ax2, tput)):
@@ -222,14 +279,19 @@ def chart(doc: dict, path: str) -> str | None:
                             va="bottom", fontsize=6, rotation=90)
     # the targets, as dashes over their group
     from benchmarks import targets as tg
-    marks = [(ax1, 0, tg.LATENCY_X_RAW * (index.get((PYZMQ, "plain", "rt_1",
-                                                      "p50")) or 0)),
-             (ax2, 1, tg.THROUGHPUT_OF_RAW * (index.get((PYZMQ, "plain",
-                                                          "rt_16", "rate")) or 0)),
+    # the two-host targets where there are two-host rows, else same-host
+    two = (PYZMQ, "plain", "rt_1", "p50", TWO_HOST) in index
+    lat_x, tput_of, shape = (tg.TWO_HOST_LATENCY_X_RAW,
+                             tg.TWO_HOST_THROUGHPUT_OF_RAW, TWO_HOST) if two \
+        else (tg.LATENCY_X_RAW, tg.THROUGHPUT_OF_RAW, SAME_HOST)
+    marks = [(ax1, 0, lat_x * (index.get((PYZMQ, "plain", "rt_1", "p50",
+                                          shape)) or 0)),
+             (ax2, 1, tput_of * (index.get((PYZMQ, "plain", "rt_16", "rate",
+                                            shape)) or 0)),
              (ax2, 2, tg.CAST_OF_RAW * (index.get((PYZMQ, "plain", "push",
-                                                   "rate")) or 0)),
+                                                   "rate", SAME_HOST)) or 0)),
              (ax2, 3, tg.FANOUT_OF_RAW * (index.get((PYZMQ, "plain", "push",
-                                                     "rate")) or 0))]
+                                                     "rate", SAME_HOST)) or 0))]
     for n, (ax, group, level) in enumerate(marks):
         if level:
             ax.hlines(level, group - width, group + 0.8, colors="black",

@@ -1,14 +1,19 @@
 """The whole benchmark run: processes, repeats, medians and ratios.
 
 ``run_suite(options)`` starts a bench host (receiver plus three eventlet and
-three threaded bench services), the raw pyzmq peers and, when asked and
+three threaded bench services), the two-host bench (``HostsBench``: the
+callers' host 127.0.0.1 and three service hosts 127.0.0.2-4, each its own
+receiver; one service of each mode per service host), the raw pyzmq peers
+(on 127.0.0.1 for the same-host rows, on 127.0.0.2 for the two-host rows)
+and, when asked and
 possible, three oslo.messaging servers per oslo.messaging system: our
 driver on ``zmq://127.0.0.1`` (``--driver oslo``, system ``oslo-zmq``),
 oslo.messaging 8.1's zmq driver in its own venv with a private Redis
 (``--peer om8zmq``) and the rabbit driver on a private RabbitMQ (``--peer
 rabbit``).  Then for each repeat it runs, interleaved so drift hits every
-system alike: the ring scale, the raw baselines (plain, green), our
-workloads per mode, the oslo.messaging systems' workloads, and the memory
+system alike: the ring scale, the raw baselines (plain, green) of each
+shape, our two-host and same-host workloads per mode, the oslo.messaging
+systems' workloads, and the memory
 workload on a fresh host per mode.  It returns the result document that
 ``benchmarks.report`` prints and saves.
 """
@@ -23,8 +28,9 @@ import time
 from typing import Any, Callable
 
 from benchmarks import measure, rawzmq, ringscale
-from benchmarks.hosts import BenchHost, ChildFailed, child_env, run_python
-from benchmarks.measure import MIB, OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT
+from benchmarks.hosts import BenchHost, ChildFailed, HostsBench, child_env, run_python
+from benchmarks.measure import (MIB, OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT, SAME_HOST,
+                                TWO_HOST)
 
 MODES = ("eventlet", "threads")
 SERVICES = {"eventlet": ("bench_ev", ["ev1", "ev2", "ev3"]),
@@ -147,12 +153,54 @@ def ours_plan(mode: str, conf: str, prof: Profile,
                        topic=one, sizes=[size],
                        window=prof.payload_window, counts=[count],
                        limit=prof.payload_window + prof.payload_slack))
-    return {"mode": mode, "config_file": conf, "workloads": wl}
+    return {"mode": mode, "config_file": conf, "shape": SAME_HOST,
+            "workloads": wl}
+
+
+def two_host_plan(mode: str, bench: HostsBench, prof: Profile) -> dict:
+    """Our workloads for one mode between two hosts: callers on host A
+    (127.0.0.1), the service ``<topic>_<names[0]>`` on host B, the fanout
+    to three services on three hosts. The CPU of both receivers (A and B,
+    all four for the fanout) and of the service is measured too."""
+    topic, names = SERVICES[mode]
+    one = "%s_%s" % (topic, names[0])
+    pids = bench.pids(names[0])
+    wl: list[dict] = [dict(name="call_latency", topic=one, pids=pids,
+                           window=prof.latency[0], count=prof.latency[1],
+                           limit=_limit(prof.latency[0], prof))]
+    for n in prof.callers:
+        wl.append(dict(name="call_throughput", label="call_throughput_%d" % n,
+                       topic=one, callers=n, pids=pids,
+                       window=prof.throughput[0], count=prof.throughput[1],
+                       limit=_limit(prof.throughput[0], prof)))
+    wl += [
+        dict(name="cast", topic=one, window=prof.cast[0], count=prof.cast[1],
+             drain_timeout=prof.drain_timeout, pids=pids,
+             limit=_limit(prof.cast[0], prof, True)),
+        dict(name="fanout", topic=topic, services=names,
+             pids=bench.pids(names[0], hosts=len(bench.hosts)),
+             window=prof.fanout[0], count=prof.fanout[1],
+             drain_timeout=prof.drain_timeout,
+             limit=_limit(prof.fanout[0], prof, True)),
+        dict(name="multicall", topic=one, values=prof.multicall_values,
+             window=prof.multicall[0], count=prof.multicall[1],
+             limit=_limit(prof.multicall[0], prof)),
+    ]
+    from benchmarks.workloads import size_label
+    for size, count in zip(prof.payload_sizes, prof.payload_counts):
+        wl.append(dict(name="payload", label="payload_%s" % size_label(size),
+                       topic=one, sizes=[size], pids=pids,
+                       window=prof.payload_window, counts=[count],
+                       limit=prof.payload_window + prof.payload_slack))
+    return {"mode": mode, "config_file": bench.callers.conf_path,
+            "shape": TWO_HOST, "workloads": wl}
 
 
 def raw_plan(flavor: str, eps: list[str], prof: Profile,
-             pids: dict[str, int] | None = None) -> dict:
-    """The raw pyzmq baselines for one flavor (``pids``: the peer)."""
+             pids: dict[str, int] | None = None,
+             shape: str = SAME_HOST) -> dict:
+    """The raw pyzmq baselines for one flavor (``pids``: the peer) in
+    one ``shape`` (the peer's endpoints say where it is)."""
     window, count = prof.raw
     wl: list[dict] = [
         dict(name="round_trip", window=window, count=count,
@@ -171,7 +219,7 @@ def raw_plan(flavor: str, eps: list[str], prof: Profile,
                        workload="payload_%s" % size_label(size),
                        limit=_limit(prof.payload_window, prof)))
     return {"flavor": flavor, "echo": eps[0], "sink": eps[1],
-            "control": eps[2], "workloads": wl}
+            "control": eps[2], "shape": shape, "workloads": wl}
 
 
 @dataclasses.dataclass
@@ -223,6 +271,22 @@ def rabbit_plan(url: str, prof: Profile,
     return oslo_plan(OsloPeer(RABBIT, url), prof, pids)
 
 
+def _free_ports(address: str, n: int) -> list[int]:
+    """``n`` different TCP ports free on ``address`` now (all are held
+    until every one is chosen, so none is handed out twice)."""
+    import socket
+    held: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind((address, 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def _plan_timeout(plan: dict) -> float:
     return sum(w.get("limit") or 60.0 for w in plan["workloads"]) + 60.0
 
@@ -238,7 +302,9 @@ class Suite:
         self.log = options.log
         self.dir = tempfile.mkdtemp(prefix="nrz-bench-")
         self.host: BenchHost | None = None
-        self.peers: dict[str, tuple[Any, list[str]]] = {}
+        self.hosts: HostsBench | None = None
+        #: raw pyzmq peers by (shape, flavor): the process, its endpoints
+        self.peers: dict[tuple[str, str], tuple[Any, list[str]]] = {}
         #: the oslo.messaging systems that started, by system name
         self.oslo: dict[str, OsloPeer] = {}
         self.peer_status: dict[str, str] = {}
@@ -253,17 +319,32 @@ class Suite:
             self.host.start_bench_services(topic, names,
                                            eventlet=(mode == "eventlet"))
 
+    def _start_hosts(self) -> None:
+        """The two-host bench: callers' host and three service hosts."""
+        topics = {SERVICES[mode][0]: SERVICES[mode][1]
+                  for mode in self.opt.modes}
+        self.hosts = HostsBench(self.dir, topics)
+        self.hosts.start({SERVICES[mode][0]: mode == "eventlet"
+                          for mode in self.opt.modes})
+
     def _start_raw_peers(self) -> None:
-        from nova_rpc_zmq.testing import Proc, free_port
-        for flavor in rawzmq.FLAVORS:
-            eps = ["tcp://127.0.0.1:%d" % free_port() for _ in range(3)]
-            proc = Proc("rawzmq peer %s" % flavor,
-                        [sys.executable, "-m", "benchmarks.rawzmq", "peer",
-                         "--flavor", flavor, "--echo", eps[0], "--sink",
-                         eps[1], "--control", eps[2]],
-                        os.path.join(self.dir, "rawzmq-peer-%s.log" % flavor),
-                        env=child_env())
-            self.peers[flavor] = (proc, eps)
+        """A raw peer per flavor and shape: bound on 127.0.0.1 for the
+        same-host rows, on 127.0.0.2 (host B) for the two-host rows."""
+        from nova_rpc_zmq.testing import Proc
+        for shape, address in ((SAME_HOST, "127.0.0.1"),
+                               (TWO_HOST, "127.0.0.2")):
+            ports = _free_ports(address, 3 * len(rawzmq.FLAVORS))
+            for flavor in rawzmq.FLAVORS:
+                eps = ["tcp://%s:%d" % (address, ports.pop())
+                       for _ in range(3)]
+                proc = Proc("rawzmq peer %s %s" % (flavor, shape),
+                            [sys.executable, "-m", "benchmarks.rawzmq", "peer",
+                             "--flavor", flavor, "--echo", eps[0], "--sink",
+                             eps[1], "--control", eps[2]],
+                            os.path.join(self.dir, "rawzmq-peer-%s-%s.log"
+                                         % (flavor, shape)),
+                            env=child_env())
+                self.peers[(shape, flavor)] = (proc, eps)
         for proc, _eps in self.peers.values():
             proc.wait_for_line("READY", 60)
 
@@ -371,6 +452,9 @@ class Suite:
         for proc, _eps in self.peers.values():
             proc.stop()
         self.peers.clear()
+        if self.hosts is not None:
+            self.hosts.stop()
+            self.hosts = None
         if self.host is not None:
             self.host.stop()
             self.host = None
@@ -429,10 +513,16 @@ class Suite:
             run["errors"].append({"workload": "ring", "mode": "-",
                                   "error": "%s: %s" % (type(exc).__name__,
                                                        exc)})
-        for flavor, (proc, eps) in self.peers.items():
+        for (shape, flavor), (proc, eps) in self.peers.items():
             self._child("benchmarks.rawzmq",
-                        raw_plan(flavor, eps, prof, {"service": proc.pid}),
-                        "pyzmq-%s" % flavor, run, role="client")
+                        raw_plan(flavor, eps, prof, {"service": proc.pid},
+                                 shape),
+                        "pyzmq-%s-%s" % (flavor, shape), run, role="client")
+        if self.hosts is not None:
+            for mode in self.opt.modes:
+                self._child("benchmarks.client",
+                            two_host_plan(mode, self.hosts, prof),
+                            "ours-%s-two-host" % mode, run)
         host = self.host
         assert host is not None and host.receiver is not None
         for mode in self.opt.modes:
@@ -467,6 +557,10 @@ class Suite:
             self.log("starting the receiver, %d bench services and the raw "
                      "pyzmq peers ..." % (3 * len(self.opt.modes)))
             self._start_host()
+            self.log("starting 4 hosts on 127.0.0.1-4 (a receiver each) and "
+                     "%d bench services on 127.0.0.2-4 ..."
+                     % (3 * len(self.opt.modes)))
+            self._start_hosts()
             self._start_raw_peers()
             if self.opt.oslo_driver:
                 self._start_oslo_zmq()
@@ -507,8 +601,9 @@ class Suite:
 
 def aggregate(runs: list[dict]) -> list[dict]:
     """One figure per key: the median over repeats (``lost``: the sum, so
-    a loss in any repeat shows), with min, max and every value, and the
-    ratios to the baselines of the same run (``benchmarks.targets``)."""
+    a loss in any repeat shows), with min, max and every value, its
+    ``shape`` (same-host when the figure did not say), and the ratios to
+    the baselines of the same run and shape (``benchmarks.targets``)."""
     from benchmarks import targets
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -518,6 +613,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for figs in groups.values():
         values = [f["value"] for f in figs]
         agg = dict(figs[0])
+        agg["shape"] = measure.shape(figs[0])
         agg["values"] = values
         agg["value"] = sum(values) if agg["metric"] == "lost" else \
             measure.median(values)
@@ -534,5 +630,5 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 
 __all__ = ["Options", "OsloPeer", "PEERS", "Profile", "SMOKE", "Suite",
-           "aggregate", "oslo_plan", "MODES", "OURS", "PYZMQ", "RABBIT",
+           "aggregate", "oslo_plan", "two_host_plan", "MODES", "OURS", "PYZMQ", "RABBIT",
            "OSLO_ZMQ", "OM8ZMQ"]

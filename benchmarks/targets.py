@@ -11,16 +11,22 @@ shape (one call in flight -> ``rt_1``; many callers -> ``rt_16``; casts and
 fanout deliveries -> ``push``; a payload -> the raw round trip of the same
 payload), plain pyzmq for ``ratio`` and ``eventlet.green.zmq`` for
 ``ratio_green``; green pyzmq -> plain pyzmq; a ring of N hosts -> the
-smallest ring; RSS under load -> the same process idle.
+smallest ring; RSS under load -> the same process idle.  A figure's
+baseline has its shape (``benchmarks.measure.SAME_HOST`` or
+``TWO_HOST``): a call between two hosts is judged against raw pyzmq
+between the same two addresses.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.measure import OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT
+from benchmarks.measure import OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT, SAME_HOST, TWO_HOST
+from benchmarks.measure import key as figure_key
+from benchmarks.measure import shape as figure_shape
 
-Key = tuple[str, str, str, str]
+#: (system, mode, workload, metric, shape), as ``benchmarks.measure.key``
+Key = tuple[str, str, str, str, str]
 
 #: the targets of the issue (medians of the suite, ratios in one run)
 LATENCY_X_RAW = 3.0            # call p50 <= 3x raw round trip p50
@@ -34,6 +40,11 @@ CAST_OF_RAW = 0.20             # casts >= 20% of raw PUSH/PULL
 FANOUT_OF_RAW = 0.30
 RECEIVER_RSS_MAX = 60.0        # MiB, 1,000 topics and 10,000 calls in flight
 RING_GROWTH_MAX = 1.5          # cost with 5,000 hosts / cost with 10
+#: calls between two hosts (caller on 127.0.0.1, service on 127.0.0.2,
+#: each host its own receiver), against raw pyzmq between the same two
+#: addresses in the same run
+TWO_HOST_LATENCY_X_RAW = 2.0       # call p50 <= 2x raw round trip p50
+TWO_HOST_THROUGHPUT_OF_RAW = 0.40  # 16 callers >= 40% of raw 16-in-flight
 #: our oslo.messaging driver (system oslo-zmq), through oslo.messaging
 OSLO_LATENCY_X_RAW = 2.0       # call p50 <= 2x raw round trip p50
 OSLO_THROUGHPUT_OF_RAW = 0.30  # 16 callers >= 30% of raw 16-in-flight
@@ -56,8 +67,9 @@ _WORKLOADS = ["call_latency", "call_throughput_1", "call_throughput_16",
               "payload_100B", "payload_10KiB", "payload_1MiB", "memory",
               "rt_1", "rt_16", "push", "ring_10", "ring_5000"]
 _METRICS = ["p50", "p99", "rate", "first_p50", "last_p50", "last_p99",
-            "bandwidth", "lost", "duplicated", "cpu_total", "cpu_caller", "cpu_receiver",
-            "cpu_service", "cpu_broker", "receiver_rss", "receiver_rss_idle",
+            "bandwidth", "lost", "duplicated", "cpu_total", "cpu_caller", "cpu_receivers",
+            "cpu_receiver", "cpu_receiver_a", "cpu_receiver_b", "cpu_receiver_c",
+            "cpu_receiver_d", "cpu_service", "cpu_broker", "receiver_rss", "receiver_rss_idle",
             "caller_rss", "caller_rss_idle", "in_flight", "bare", "directed",
             "fanout_per_host"]
 
@@ -66,10 +78,15 @@ def _pos(seq: list[str], item: str) -> int:
     return seq.index(item) if item in seq else len(seq)
 
 
+_SHAPES = [TWO_HOST, SAME_HOST]
+
+
 def order(fig: dict) -> tuple:
-    """Sort key for tables: system, workload, mode, metric."""
-    return (_pos(_SYSTEMS, fig["system"]), _pos(_WORKLOADS, fig["workload"]),
-            fig["workload"], fig["mode"], _pos(_METRICS, fig["metric"]))
+    """Sort key for tables: system, shape (two-host first), workload,
+    mode, metric."""
+    return (_pos(_SYSTEMS, fig["system"]), _pos(_SHAPES, figure_shape(fig)),
+            _pos(_WORKLOADS, fig["workload"]), fig["workload"], fig["mode"],
+            _pos(_METRICS, fig["metric"]))
 
 
 def baseline_key(fig: dict, index: dict[Key, dict],
@@ -77,28 +94,29 @@ def baseline_key(fig: dict, index: dict[Key, dict],
     """The key of ``fig``'s baseline (see the module docstring) or None."""
     system, mode, workload, metric = (fig["system"], fig["mode"],
                                       fig["workload"], fig["metric"])
+    shape = figure_shape(fig)
     if metric == "lost":
         return None
     if system == PYZMQ:
         if flavor == "plain" and mode == "green":
-            return (PYZMQ, "plain", workload, metric)
+            return (PYZMQ, "plain", workload, metric, shape)
         return None
     if system == OURS and workload.startswith("ring_"):
         sizes = sorted(int(k[2][5:]) for k in index
                        if k[0] == OURS and k[2].startswith("ring_"))
         if not sizes or workload == "ring_%d" % sizes[0] or flavor != "plain":
             return None
-        return (OURS, mode, "ring_%d" % sizes[0], metric)
+        return (OURS, mode, "ring_%d" % sizes[0], metric, shape)
     if workload == "memory":
         if flavor == "plain" and metric in ("receiver_rss", "caller_rss"):
-            return (system, mode, workload, metric + "_idle")
+            return (system, mode, workload, metric + "_idle", shape)
         return None
     if system in OSLO_SYSTEMS and flavor != "plain":
         return None
     raw = _raw_shape(workload, metric)
     if raw is None:
         return None
-    return (PYZMQ, flavor, raw[0], raw[1])
+    return (PYZMQ, flavor, raw[0], raw[1], shape)
 
 
 def _raw_shape(workload: str, metric: str) -> tuple[str, str] | None:
@@ -108,6 +126,9 @@ def _raw_shape(workload: str, metric: str) -> tuple[str, str] | None:
                "last_p50": "p50", "last_p99": "p99"}
     if metric.startswith("cpu_"):
         # CPU per message: against the raw pipelined round trip / one-way
+        # (raw has no receiver: its peer is the "service")
+        if metric.startswith("cpu_receiver"):
+            return None
         if workload.startswith("call_throughput_"):
             return "rt_16", metric
         if workload == "cast" or workload.startswith("fanout_"):
@@ -142,14 +163,15 @@ def ratio(fig: dict, index: dict[Key, dict],
     base = index.get(key)
     if base is None or not base["value"]:
         return None, None
-    label = " ".join(k for k in key if k and k != "-")
+    label = " ".join(k for k in key if k and k not in ("-", SAME_HOST))
     return label, fig["value"] / base["value"]
 
 
 # -- targets ----------------------------------------------------------------
 
-def _get(index: dict[Key, dict], *key: str) -> dict | None:
-    return index.get(key)  # type: ignore[arg-type]
+def _get(index: dict[Key, dict], system: str, mode: str, workload: str,
+         metric: str, shape: str = SAME_HOST) -> dict | None:
+    return index.get((system, mode, workload, metric, shape))
 
 
 def _target(name: str, mode: str, value: float | None, unit: str,
@@ -166,11 +188,10 @@ def _target(name: str, mode: str, value: float | None, unit: str,
 def evaluate(medians: list[dict], peers: dict[str, str],
              soak: dict | None = None) -> list[dict]:
     """Every target of the issue for every mode measured."""
-    index = {(f["system"], f["mode"], f["workload"], f["metric"]): f
-             for f in medians}
+    index = {figure_key(f): f for f in medians}
     modes = sorted({f["mode"] for f in medians
                     if f["system"] == OURS and f["mode"] != "-"})
-    out: list[dict] = []
+    out: list[dict] = _two_host_targets(index, modes)
     raw_rt = _get(index, PYZMQ, "plain", "rt_1", "p50")
     raw_16 = _get(index, PYZMQ, "plain", "rt_16", "rate")
     raw_push = _get(index, PYZMQ, "plain", "push", "rate")
@@ -248,6 +269,43 @@ def evaluate(medians: list[dict], peers: dict[str, str],
     out += _oslo_targets(index, peers)
     if soak is not None:
         out += soak.get("targets", [])
+    return out
+
+
+def _two_host_targets(index: dict[Key, dict], modes: list[str]) -> list[dict]:
+    """Calls between two hosts against raw pyzmq between the same two
+    addresses (when the run had two-host rows)."""
+    if not any(k[0] == OURS and k[4] == TWO_HOST for k in index):
+        return []
+    raw_rt = _get(index, PYZMQ, "plain", "rt_1", "p50", TWO_HOST)
+    raw_16 = _get(index, PYZMQ, "plain", "rt_16", "rate", TWO_HOST)
+    out: list[dict] = []
+    for mode in modes:
+        lat = _get(index, OURS, mode, "call_latency", "p50", TWO_HOST)
+        out.append(_relative("two-host: call p50, one caller", mode, lat,
+                             raw_rt, "us", "<= %.0fx raw pyzmq round trip "
+                             "p50, two hosts" % TWO_HOST_LATENCY_X_RAW,
+                             TWO_HOST_LATENCY_X_RAW, lower=True))
+        c16 = _get(index, OURS, mode, "call_throughput_16", "rate", TWO_HOST)
+        out.append(_relative("two-host: calls/s, 16 callers", mode, c16,
+                             raw_16, "1/s", ">= %.0f%% of raw pyzmq 16 in "
+                             "flight, two hosts"
+                             % (TWO_HOST_THROUGHPUT_OF_RAW * 100),
+                             TWO_HOST_THROUGHPUT_OF_RAW))
+        lost = [_get(index, OURS, mode, w, "lost", TWO_HOST)
+                for w in ("cast", "fanout_3")]
+        if any(f is None for f in lost):
+            out.append(_target("two-host: nothing lost (casts, fanout)", mode,
+                               None, "msgs", "== 0", None, None, "missing"))
+        else:
+            total = sum(f["value"] for f in lost if f)
+            done = min(len(f.get("values") or [f["value"]]) for f in lost if f)
+            # a repeat whose workload failed has no figure: say how many
+            # repeats the verdict covers (the failures are under the table)
+            out.append(_target("two-host: nothing lost (casts, fanout)", mode,
+                               total, "msgs", "== 0", None, total == 0,
+                               "%d lost over the %d repeat(s) that finished"
+                               % (total, done)))
     return out
 
 

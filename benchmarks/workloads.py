@@ -63,21 +63,25 @@ def _path(via_receiver: bool) -> Iterator[str]:
 
 
 def call_latency(mode: str, topic: str, window: float, count: int,
-                 warmup: int = 50, via_receiver: bool = False) -> list[dict]:
-    """One caller, one call at a time: p50/p99 latency and calls/s."""
+                 warmup: int = 50, via_receiver: bool = False,
+                 pids: dict[str, int] | None = None) -> list[dict]:
+    """One caller, one call at a time: p50/p99 latency, calls/s and the
+    CPU per call of the caller and of the processes in ``pids``."""
     _warm(topic, warmup)
     msg = _msg("echo", value=SMALL)
     samples: list[float] = []
-    win = Window(window, count)
     clock = time.perf_counter
     with _path(via_receiver) as suffix:
         _warm(topic, 5)
+        cpu = CpuMeter(pids)
+        win = Window(window, count)
         while win.take():
             t = clock()
             rpc.call(CTX, topic, msg, timeout=30)
             samples.append((clock() - t) * 1e6)
-    return latency_figures(OURS, mode, "call_latency" + suffix, samples,
-                           win.elapsed)
+        name = "call_latency" + suffix
+        return latency_figures(OURS, mode, name, samples, win.elapsed) + \
+            cpu.figures(OURS, mode, name, len(samples))
 
 
 def call_throughput(mode: str, topic: str, callers: int, window: float,
@@ -153,17 +157,22 @@ def cast_throughput(mode: str, topic: str, window: float, count: int,
 
 
 def fanout(mode: str, topic: str, services: list[str], window: float,
-           count: int, drain_timeout: float = 60.0) -> list[dict]:
+           count: int, drain_timeout: float = 60.0,
+           pids: dict[str, int] | None = None) -> list[dict]:
     """fanout_cast to every service of ``topic``: deliveries/s counted at
-    the services, and how many deliveries were lost."""
+    the services, how many deliveries were lost, and the CPU per message
+    sent of the caller and of ``pids``."""
     direct = ["%s_%s" % (topic, name) for name in services]
     for t in direct:
         _warm(t, 5)
     run = uuid.uuid4().hex
     msg = _msg("tally", run=run)
+    cpu = CpuMeter(pids)
     sent, t0, t1 = _send_loop(lambda: rpc.fanout_cast(CTX, topic, msg),
                               window, count)
     stats = _wait_tally(direct, run, sent, drain_timeout)
+    cpu_figs = cpu.figures(OURS, mode, "fanout_%d" % len(direct), sent,
+                           services=len(direct))
     delivered = sum(s["count"] for s in stats)
     last = max((s["last"] for s in stats if s["last"] is not None), default=t0)
     rate = delivered / (last - t0) if delivered else 0.0
@@ -174,7 +183,7 @@ def fanout(mode: str, topic: str, services: list[str], window: float,
                delivered=delivered, services=len(direct)),
         figure(OURS, mode, name, "lost", expected - delivered, "msgs", "lower",
                sent=sent, expected=expected, delivered=delivered),
-    ]
+    ] + cpu_figs
 
 
 def multicall_stream(mode: str, topic: str, values: int, window: float,
@@ -211,8 +220,10 @@ def multicall_stream(mode: str, topic: str, values: int, window: float,
 
 
 def payload(mode: str, topic: str, sizes: list[int], window: float,
-            counts: list[int]) -> list[dict]:
-    """Calls echoing an argument of each size: latency, calls/s, MiB/s."""
+            counts: list[int], pids: dict[str, int] | None = None
+            ) -> list[dict]:
+    """Calls echoing an argument of each size: latency, calls/s, MiB/s and
+    the CPU per call of the caller and of ``pids``."""
     _warm(topic, 10)
     figs: list[dict] = []
     clock = time.perf_counter
@@ -221,6 +232,7 @@ def payload(mode: str, topic: str, sizes: list[int], window: float,
         msg = _msg("echo", value=value)
         rpc.call(CTX, topic, msg, timeout=60)
         samples: list[float] = []
+        cpu = CpuMeter(pids)
         win = Window(window, count)
         while win.take():
             t = clock()
@@ -235,6 +247,7 @@ def payload(mode: str, topic: str, sizes: list[int], window: float,
         figs.append(figure(OURS, mode, name, "bandwidth",
                            2 * size * len(samples) / win.elapsed / MIB,
                            "MiB/s", size=size))
+        figs += cpu.figures(OURS, mode, name, len(samples), size=size)
     return figs
 
 

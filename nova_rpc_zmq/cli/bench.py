@@ -42,6 +42,9 @@ def add_parser(sub: Any) -> None:
         "bench", help="run the benchmark suite (from a checkout)",
         description="Measure calls, casts, fanout, streaming, payloads, "
                     "memory and ring scale over real processes on loopback, "
+                    "between two hosts (127.0.0.1 and 127.0.0.2, a receiver "
+                    "each) and on one host, with the CPU per message of "
+                    "every process on the path, "
                     "against raw pyzmq (and oslo.messaging+RabbitMQ with "
                     "--peer rabbit, oslo.messaging 8.1's zmq driver with "
                     "--peer om8zmq) in the same run.")

@@ -1,5 +1,7 @@
 """The benchmark suite runs: ``nova-rpc-zmq bench --smoke`` over real
-processes, and its JSON holds every workload with real numbers and no loss.
+processes, and its JSON holds every workload with real numbers and no loss,
+on one host and between two hosts (127.0.0.1 and 127.0.0.2, a receiver
+each), with the CPU per call of every process on the path.
 
 This is not a speed test (speed is never asserted here): it keeps the suite
 from rotting as the transport changes.
@@ -33,6 +35,19 @@ OURS_EXPECTED = {
 }
 RAW_EXPECTED = {"rt_1": LATENCY, "rt_16": ("rate",), "push": ("rate",),
                 **{p: LATENCY + ("bandwidth",) for p in PAYLOADS}}
+CPU = ("cpu_caller", "cpu_receivers", "cpu_service")
+#: between two hosts: every call crosses the receivers of both
+TWO_HOST_EXPECTED = {
+    "call_latency": LATENCY + CPU,
+    "call_throughput_1": LATENCY + CPU,
+    "call_throughput_16": LATENCY + CPU + ("cpu_receiver_a",
+                                           "cpu_receiver_b"),
+    "call_throughput_64": LATENCY + CPU,
+    "cast": ("rate",),
+    "fanout_3": ("rate",),
+    "multicall_10": ("first_p50", "last_p50", "last_p99"),
+    **{p: LATENCY + ("bandwidth",) for p in PAYLOADS},
+}
 RING_EXPECTED = {"ring_10": ("bare", "directed", "fanout_per_host"),
                  "ring_5000": ("bare", "directed", "fanout_per_host")}
 
@@ -49,9 +64,10 @@ def smoke(tmp_path_factory):
     return code, doc, output, out_dir
 
 
-def _index(doc: dict) -> dict:
+def _index(doc: dict, shape: str = "same-host") -> dict:
+    """The medians of one shape by (system, mode, workload, metric)."""
     return {(f["system"], f["mode"], f["workload"], f["metric"]): f
-            for f in doc["medians"]}
+            for f in doc["medians"] if f.get("shape", "same-host") == shape}
 
 
 def _missing(index: dict, system: str, modes: tuple, expected: dict) -> list:
@@ -70,9 +86,13 @@ def _missing(index: dict, system: str, modes: tuple, expected: dict) -> list:
 def test_every_workload_has_numbers(smoke):
     code, doc, output, _ = smoke
     index = _index(doc)
+    two = _index(doc, "two-host")
     missing = (_missing(index, "ours", ("eventlet", "threads"), OURS_EXPECTED)
                + _missing(index, "pyzmq", ("plain", "green"), RAW_EXPECTED)
-               + _missing(index, "ours", ("-",), RING_EXPECTED))
+               + _missing(index, "ours", ("-",), RING_EXPECTED)
+               + _missing(two, "ours", ("eventlet", "threads"),
+                          TWO_HOST_EXPECTED)
+               + _missing(two, "pyzmq", ("plain", "green"), RAW_EXPECTED))
     assert not missing, "missing or zero figures: %s\n%s" % (missing,
                                                               output[-3000:])
     assert doc["errors"] == []
@@ -90,15 +110,55 @@ def test_local_calls_skip_the_receiver_and_the_others_do_not(smoke):
         local = index[("ours", mode, "call_throughput_16", "cpu_receiver")]
         via = index[("ours", mode, "call_throughput_16_via_receiver",
                      "cpu_receiver")]
-        # CPU times come in 10 ms ticks: a smoke window's local figure
-        # may hold a tick of the idle receiver (~5 µs per call)
+        # the local figure is the idle receiver's own turns (a few µs
+        # per call in a smoke window)
         assert via["value"] > 3 * local["value"], (local, via)
+
+
+def test_two_host_calls_cross_both_receivers(smoke):
+    """Two-host rows: the caller's receiver (A) and the service's (B) each
+    spend CPU on every call, the caller, the service and the receivers
+    have a positive CPU per call in every call workload, and the two-host
+    raw baseline is raw pyzmq between 127.0.0.1 and 127.0.0.2."""
+    _, doc, output, _ = smoke
+    two = _index(doc, "two-host")
+    same = _index(doc)
+    for mode in ("eventlet", "threads"):
+        for workload in ("call_latency", "call_throughput_1",
+                         "call_throughput_16", "payload_100B"):
+            for metric in CPU:
+                fig = two[("ours", mode, workload, metric)]
+                assert fig["value"] > 0, fig
+        a = two[("ours", mode, "call_throughput_16", "cpu_receiver_a")]
+        b = two[("ours", mode, "call_throughput_16", "cpu_receiver_b")]
+        local = same[("ours", mode, "call_throughput_16", "cpu_receiver")]
+        assert a["value"] > 3 * local["value"], (a, local)
+        assert b["value"] > 3 * local["value"], (b, local)
+        lat = two[("ours", mode, "call_latency", "p50")]
+        assert lat["baseline"] == "pyzmq plain rt_1 p50 two-host"
+    names = {(t["target"], t["mode"]): t["status"] for t in doc["targets"]}
+    for mode in ("eventlet", "threads"):
+        for target in ("two-host: call p50, one caller",
+                       "two-host: calls/s, 16 callers"):
+            assert names[(target, mode)] in ("MET", "NOT MET")
+        assert names[("two-host: nothing lost (casts, fanout)", mode)] == "MET"
+    # the headline table names the shape of each row
+    head = output[output.index("shape "):]
+    assert "two-host  nova-rpc-zmq" in head and "same-host nova-rpc-zmq" in head
+    assert "two-host  pyzmq" in head
 
 
 @pytest.mark.timeout(300)
 def test_nothing_lost(smoke):
     _, doc, _, _ = smoke
     index = _index(doc)
+    two = _index(doc, "two-host")
+    for mode in ("eventlet", "threads"):
+        for workload in ("cast", "fanout_3"):
+            lost = two[("ours", mode, workload, "lost")]
+            assert lost["value"] == 0, lost
+            sent = lost["extra"].get("expected", lost["extra"]["sent"])
+            assert sent > 0 and lost["extra"]["delivered"] == sent, lost
     for system, mode, workload in [("ours", "eventlet", "cast"),
                                    ("ours", "eventlet", "fanout_3"),
                                    ("ours", "threads", "cast"),
@@ -209,6 +269,8 @@ def test_targets_judge_synthetic_medians():
     ]
     got = {t["target"]: (t["status"], t["ratio"])
            for t in targets.evaluate(medians, {"rabbit": "used"})}
+    # no two-host rows, no two-host targets
+    assert not [t for t in got if t.startswith("two-host")]
     assert got["call p50, one caller"] == ("MET", 2.5)
     assert got["calls/s, 16 callers"] == ("NOT MET", 9000.0 / 40000.0)
     assert got["calls/s, 16 callers vs RabbitMQ"] == ("MET", 9.0)
@@ -219,10 +281,47 @@ def test_targets_judge_synthetic_medians():
     assert got["receiver RSS under load"][0] == "MET"
     assert got["routing cost, bare topic, ring 5000 vs 10 hosts"][0] == "NOT MET"
     assert got["routing cost, directed topic, ring 5000 vs 10 hosts"][0] == "MET"
-    index = {(f["system"], f["mode"], f["workload"], f["metric"]): f
-             for f in medians}
+    from benchmarks.measure import key
+    index = {key(f): f for f in medians}
     label, value = targets.ratio(medians[3], index)
     assert label == "pyzmq plain rt_1 p50" and value == 2.5
+
+
+def _two(fig):
+    fig["shape"] = "two-host"
+    return fig
+
+
+@pytest.mark.timeout(60)
+def test_two_host_targets_judge_synthetic_medians():
+    """Two-host figures are judged against the two-host raw baseline of
+    the same run, never against the same-host one."""
+    from benchmarks import targets
+    from benchmarks.suite import aggregate
+    medians = [
+        _fig("pyzmq", "plain", "rt_1", "p50", 100.0),
+        _fig("pyzmq", "plain", "rt_16", "rate", 40000.0),
+        _two(_fig("pyzmq", "plain", "rt_1", "p50", 200.0)),
+        _two(_fig("pyzmq", "plain", "rt_16", "rate", 20000.0)),
+        _fig("ours", "threads", "call_latency", "p50", 250.0),
+        _two(_fig("ours", "threads", "call_latency", "p50", 390.0)),
+        _two(_fig("ours", "threads", "call_throughput_16", "rate", 7000.0)),
+        _two(_fig("ours", "threads", "cast", "lost", 0, sent=10)),
+        _two(_fig("ours", "threads", "fanout_3", "lost", 0, sent=10,
+                  expected=30)),
+    ]
+    got = {t["target"]: (t["status"], t["ratio"])
+           for t in targets.evaluate(medians, {})}
+    assert got["two-host: call p50, one caller"] == ("MET", 1.95)
+    assert got["two-host: calls/s, 16 callers"] == ("NOT MET", 0.35)
+    assert got["two-host: nothing lost (casts, fanout)"][0] == "MET"
+    assert got["call p50, one caller"] == ("MET", 2.5)
+    # the medians of a run keep the shapes apart, each with its baseline
+    runs = [{"figures": [dict(f, extra={}) for f in medians]}]
+    agg = {(f["workload"], f["metric"], f.get("shape", "same-host")): f
+           for f in aggregate(runs) if f["system"] == "ours"}
+    assert agg[("call_latency", "p50", "two-host")]["ratio"] == 1.95
+    assert agg[("call_latency", "p50", "same-host")]["ratio"] == 2.5
 
 
 @pytest.mark.timeout(60)
