@@ -117,10 +117,7 @@ class Inbound:
             raise
         self._stopped = False
         self._reader = handler.spawn(self._read) if reader else None
-        self._poller: Any = None
-        if not reader:
-            self._poller = zmq.Poller()
-            self._poller.register(self._sock, zmq.POLLIN)
+        self._rcvtimeo = READ_WAKE_MS
 
     def _read(self) -> None:
         sock, handle = self._sock, self._on_message
@@ -149,17 +146,19 @@ class Inbound:
     def read(self, timeout: float) -> list | None:
         """The next message's frames, waiting at most ``timeout`` seconds;
         None when none came or the socket is closed (``reader=False`` only;
-        one thread at a time, and never together with ``close``)."""
+        one thread at a time, and never together with ``close``).
+
+        One blocking receive with ``ZMQ_RCVTIMEO`` (set only when the wait
+        changes): libzmq then sleeps in a single poll of its mailbox,
+        where a poller would poll, check and receive again."""
         if self._stopped:
             return None
+        ms = max(0, int(timeout * 1000))
         try:
-            try:
-                return frames.recv(self._sock, frames.NOBLOCK)
-            except zmq.Again:
-                pass
-            if not self._poller.poll(max(0, int(timeout * 1000))):
-                return None
-            return frames.recv(self._sock, frames.NOBLOCK)
+            if ms != self._rcvtimeo:
+                self._sock.setsockopt(zmq.RCVTIMEO, ms)
+                self._rcvtimeo = ms
+            return frames.recv(self._sock, 0)
         except zmq.Again:
             return None
         except zmq.ZMQError as exc:
