@@ -121,16 +121,33 @@ def _wait_tally(topics: list[str], run: str, expected: int,
     return stats
 
 
-def _send_loop(send: Callable[[], None], window: float, count: int
+#: Casts (or fanouts) a sender keeps in flight at most: half the
+#: receiver's per-topic backlog (``rpc_zmq_topic_backlog``, 10,000), which
+#: otherwise overflows (``backlog_full``) whenever the service is slower
+#: than the sender, as a two-host green service is. Casts have no flow
+#: control of their own: a producer that must lose nothing paces itself so.
+IN_FLIGHT = 5000
+#: Sends between two looks at how many the services counted.
+IN_FLIGHT_CHECK = 1000
+
+
+def _send_loop(send: Callable[[], None], window: float, count: int,
+               delivered: Callable[[], int] | None = None
                ) -> tuple[int, float, float]:
     """Send as fast as ``send`` allows within the window: (sent, t0, t1)
-    on the CLOCK_MONOTONIC of the services' time stamps."""
+    on the CLOCK_MONOTONIC of the services' time stamps. With
+    ``delivered`` (the fewest any service counted so far), keep at most
+    ``IN_FLIGHT`` sent and not yet counted."""
     win = Window(window, count)
     sent = 0
     t0 = time.monotonic()
     while win.take():
         send()
         sent += 1
+        if delivered is not None and sent % IN_FLIGHT_CHECK == 0:
+            end = time.monotonic() + max(window, 1.0) * 4
+            while sent - delivered() > IN_FLIGHT and time.monotonic() < end:
+                time.sleep(0.01)
     return sent, t0, time.monotonic()
 
 
@@ -143,7 +160,8 @@ def cast_throughput(mode: str, topic: str, window: float, count: int,
     run = uuid.uuid4().hex
     msg = _msg("tally", run=run)
     cpu = CpuMeter(pids)
-    sent, t0, t1 = _send_loop(lambda: rpc.cast(CTX, topic, msg), window, count)
+    sent, t0, t1 = _send_loop(lambda: rpc.cast(CTX, topic, msg), window,
+                              count, lambda: _stats(topic, run)["count"])
     stats = _wait_tally([topic], run, sent, drain_timeout)[0]
     cpu_figs = cpu.figures(OURS, mode, "cast", sent)
     delivered = stats["count"]
@@ -168,8 +186,9 @@ def fanout(mode: str, topic: str, services: list[str], window: float,
     run = uuid.uuid4().hex
     msg = _msg("tally", run=run)
     cpu = CpuMeter(pids)
-    sent, t0, t1 = _send_loop(lambda: rpc.fanout_cast(CTX, topic, msg),
-                              window, count)
+    sent, t0, t1 = _send_loop(
+        lambda: rpc.fanout_cast(CTX, topic, msg), window, count,
+        lambda: min(_stats(t, run)["count"] for t in direct))
     stats = _wait_tally(direct, run, sent, drain_timeout)
     cpu_figs = cpu.figures(OURS, mode, "fanout_%d" % len(direct), sent,
                            services=len(direct))
