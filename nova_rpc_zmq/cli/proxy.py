@@ -48,7 +48,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Forward RPC messages between the "
-                "services of use_router_proxy = true.")
+                "services of use_router_proxy = true, and publish their "
+                "fanouts with use_pub_sub = true.")
     p.add_argument("--config-file", action="append", default=[],
                    help="services' configuration ([DEFAULT] transport_url, "
                         "[oslo_messaging_zmq], [zmq_proxy_opts]); repeatable")
@@ -162,16 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     health = None
     announcer = None
     try:
+        reg = None
         try:
             reg = registry.registry_for(settings.kind, settings.url)
-            announcer = Announcer(reg, registrations, settings.target_expire,
-                                  settings.target_update)
-            announcer.start()
+            starting = Announcer(reg, registrations, settings.target_expire,
+                                 settings.target_update)
+            starting.start()
         except Exception as exc:  # noqa: BLE001 - one line, exit 2
+            if reg is not None:
+                reg.close()
             return _fail("cannot register %s in the %s matchmaker of "
                          "[DEFAULT] transport_url: %s; start the matchmaker "
                          "or fix transport_url" % (member, settings.kind,
                                                    exc))
+        announcer = starting
         if settings.health_port:
             try:
                 health = HealthServer(

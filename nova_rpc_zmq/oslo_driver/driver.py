@@ -25,6 +25,7 @@ from oslo_messaging._drivers import base
 from nova_rpc_zmq import concurrency, errors, wire, zmqio
 from nova_rpc_zmq.oslo_driver import options, registry
 from nova_rpc_zmq.oslo_driver.curve import Curve, HostRefused, NoServerKey
+from nova_rpc_zmq.oslo_driver.dynamic import DynamicOutbound
 from nova_rpc_zmq.oslo_driver.listener import (MONITOR_KEY, QueueListener,
                                                adapt)
 from nova_rpc_zmq.oslo_driver.proxied import (PROXY_SETTLE, ProxyInbound,
@@ -128,6 +129,11 @@ class ZmqDriver(base.BaseDriver):
         _check(self.zconf)
         self.kind = _matchmaker(url, self.zconf)
         self.proxied = bool(self.zconf.use_router_proxy)
+        self.dynamic = bool(self.zconf.use_dynamic_connections)
+        # with dynamic connections a bare topic's message is offered to at
+        # most this many workers per round (the first by round robin)
+        self._offered = self.zconf.zmq_failover_connections + 1 \
+            if self.dynamic else None
         if self.proxied:
             _check_proxy_matchmaker(self.kind)
         self._ring = _ring_bridge(self) if self.kind == RING else None
@@ -160,7 +166,8 @@ class ZmqDriver(base.BaseDriver):
         self._ids_prefix = uuid.uuid4().hex[:20]
         self._ids = itertools.count()
         self._ctx: Any = None
-        self._outbound: Outbound | ProxyOutbound | None = None
+        self._outbound: Outbound | ProxyOutbound | DynamicOutbound | None \
+            = None
         self._replies: ReplyWaiter | None = None
         self._closed = False
 
@@ -184,6 +191,10 @@ class ZmqDriver(base.BaseDriver):
                         self._outbound = ProxyOutbound(
                             self.handler, ctx, self._linger_ms,
                             self._proxies, self.lookup.suspect)
+                    elif self.dynamic:
+                        self._outbound = DynamicOutbound(
+                            self.handler, ctx, self._linger_ms,
+                            curve=self._curve)
                     else:
                         self._outbound = Outbound(self.handler, ctx,
                                                   self._linger_ms,
@@ -191,7 +202,7 @@ class ZmqDriver(base.BaseDriver):
                     self._ctx = ctx
         return self._ctx
 
-    def _out(self) -> Outbound | ProxyOutbound:
+    def _out(self) -> Outbound | ProxyOutbound | DynamicOutbound:
         self._context()
         assert self._outbound is not None
         return self._outbound
@@ -273,7 +284,9 @@ class ZmqDriver(base.BaseDriver):
 
     def _deliver(self, key: str, parts: list, deadline: float | None,
                  retry: int | None, what: str, wait_for_servers: bool) -> bool:
-        """Hand ``parts`` to one member of ``key`` (round robin).
+        """Hand ``parts`` to one member of ``key`` (round robin; with
+        dynamic connections at most ``zmq_failover_connections + 1``
+        members per round).
 
         Without ``wait_for_servers``, returns False when a fresh look finds
         no member. Raises MessagingTimeout at ``deadline`` and
@@ -284,7 +297,7 @@ class ZmqDriver(base.BaseDriver):
         refused = 0
         fresh = False
         while True:
-            members = self.lookup.rotation(key, fresh)
+            members = self.lookup.rotation(key, fresh)[:self._offered]
             rejected: list[Exception] = []
             for member in members:
                 wait = ATTEMPT_WAIT if deadline is None else max(

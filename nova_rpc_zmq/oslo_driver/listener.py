@@ -1,7 +1,9 @@
 """Listeners and incoming messages of the oslo.messaging driver.
 
 A listener owns one ``Inbound`` socket (its own port) and the registry
-keys that lead there. Its reader decodes each message with ``wire.decode``
+keys that lead there; with ``use_pub_sub`` an RPC server's listener also
+owns a ``pubsub.Subscriber`` whose reader feeds fanouts into the same
+callback. Its reader decodes each message with ``wire.decode``
 (hostile input: a bad message is logged and dropped) and queues it;
 ``poll`` takes from the queue. ``stop`` unregisters at once (no new
 callers find it) and wakes ``poll``, which then returns what is queued and
@@ -139,7 +141,8 @@ class QueueListener(Inbox):
 
     def __init__(self, driver: "ZmqDriver", topics: set[str],
                  keys: list[str], notifications: bool, what: str,
-                 pool: str | None = None) -> None:
+                 pool: str | None = None,
+                 subscription: str | None = None) -> None:
         super().__init__(driver.handler)
         self._driver = driver
         self._topics = frozenset(topics)
@@ -156,7 +159,22 @@ class QueueListener(Inbox):
         # message from being handed over once stop() has returned
         self._callback: Any = None
         self._handing = driver.handler.Lock()
-        driver.register(self)
+        # use_pub_sub: fanouts of registry key ``subscription`` come from
+        # the publisher proxies into the same callback
+        self.subscriber: Any = None
+        if subscription is not None:
+            try:
+                self.subscriber = driver.subscriber(subscription,
+                                                    self._on_frames, what)
+            except BaseException:
+                self.inbound.close()
+                raise
+        try:
+            driver.register(self)
+        except BaseException:
+            if self.subscriber is not None:
+                self.subscriber.close()
+            raise
 
     def _on_frames(self, parts: list) -> None:
         try:
@@ -213,8 +231,10 @@ class QueueListener(Inbox):
             self._driver.unregister(self)
 
     def cleanup(self) -> None:
-        """Stop, then close the socket (unread messages are dropped)."""
+        """Stop, then close the sockets (unread messages are dropped)."""
         self.stop()
+        if self.subscriber is not None:
+            self.subscriber.close()
         self.inbound.close()
 
 

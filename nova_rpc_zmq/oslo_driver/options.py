@@ -68,9 +68,13 @@ OPTS = [
                     "rpc_zmq_max_port) before a 'ports range exceeded' "
                     "error."),
     cfg.BoolOpt("use_pub_sub", default=False,
-                help="Fanout through PUB/SUB proxies. Not available yet: "
-                     "leave false (fanout goes to each server, directly or "
-                     "through the router proxies)."),
+                help="Fanout through PUB/SUB publisher proxies "
+                     "(nova-rpc-zmq-proxy with use_pub_sub = true or "
+                     "--publisher-port): a caller sends one message to one "
+                     "publisher, each RPC server subscribes to every "
+                     "publisher the matchmaker lists (or to subscribe_on). "
+                     "Available with use_router_proxy = true; set it the "
+                     "same in services and proxies."),
     cfg.BoolOpt("use_router_proxy", default=False,
                 help="Send every message through the ROUTER proxies "
                      "(nova-rpc-zmq-proxy, at least three for HA) that the "
@@ -81,18 +85,34 @@ OPTS = [
                      "host); the same use_pub_sub in services and "
                      "proxies; rpc_zmq_curve off."),
     cfg.BoolOpt("use_dynamic_connections", default=False,
-                help="Connect per message and close afterwards. Not "
-                     "available yet: leave false (connections stay open)."),
+                help="Open a connection to the chosen server for each "
+                     "message and close it right after the send (with "
+                     "zmq_linger; set it, e.g. 60, so that a socket to a "
+                     "dead host cannot stay): a host holds only the "
+                     "connections of the messages in flight, at the price "
+                     "of a connect per message and a linear fanout. Set "
+                     "use_router_proxy false; with use_pub_sub = true "
+                     "fanout goes through the PUB/SUB publisher proxies "
+                     "instead (the guide's recommended mix)."),
     cfg.IntOpt("zmq_failover_connections", default=2, min=0,
-               help="Extra connections per bare topic with dynamic "
-                    "connections (not used by static direct connections)."),
+               help="With use_dynamic_connections: how many more workers "
+                    "of a bare topic a message is offered to, one after "
+                    "the other, when the one chosen by round robin does "
+                    "not take it within a second (dead or stopped); 0 "
+                    "tries one worker per round. Higher values ride out "
+                    "more dead workers but a stuck send then lasts longer. "
+                    "Not used by the other topologies."),
     cfg.IntOpt("zmq_linger", default=-1,
                help="Seconds unsent messages are kept when a socket closes "
-                    "at cleanup; -1: the driver's bound of 1 second (a "
-                    "cleanup always ends)."),
+                    "at cleanup and, with use_dynamic_connections, after "
+                    "each message's send; -1: the driver's bound of 1 "
+                    "second (a cleanup always ends)."),
     cfg.ListOpt("subscribe_on", default=[],
-                help="host:port of PUB/SUB proxies to subscribe to (with "
-                     "use_pub_sub, not available yet)."),
+                help="host:port,... of the publishers RPC servers subscribe "
+                     "to for fanout (use_pub_sub), e.g. a local publisher "
+                     "(nova-rpc-zmq-proxy --local-publisher) at "
+                     "localhost:60001; when set it wins over the publishers "
+                     "the matchmaker lists."),
     # CURVE: the legacy driver's options with its names, defaults and help
     # (a host's certificate is named by its rpc_zmq_host; see curve.py)
     *(type(opt)(opt.name, default=opt.default, help=opt.help)
@@ -138,13 +158,23 @@ def check(zconf: Any) -> tuple[list[str], list[str]]:
 #: The topologies available, by (use_pub_sub, use_router_proxy,
 #: use_dynamic_connections).
 TOPOLOGIES = {(False, False, False): "static direct connections",
-              (False, True, False): "router proxy"}
+              (False, True, False): "router proxy",
+              (False, False, True): "dynamic direct connections",
+              (True, True, False): "router proxy with PUB/SUB fanout",
+              (True, False, True): "dynamic direct connections with PUB/SUB "
+                                   "fanout (the guide's recommended mix)"}
 
 
 #: How an error names the working combinations.
 AVAILABLE = ("use_router_proxy = true with use_pub_sub and "
-             "use_dynamic_connections false (router proxy), or all three "
-             "false (static direct connections)")
+             "use_dynamic_connections false (router proxy), use_pub_sub "
+             "and use_router_proxy true with use_dynamic_connections false "
+             "(router proxy with PUB/SUB fanout), use_dynamic_connections "
+             "= true with the two others false (dynamic direct "
+             "connections), use_pub_sub and use_dynamic_connections true "
+             "with use_router_proxy false (dynamic direct connections with "
+             "PUB/SUB fanout), or all three false (static direct "
+             "connections)")
 
 
 def _flags(pub_sub: bool, router: bool, dynamic: bool) -> str:
@@ -164,11 +194,12 @@ def topology_problem(pub_sub: bool, router: bool,
         why = ("use_router_proxy and use_dynamic_connections exclude each "
                "other (direct messages go either through the proxies or "
                "straight to the servers)")
-    elif pub_sub:
-        why = "fanout through PUB/SUB proxies (use_pub_sub) is not " \
-              "available yet"
     else:
-        why = "dynamic direct connections are not available yet"
+        # the one left: use_pub_sub alone, with static direct connections
+        why = ("PUB/SUB fanout goes with the router proxy or with dynamic "
+               "direct connections (the guide's mixes); with static "
+               "direct connections fanout goes straight to each server, "
+               "so set use_pub_sub = false")
     return ("%s: %s; use one of the topologies available: %s"
             % (_flags(*flags), why, AVAILABLE))
 

@@ -50,7 +50,8 @@ WAKE_MS = 200
 #: Messages a local publisher forwards before it looks at the rest.
 BATCH = 256
 #: Socket events that change the count of connected peers.
-PEER_EVENTS = {zmq.EVENT_ACCEPTED: 1, zmq.EVENT_DISCONNECTED: -1}
+PEER_EVENTS: dict[int, int] = {zmq.EVENT_ACCEPTED: 1,
+                               zmq.EVENT_DISCONNECTED: -1}
 
 
 def bad_subscription(frames: list) -> str | None:
@@ -87,14 +88,14 @@ def count_peers(monitor: Any, peers: dict[str, int], side: str,
     """Apply the monitor events waiting on ``monitor`` to ``peers[side]``
     (``events``: event -> change of the count, ``PEER_EVENTS`` by
     default)."""
-    events = PEER_EVENTS if events is None else events
+    changes = PEER_EVENTS if events is None else events
     for _ in range(BATCH):
         try:
             event = zmq.utils.monitor.recv_monitor_message(monitor,
                                                            zmq.NOBLOCK)
         except zmq.Again:
             return
-        delta = events.get(event["event"], 0)
+        delta = changes.get(event["event"], 0)
         peers[side] = max(0, peers[side] + delta)
 
 
@@ -240,7 +241,7 @@ class LocalPublisher:
             monitor = sock.get_monitor_socket(events)
             monitors[monitor] = side
             poller.register(monitor, zmq.POLLIN)
-        peer_events = dict(PEER_EVENTS)
+        peer_events: dict[int, int] = dict(PEER_EVENTS)
         peer_events[zmq.EVENT_CONNECTED] = 1
         try:
             while not self._stopping:

@@ -24,6 +24,7 @@ import pytest
 import zmq
 
 from nova_rpc_zmq import metrics
+from nova_rpc_zmq.oslo_driver import options
 from nova_rpc_zmq.testing import Proc, child_env, free_port, scaled, wait_for
 from tests.oslo.omsupport import Endpoint
 
@@ -415,7 +416,7 @@ def test_sigterm_unregisters_the_proxy(
 
 
 REFUSED = [flags for flags in itertools.product((False, True), repeat=3)
-           if flags not in ((False, False, False), (False, True, False))]
+           if flags not in options.TOPOLOGIES]
 
 
 @pytest.mark.parametrize("pub_sub,router,dynamic", REFUSED)
@@ -457,9 +458,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
      "[zmq_proxy_opts]\nfrontend_port = many\n",
      "[zmq_proxy_opts] frontend_port in {conf}"),
     ("[DEFAULT]\ntransport_url = zmq+redis://127.0.0.1:1\n"
-     "[oslo_messaging_zmq]\nuse_pub_sub = true\n",
-     "use_pub_sub = true: this proxy has no PUB/SUB publisher yet, so no "
-     "publisher port can be bound; set use_pub_sub = false"),
+     "[oslo_messaging_zmq]\nuse_pub_sub = false\n"
+     "[zmq_proxy_opts]\npublisher_port = 50003\n",
+     "publisher_port = 50003 with [oslo_messaging_zmq] use_pub_sub = false"),
     ("[DEFAULT]\ntransport_url = zmq+dummy://\n",
      "zmq+dummy:// is one process's"),
     ("[DEFAULT]\n", "[DEFAULT] transport_url is not set in {conf}"),

@@ -187,9 +187,11 @@ def test_matchmakers_to_come_say_what_works(transport_factory: Any) -> None:
 
 
 def test_topologies_to_come_are_refused(transport_factory: Any) -> None:
-    with pytest.raises(Exception, match="dynamic direct connections are not "
-                                        "available yet"):
-        transport_factory("zmq://", use_dynamic_connections=True)
+    with pytest.raises(Exception, match="use_router_proxy and "
+                                        "use_dynamic_connections exclude "
+                                        "each other"):
+        transport_factory("zmq://", use_dynamic_connections=True,
+                          use_router_proxy=True)
 
 
 def test_a_forked_child_gets_its_own_sockets(transport_factory: Any) -> None:
