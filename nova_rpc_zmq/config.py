@@ -179,6 +179,7 @@ class Settings:
     rpc_zmq_matchmaker: str
     rpc_zmq_port: int
     rpc_zmq_start_port: int
+    rpc_zmq_broker_ip: str | None
     rpc_zmq_contexts: int
     rpc_zmq_io_batch: bool
     rpc_zmq_local_calls: bool

@@ -33,6 +33,7 @@ MATCHMAKERS: dict[str, str] = {
     "ring": "nova_rpc_zmq.matchmaker.ring:RingMatchMaker",
     "localhost": "nova_rpc_zmq.matchmaker.localhost:LocalhostMatchMaker",
     "stub": "nova_rpc_zmq.matchmaker.stub:StubMatchMaker",
+    "broker": "nova_rpc_zmq.matchmaker.broker:BrokerMatchMaker",
 }
 
 #: service_down_time must be above report_interval; Nova's advice, kept in
@@ -92,13 +93,20 @@ DEFAULT_OPTS = [
             "host, or an interface name (eth0)."),
     _S("rpc_zmq_matchmaker", default="localhost",
        help="How a topic becomes hosts: 'ring' (JSON ring file, see [matchmaker_ring] "
-            "ringfile), 'localhost' (single node) or 'stub'. Old class paths such as "
-            "nova.rpc.matchmaker.MatchMakerRing are accepted."),
+            "ringfile), 'localhost' (single node), 'broker' (bare topics and fanout "
+            "through the broker at rpc_zmq_broker_ip) or 'stub'. Old class paths such "
+            "as nova.rpc.matchmaker.MatchMakerRing are accepted."),
     _P("rpc_zmq_port", default=9501, min=1,
        help="TCP port of the receiver; the same on all hosts, free (reserve 9500-9550)."),
     _P("rpc_zmq_start_port", default=9500, min=1,
        help="First port of the reserved range (broker front end 9500, receiver 9501, "
             "broker fanout 9502, health 9503)."),
+    _S("rpc_zmq_broker_ip", default=None,
+       help="Address (or host name) of the broker (nova-rpc-zmq-proxy --legacy-broker) "
+            "with rpc_zmq_matchmaker = broker: bare topics and fanout go to its front "
+            "end (rpc_zmq_start_port, 9500) and receivers subscribe to its publisher "
+            "(rpc_zmq_start_port + 2, 9502); directed topics and replies still go "
+            "straight to their host."),
     _I("rpc_zmq_contexts", default=1, min=1,
        help="ZeroMQ I/O threads per process; raise it only when one core is saturated."),
     _B("rpc_zmq_io_batch", default=True,

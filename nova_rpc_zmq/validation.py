@@ -101,6 +101,19 @@ def validate(c: Checker) -> None:
     c.choice("servicegroup_driver", SERVICEGROUP_DRIVERS)
     for field in ("rpc_zmq_port", "rpc_zmq_start_port"):
         c.number(field, 1, 65535)
+    if v["rpc_zmq_broker_ip"] is not None:
+        c.text("rpc_zmq_broker_ip")
+    if v["rpc_zmq_matchmaker"] == "broker" and not v["rpc_zmq_broker_ip"]:
+        raise c.fail("rpc_zmq_matchmaker", "needs the broker's address",
+                     "set rpc_zmq_broker_ip to the host of nova-rpc-zmq-proxy "
+                     "--legacy-broker, or use rpc_zmq_matchmaker = ring")
+    if v["rpc_zmq_matchmaker"] == "broker" and v["rpc_zmq_curve"]:
+        raise c.fail("rpc_zmq_matchmaker", "cannot be used with rpc_zmq_curve "
+                     "= true (the broker has no CURVE yet)",
+                     "use rpc_zmq_matchmaker = ring with CURVE")
+    if v["rpc_zmq_matchmaker"] == "broker" and v["rpc_zmq_start_port"] + 2 > 65535:
+        raise c.fail("rpc_zmq_start_port", "leaves no room for the broker's "
+                     "publisher (rpc_zmq_start_port + 2)", "lower rpc_zmq_start_port")
     if v["rpc_zmq_health_port"] is None:
         # derived, so that a second receiver with its own rpc_zmq_port starts
         health_port = v["rpc_zmq_health_port"] = v["rpc_zmq_port"] + 2

@@ -77,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="log every message forwarded (slow: not for "
                         "production)")
+    p.add_argument("--legacy-broker", action="store_true",
+                   help="run the Nova-era broker instead (rpc_zmq_matchmaker "
+                        "= broker): --config-file is then the nova.conf of "
+                        "the Nova-era transport; bare topics and fanout come "
+                        "in on rpc_zmq_start_port (9500), fanout goes out on "
+                        "rpc_zmq_start_port + 2 (9502)")
     p.add_argument("--version", action="version",
                    version="%(prog)s " + __version__)
     return p
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _fail("--log-file %s: %s; give a writable path"
                      % (args.log_file, exc.strerror))
+    if args.legacy_broker:
+        return _legacy_broker(args)
     import zmq
 
     from nova_rpc_zmq.oslo_driver import registry
@@ -279,3 +287,64 @@ def _local_publisher(settings: Any, stop_signals: list[int]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _legacy_broker(args: Any) -> int:
+    """``--legacy-broker``: the Nova-era broker until SIGTERM
+    (``proxy/legacy_broker.py``)."""
+    import zmq
+
+    from nova_rpc_zmq import logs
+    from nova_rpc_zmq.errors import RPCException
+    from nova_rpc_zmq.proxy import exposition
+    from nova_rpc_zmq.proxy.legacy_broker import LegacyBroker
+    from nova_rpc_zmq.receiver import sdnotify
+    from nova_rpc_zmq.receiver.health import HealthServer
+
+    cli: list[str] = []
+    for path in args.config_file:
+        cli += ["--config-file", path]
+    try:
+        settings = logs.parse_args(cli, PROG)
+        broker = LegacyBroker(settings, args.debug)
+    except RPCException as exc:
+        return _fail(str(exc))
+    except zmq.ZMQError as exc:
+        return _fail("cannot bind ports %d and %d on %s: %s; another broker "
+                     "or program holds them: stop it, or set "
+                     "rpc_zmq_start_port (the broker uses it and it + 2)"
+                     % (settings.rpc_zmq_start_port,
+                        settings.rpc_zmq_start_port + 2,
+                        settings.rpc_zmq_bind_address, exc))
+    health = None
+    if args.health_port:
+        try:
+            health = HealthServer(
+                netaddr_bind(settings.rpc_zmq_bind_address), args.health_port,
+                status=lambda: exposition.status(broker, time.monotonic),
+                metrics=lambda: exposition.render(broker))
+        except OSError as exc:
+            broker.close()
+            return _fail("health port %d: %s; set --health-port to a free "
+                         "port or 0" % (args.health_port, exc.strerror))
+        health.start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: broker.stop())
+    signal.signal(signal.SIGINT, lambda signum, frame: broker.stop())
+    sys.stdout.write("%s: legacy broker front end %d publisher %d%s\n"
+                     % (PROG, broker.front_port, broker.publisher_port,
+                        " health %d" % health.port if health else ""))
+    sys.stdout.flush()
+    sdnotify.ready("legacy broker on %d and %d" % (broker.front_port,
+                                                   broker.publisher_port))
+    try:
+        broker.run()
+    finally:
+        if health is not None:
+            health.stop()
+    return 0
+
+
+def netaddr_bind(address: str) -> str:
+    """The address the health page of the broker listens on."""
+    from nova_rpc_zmq import netaddr
+    return address if address == "*" else netaddr.resolve_bind_address(address)

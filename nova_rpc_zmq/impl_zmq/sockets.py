@@ -27,6 +27,7 @@ from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import netaddr, zmqio
 from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RPCException, SocketBudgetError, Timeout
+from nova_rpc_zmq.matchmaker.broker import BROKER
 
 if TYPE_CHECKING:
     from nova_rpc_zmq.config import Settings
@@ -58,6 +59,8 @@ class Outbound:
         self.handler = handler
         self.ctx = ctx
         self.port = settings.rpc_zmq_port
+        self.broker = settings.rpc_zmq_broker_ip
+        self.broker_port = settings.rpc_zmq_start_port
         self.own_host = settings.rpc_zmq_host
         self.own_address = netaddr.local_connect_address(
             settings.rpc_zmq_bind_address)
@@ -82,7 +85,13 @@ class Outbound:
         self.budget_refusals = 0
 
     def endpoint(self, host: str) -> str:
-        """``tcp://`` address of ``host``'s receiver (ours for our own name)."""
+        """``tcp://`` address of ``host``'s receiver (ours for our own name);
+        for ``broker.BROKER``, the broker's front end."""
+        if host == BROKER:
+            if not self.broker:
+                raise RPCException("a message for the broker, but "
+                                   "rpc_zmq_broker_ip is not set")
+            return netaddr.tcp_endpoint(self.broker, self.broker_port)
         if host == self.own_host or host in ("localhost", None):
             host = self.own_address
         return netaddr.tcp_endpoint(host, self.port)

@@ -38,6 +38,7 @@ from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.ipcdir import (  # noqa: F401 - also this module's names
     IPC_PATH_MAX, LOCK_NAME, IpcDirError, ipc_path, lock_ipc_dir, prepare_ipc_dir)
 from nova_rpc_zmq.metrics import Counters
+from nova_rpc_zmq.receiver.broker_feed import BrokerFeed
 from nova_rpc_zmq.receiver.connections import ConnectionCount
 from nova_rpc_zmq.receiver.droplog import DropLog
 from nova_rpc_zmq.receiver.loop import (  # noqa: F401 - also this module's names
@@ -110,6 +111,8 @@ class Receiver(RoutingLoop):
         #: the socket closes; with rpc_zmq_curve fed by the authenticator,
         #: which owns the socket's monitor)
         self.connections: ConnectionCount | None = None
+        #: the broker's fanout (rpc_zmq_matchmaker = broker), from start()
+        self.broker_feed: BrokerFeed | None = None
 
     # -- start-up ---------------------------------------------------------
     def start(self) -> None:
@@ -178,6 +181,13 @@ class Receiver(RoutingLoop):
             self._close_inbound()
             self._close_context()
             raise
+        if self.settings.rpc_zmq_matchmaker == "broker":
+            # the broker publishes fanout; it enters the loop as if it came
+            # over TCP (broker_feed.py)
+            self.broker_feed = BrokerFeed(
+                self.ctx, sock, str(self.settings.rpc_zmq_broker_ip),
+                self.settings.rpc_zmq_start_port + 2,
+                self.limits.max_msg_size * OVERSIZE_MARGIN)
         LOG.info("receiver listening on %s, routing to %s", self.endpoint,
                  self.ipc_dir)
         if self.settings.servicegroup_enabled:
@@ -271,6 +281,9 @@ class Receiver(RoutingLoop):
         if lost:
             LOG.warning("stopping with %d undelivered messages in backlogs",
                         lost)
+        if self.broker_feed is not None:
+            self.broker_feed.close()
+            self.broker_feed = None
         self._close_inbound()
         linger = self._close_linger_ms
         for t in self.topics.values():

@@ -73,7 +73,7 @@ def test_get_matchmaker_by_name(tmp_path):
         mm = get_matchmaker(settings)
         assert type(mm) is cls
         mm.close()
-    assert set(MATCHMAKERS) == {"ring", "localhost", "stub"}
+    assert set(MATCHMAKERS) == {"ring", "localhost", "stub", "broker"}
     for name in MATCHMAKERS:
         assert matchmaker_class(name).queues is not None
 
@@ -497,3 +497,26 @@ def test_controller_computes_layout():
     for topic in ("compute", "volume"):
         assert [h for _, h in mm.queues("fanout~" + topic)] == [
             "compute1", "compute2", "compute3"]
+
+
+def test_broker_matchmaker_sends_bare_and_fanout_to_the_broker(tmp_path):
+    from nova_rpc_zmq.matchmaker.broker import BROKER, BrokerMatchMaker
+    path = ring_file(tmp_path, {"compute": ["127.0.0.1"], "api": ["127.0.0.9"]})
+    settings = config.load_settings(config.CONF, rpc_zmq_matchmaker="broker",
+                                    rpc_zmq_broker_ip="10.0.0.5",
+                                    matchmaker_ringfile=path,
+                                    rpc_zmq_host="me")
+    mm = get_matchmaker(settings)
+    try:
+        assert type(mm) is BrokerMatchMaker
+        assert mm.queues("compute") == [("compute", BROKER)]
+        assert mm.queues("fanout~compute") == [("fanout~compute", BROKER)]
+        assert mm.queues("compute.h1") == [("compute.h1", "h1")]
+        assert mm.queues("zmq_replies.h2") == [("zmq_replies.h2", "h2")]
+        # replies only to this host and the ring's hosts, never the broker
+        assert mm.knows_host("me") and mm.knows_host("127.0.0.9")
+        assert not mm.knows_host("stranger") and not mm.knows_host(BROKER)
+    finally:
+        mm.close()
+    with pytest.raises(errors.ConfigurationError, match="rpc_zmq_broker_ip"):
+        config.load_settings(config.CONF, rpc_zmq_matchmaker="broker")
