@@ -115,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
         print("\n%d calls: p50 %.0f µs, p99 %.0f µs, %.0f calls/s with one caller"
               % (n, lat[n // 2], lat[min(n - 1, int(n * 0.99))],
                  n / (sum(lat) / 1e6)))
+        # a service whose local socket is still connecting when a call
+        # comes is skipped for that call (the other takes it): on a busy
+        # machine the two calls above may reach one; a few more show both
+        end = time.monotonic() + 5.0
+        for _ in range(50):
+            if len(who) > 1 or time.monotonic() > end:
+                break
+            who.add(rpc.call(ctx, "demo", msg("whoami"))["name"])
+            time.sleep(0.05)
         print("round robin reached: %s" % ", ".join(sorted(who)))
         print("\ndemo finished: every step above ran over real sockets "
               "and processes.")
