@@ -285,9 +285,6 @@ def _local_publisher(settings: Any, stop_signals: list[int]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def _legacy_broker(args: Any) -> int:
     """``--legacy-broker``: the Nova-era broker until SIGTERM
@@ -348,3 +345,7 @@ def netaddr_bind(address: str) -> str:
     """The address the health page of the broker listens on."""
     from nova_rpc_zmq import netaddr
     return address if address == "*" else netaddr.resolve_bind_address(address)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
