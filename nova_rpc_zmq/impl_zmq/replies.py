@@ -90,6 +90,13 @@ class ReplyWaiter:
         self._threads: list[Any] = []
         self.counters = counters
         self.reply_topic = wire.reply_topic(settings.rpc_zmq_host)
+        #: ports where the direct reply socket also listens on TCP, for
+        #: services on other hosts (``impl_zmq/remote.py``); None: off
+        self.direct_ports: range | None = None
+        #: the TCP port it got (0: none)
+        self.direct_port = 0
+        #: takes the ``whereis`` probes that answer our asks
+        self.on_where: Callable[[str], None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -125,6 +132,11 @@ class ReplyWaiter:
                                    maxmsgsize=settings.limits.max_msg_size)
         direct.bind("ipc://" + direct_reply_path(settings.rpc_zmq_ipc_dir,
                                                  self.token))
+        if self.direct_ports is not None:
+            from nova_rpc_zmq.impl_zmq.remote import bind_direct
+            self.direct_port = bind_direct(direct, settings,
+                                           self.direct_ports,
+                                           "the reply socket") or 0
         self._sock = sock
         self._threads = [self.handler.spawn(self._loop, sock),
                          self.handler.spawn(self._loop, direct)]
@@ -216,6 +228,8 @@ class ReplyWaiter:
             # any of our probes proves the path, even an earlier one
             if msg.probe_id.startswith(self.token + wire.PROBE_MARK):
                 self._ready.set()
+            elif self.on_where is not None:
+                self.on_where(msg.probe_id)
             return
         self._deliver(msg)
 
