@@ -113,7 +113,7 @@ class Driver:
                 handler, ctx, settings, counters, ports,
                 send_receiver=self._send, endpoint=self.outbound.endpoint,
                 token=self.replies.token,
-                reply_port=lambda: self.replies.direct_port)
+                reply_port=self.replies.tcp_port)
             self.replies.on_where = self.remote.answered
             self.remote_replies = RemoteReplies(
                 handler, ctx, settings, counters, ports,
