@@ -304,6 +304,16 @@ class _Consumer:
         self.sock.close(0)
         unbind_local(self.local_paths)
 
+    def _forward(self, frames: list, topic: str) -> None:
+        conn = self.conn
+        try:
+            conn.send(conn.settings.rpc_zmq_host, list(frames), topic)
+            conn.counters.incr("consumer.forwarded.wrong_topic")
+        except RPCException as exc:
+            conn.counters.incr("consumer.dropped.wrong_topic")
+            LOG.warning("dropped a message for %s that came to the direct "
+                        "socket of %s: %s", topic, self.ipc_topic, exc)
+
     def _decode(self, frames: list) -> Any:
         conn = self.conn
         try:
@@ -320,11 +330,10 @@ class _Consumer:
                 conn.remote.asked(msg.probe_id, self.direct_port, conn.send)
             return None
         if self.direct_port is not None and msg.topic not in self.topics:
-            # only the TCP port lets in a topic the receiver would not
-            # have sent here
-            conn.counters.incr("consumer.dropped.wrong_topic")
-            LOG.warning("dropped a message for %s on the direct socket of %s",
-                        msg.topic, self.ipc_topic)
+            # only the TCP port lets in a topic the receiver would not have
+            # sent here: a caller that still knows the port of a consumer
+            # that is gone, now taken by us. Our receiver routes it.
+            self._forward(frames, msg.topic)
             return None
         conn.counters.incr("consumer.received")
         return msg

@@ -21,6 +21,16 @@ project the call and its replies can skip both:
   service sends the replies to a token it knows on the same kind of socket
   to ``tcp://<caller host>:<reply port>`` (``RemoteReplies.send``).
 
+The caller sends ``ASKS`` asks at a time, which the receiver hands to the
+next consumer processes of the topic in turn, and asks again every
+``WHERE_REFRESH`` seconds: the ports of several worker processes are
+learnt and each PUSH socket connects to all of them (ZeroMQ spreads the
+calls over the connected ones, as the receiver did). A port not named for
+``PORT_TTL`` is let go. A port whose consumer died may be bound by another
+consumer before the caller asks again: a consumer forwards a message of a
+topic it does not consume to its own receiver, which routes it, so such a
+call is not lost (``consumer.forwarded.wrong_topic``).
+
 This is simpler than a registry served by the receiver: the port is known
 only to the process that bound it, so the process itself answers, through
 the probe and reply paths that exist already; a receiver needs no change
@@ -69,9 +79,17 @@ ANSWER_MARK = "whereis"
 #: Seconds before a host that has not answered a ``where`` is asked again
 #: (an old-driver node never answers: its calls use the receivers).
 WHERE_RETRY = 300.0
-#: Seconds after which a known port is asked for again (a restarted service
-#: may bind another one); calls keep using the known port meanwhile.
-WHERE_REFRESH = 60.0
+#: Seconds after which the known ports are asked for again (a restarted
+#: service may bind another one, another worker process of the topic may
+#: have started); calls keep using the known ports meanwhile.
+WHERE_REFRESH = 10.0
+#: Asks sent at once: the receiver hands each to the next consumer process
+#: of the topic, so several workers of a service answer in one round.
+ASKS = 3
+#: A port not named again for this long is let go.
+PORT_TTL = 3 * WHERE_REFRESH + 1.0
+#: Most ports (consumer processes) per topic and host.
+MAX_PORTS = 16
 #: Seconds a new peer may take to connect before a refused send makes
 #: the caller ask for its port again.
 STALE_AFTER = 1.0
@@ -150,13 +168,14 @@ def answer_frames(token: str, n: int, port: int, host: str) -> list[bytes]:
 
 
 class _Pool:
-    """PUSH sockets to one direct peer; a sender takes one (``list.pop``
+    """PUSH sockets to one direct peer (the ports of one topic on one
+    host, or one caller's reply port); a sender takes one (``list.pop``
     and ``append`` are atomic, so native threads share no lock)."""
 
-    __slots__ = ("endpoint", "idle", "made", "closed", "born")
+    __slots__ = ("endpoints", "idle", "made", "closed", "born")
 
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoints: tuple[str, ...]) -> None:
+        self.endpoints = endpoints
         self.idle: list[Any] = []
         self.made = 0
         self.closed = False
@@ -185,17 +204,19 @@ class _Peers:
         self._lock = handler.Lock()
         self.closed = False
 
-    def set(self, key: Any, endpoint: str) -> None:
+    def set(self, key: Any, endpoints: tuple[str, ...]) -> None:
+        """Send to ``endpoints`` (each socket connects to all; ZeroMQ
+        hands each message to the next connected one) from now on."""
         with self._lock:
             if self.closed:
                 return
             old = self.pools.get(key)
-            if old is not None and old.endpoint == endpoint:
+            if old is not None and old.endpoints == endpoints:
                 return
-            pool = self.pools[key] = _Pool(endpoint)
+            pool = self.pools[key] = _Pool(endpoints)
             # connecting now: the next send finds the connection made
             pool.made = 1
-            pool.idle.append(self._socket(endpoint))
+            pool.idle.append(self._socket(endpoints))
             if old is not None:
                 old.drain()
             while len(self.pools) > MAX_PEERS:
@@ -219,7 +240,7 @@ class _Peers:
                 self.counters.incr(self.prefix + ".no_socket")
                 return False
             pool.made += 1
-            sock = self._socket(pool.endpoint)
+            sock = self._socket(pool.endpoints)
         try:
             frames_io.send(sock, frames, frames_io.NOBLOCK)
         except zmq.Again:
@@ -233,11 +254,12 @@ class _Peers:
         self.counters.incr(self.prefix)
         return True
 
-    def _socket(self, endpoint: str) -> Any:
+    def _socket(self, endpoints: tuple[str, ...]) -> Any:
         sock = zmqio.make_socket(
             self.ctx, zmq.PUSH, linger=0, immediate=True, sndhwm=HWM,
             options={zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 1000})
-        sock.connect(endpoint)
+        for endpoint in endpoints:
+            sock.connect(endpoint)
         return sock
 
     def close(self) -> None:
@@ -280,6 +302,10 @@ class RemoteCalls:
         self._peers = _Peers(handler, ctx, counters, "direct.calls")
         #: (dtopic, host) -> monotonic time of the next ask
         self._ask_at: dict[tuple[str, str], float] = {}
+        #: (dtopic, host) that answered at least once
+        self._ours: set[tuple[str, str]] = set()
+        #: (dtopic, host) -> {port: monotonic time it was last named}
+        self._ports: dict[tuple[str, str], dict[int, float]] = {}
         #: ask number -> (dtopic, host)
         self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
             collections.OrderedDict()
@@ -297,30 +323,37 @@ class RemoteCalls:
         if self._peers.send(key, frames):
             return True
         if time.monotonic() - pool.born > STALE_AFTER:
-            # refused (not connected, or full): the service may be gone or
-            # restarted on another port; ask again at the next call
+            # refused (none connected, or all full): the services may be
+            # gone or restarted on other ports; the receivers' path until
+            # they answer again, asked at the next call
+            self._peers.forget(key, pool)
+            self._ports.pop(key, None)
             self._ask_at[key] = 0.0
         return False
 
     def _ask(self, key: tuple[str, str]) -> None:
         dtopic, host = key
-        # no answer within WHERE_RETRY: not one of ours (or not up)
-        self._ask_at[key] = time.monotonic() + WHERE_RETRY
+        # a host that never answered is not one of ours (or not up): asked
+        # again after WHERE_RETRY; one that did, after WHERE_REFRESH
+        self._ask_at[key] = time.monotonic() + (
+            WHERE_REFRESH if key in self._ours else WHERE_RETRY)
         if len(self._ask_at) > MAX_PEERS:
             self._ask_at.pop(next(iter(self._ask_at)))
-        n = next(self._ids)
-        self._asked[n] = key
-        while len(self._asked) > MAX_PEERS:
-            self._asked.popitem(last=False)
         try:
-            frames = wire.encode_probe(
-                "%s%s%d:%d:%s" % (self.token, WHERE_MARK, n,
-                                  self.reply_port(), self.own_host), dtopic)
-            self.send_receiver(host, frames, dtopic)
+            reply_port = self.reply_port()
+            for _ask in range(ASKS):
+                n = next(self._ids)
+                self._asked[n] = key
+                frames = wire.encode_probe(
+                    "%s%s%d:%d:%s" % (self.token, WHERE_MARK, n, reply_port,
+                                      self.own_host), dtopic)
+                self.send_receiver(host, frames, dtopic)
             self.counters.incr("direct.where_asked")
         except Exception as exc:  # noqa: BLE001 - the receivers' path remains
             LOG.debug("could not ask %s for the port of %s: %s", host,
                       dtopic, exc)
+        while len(self._asked) > MAX_PEERS * ASKS:
+            self._asked.popitem(last=False)
 
     def answered(self, probe_id: str) -> None:
         """A ``whereis`` probe came back on our reply topic."""
@@ -339,8 +372,19 @@ class RemoteCalls:
                         "outside rpc_zmq_direct_ports %s", key[0], key[1],
                         port, self.settings.rpc_zmq_direct_ports)
             return
-        self._ask_at[key] = time.monotonic() + WHERE_REFRESH
-        self._peers.set(key, _with_port(self.endpoint(key[1]), port))
+        now = time.monotonic()
+        self._ask_at[key] = min(self._ask_at.get(key, 0.0),
+                                now + WHERE_REFRESH)
+        if len(self._ours) >= MAX_PEERS:
+            self._ours.clear()
+        self._ours.add(key)
+        known = self._ports.setdefault(key, {})
+        known[port] = now
+        for old in [p for p, seen in known.items() if now - seen > PORT_TTL]:
+            del known[old]
+        ports = sorted(known, key=known.__getitem__)[-MAX_PORTS:]
+        base = self.endpoint(key[1])
+        self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)))
         self.counters.incr("direct.where_answered")
 
     def close(self) -> None:
@@ -383,7 +427,7 @@ class RemoteReplies:
             return True
         if reply_port in self.ports:
             self._peers.set((host, token),
-                            _with_port(self.endpoint(host), reply_port))
+                            (_with_port(self.endpoint(host), reply_port),))
         if port is None:
             return True  # no port of ours: the caller keeps the receivers
         try:
