@@ -310,6 +310,8 @@ class RemoteCalls:
         self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
             collections.OrderedDict()
         self._ids = itertools.count(1)
+        # answers come from the reply listener's threads (SUB and TCP)
+        self._answer_lock = handler.Lock()
 
     def send(self, dtopic: str, host: str, frames: list) -> bool:
         """Hand ``frames`` straight to a service of ``dtopic`` on ``host``;
@@ -357,6 +359,10 @@ class RemoteCalls:
 
     def answered(self, probe_id: str) -> None:
         """A ``whereis`` probe came back on our reply topic."""
+        with self._answer_lock:
+            self._answered(probe_id)
+
+    def _answered(self, probe_id: str) -> None:
         match = _ANSWER_RE.match(probe_id)
         key = None
         if match is not None and match.group(1) == self.token:
@@ -378,6 +384,8 @@ class RemoteCalls:
         if len(self._ours) >= MAX_PEERS:
             self._ours.clear()
         self._ours.add(key)
+        if key not in self._ports and len(self._ports) >= MAX_PEERS:
+            self._ports.pop(next(iter(self._ports)))
         known = self._ports.setdefault(key, {})
         known[port] = now
         for old in [p for p, seen in known.items() if now - seen > PORT_TTL]:
