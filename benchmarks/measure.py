@@ -29,7 +29,8 @@ MIB = 1024 * 1024
 
 #: the shapes of a figure (``fig["shape"]``): caller and service on one
 #: host, or on two hosts (127.0.0.1 and 127.0.0.2 on loopback, each its
-#: own receiver and IPC dir), so that a call crosses both receivers
+#: own receiver and IPC dir): casts cross both receivers, calls cross
+#: them until the service named its direct port (``impl_zmq/remote.py``)
 SAME_HOST = "same-host"
 TWO_HOST = "two-host"
 

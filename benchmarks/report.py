@@ -203,7 +203,8 @@ def render(doc: dict) -> str:
         "eventlet.green.zmq. Latency 3.00x = three times slower; rate "
         "0.25x = a quarter of the baseline's rate.",
         "headline: two-host rows = caller on 127.0.0.1, service on "
-        "127.0.0.2, a receiver each (a call crosses both); same-host rows = "
+        "127.0.0.2, a receiver each (casts and fanout cross both; calls go "
+        "direct once the service named its port); same-host rows = "
         "caller and service on one host. cpu = µs of CPU per message: "
         "cl caller, rcv receivers (all hosts'), svc service (raw: its peer).",
         "",

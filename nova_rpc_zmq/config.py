@@ -183,6 +183,8 @@ class Settings:
     rpc_zmq_contexts: int
     rpc_zmq_io_batch: bool
     rpc_zmq_local_calls: bool
+    rpc_zmq_direct_calls: bool
+    rpc_zmq_direct_ports: str
     rpc_zmq_topic_backlog: int
     rpc_zmq_topic_backlog_bytes: int
     rpc_zmq_ipc_dir: str

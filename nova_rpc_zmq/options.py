@@ -119,6 +119,17 @@ DEFAULT_OPTS = [
             "consumer also binds a socket under rpc_zmq_ipc_dir/zmq_local.<topic>), "
             "one process hop less than through the receiver. Casts and fanouts always "
             "go through the receiver, in order."),
+    _B("rpc_zmq_direct_calls", default=True,
+       help="A call to one of our nodes on another host, and its replies, go straight "
+            "between the caller and the service over TCP (ports of "
+            "rpc_zmq_direct_ports, learnt through the receivers) once the first call "
+            "found them; old-driver nodes, and every cast, notification and fanout, "
+            "keep the receivers' path. Off with rpc_zmq_curve (not yet encrypted)."),
+    _S("rpc_zmq_direct_ports", default="9504:9549",
+       help="First:last port of the reserved range where consumers and callers bind "
+            "their direct TCP sockets (one port per consumer of a directed topic and "
+            "per calling process, the first free one); empty turns the direct path "
+            "off. Must not hold rpc_zmq_port or the health port."),
     _I("rpc_zmq_topic_backlog", default=10000, min=1,
        help="Most messages the receiver holds for one local topic whose consumers "
             "cannot take them yet (on top of ZeroMQ's 10,000 per consumer); beyond it "

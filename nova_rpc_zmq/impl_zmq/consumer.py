@@ -43,6 +43,7 @@ from nova_rpc_zmq import wire, zmqio
 from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
 from nova_rpc_zmq.impl_zmq.local import bind_local, unbind_local
+from nova_rpc_zmq.impl_zmq.remote import bind_direct
 from nova_rpc_zmq.ipcdir import ipc_path
 from nova_rpc_zmq.metrics import Counters
 from nova_rpc_zmq.notifications import NotificationProxy
@@ -102,6 +103,13 @@ class _Consumer:
                                           settings.rpc_zmq_ipc_dir,
                                           list(local_topics),
                                           uuid.uuid4().hex[:16])
+        # callers on other hosts may skip both receivers (impl_zmq.remote):
+        # one TCP port of rpc_zmq_direct_ports per directed consumer
+        self.direct_port: int | None = None
+        self.topics = frozenset(local_topics)
+        if local_topics and not fanout and conn.direct_ports is not None:
+            self.direct_port = bind_direct(self.sock, settings,
+                                           conn.direct_ports, ipc_topic)
         self.probe_prefix = uuid.uuid4().hex[:16] + wire.PROBE_MARK
         self.ready = conn.handler.Event()
         self.thread: Any = None
@@ -296,6 +304,16 @@ class _Consumer:
         self.sock.close(0)
         unbind_local(self.local_paths)
 
+    def _forward(self, frames: list, topic: str) -> None:
+        conn = self.conn
+        try:
+            conn.send(conn.settings.rpc_zmq_host, list(frames), topic)
+            conn.counters.incr("consumer.forwarded.wrong_topic")
+        except RPCException as exc:
+            conn.counters.incr("consumer.dropped.wrong_topic")
+            LOG.warning("dropped a message for %s that came to the direct "
+                        "socket of %s: %s", topic, self.ipc_topic, exc)
+
     def _decode(self, frames: list) -> Any:
         conn = self.conn
         try:
@@ -308,6 +326,14 @@ class _Consumer:
         if isinstance(msg, wire.Probe):
             if msg.probe_id.startswith(self.probe_prefix):
                 self.ready.set()
+            elif conn.remote is not None:
+                conn.remote.asked(msg.probe_id, self.direct_port, conn.send)
+            return None
+        if self.direct_port is not None and msg.topic not in self.topics:
+            # only the TCP port lets in a topic the receiver would not have
+            # sent here: a caller that still knows the port of a consumer
+            # that is gone, now taken by us. Our receiver routes it.
+            self._forward(frames, msg.topic)
             return None
         conn.counters.incr("consumer.received")
         return msg
@@ -331,7 +357,9 @@ class Connection:
     ``send(host, frames, topic)`` to a receiver (for probes),
     ``process(proxy, msg)`` to run one received message (never raises),
     ``on_join(bare_topic)`` when a consumer starts, ``on_close(conn)``
-    once closed.
+    once closed; ``direct_ports`` (``remote.port_range``) and ``remote``
+    (``remote.RemoteReplies``) when callers on other hosts may come
+    straight to the consumers.
     """
 
     def __init__(self, handler: Handler, ctx: Any, settings: Settings,
@@ -339,8 +367,9 @@ class Connection:
                  send: Callable[[str, list, str], None],
                  process: Callable[[Any, wire.Message], None],
                  on_join: Callable[[str], None] = lambda topic: None,
-                 on_close: Callable[["Connection"], None] = lambda conn: None
-                 ) -> None:
+                 on_close: Callable[["Connection"], None] = lambda conn: None,
+                 direct_ports: range | None = None,
+                 remote: Any = None) -> None:
         self.handler = handler
         self.ctx = ctx
         self.settings = settings
@@ -349,6 +378,8 @@ class Connection:
         self.process = process
         self.on_join = on_join
         self.on_close = on_close
+        self.direct_ports = direct_ports
+        self.remote = remote
         self.consumers: dict[str, _Consumer] = {}
         self.closed = False
         self._done = handler.Event()

@@ -3,7 +3,9 @@ socket cache, the matchmaker, the reply listener and the worker pool.
 
 Sending: ``matchmaker.queues(topic)`` -> ``(directed topic, host)`` pairs;
 frames from ``wire.encode``; the host's cached PUSH socket, or, for a call
-to this host, a local service's own socket when one takes it (``local``).
+to this host, a local service's own socket when one takes it (``local``);
+for a call to one of our nodes on another host, the service's own TCP
+socket once its port is known (``remote``).
 A call is the old curried ``-reply`` cast; the server answers with
 ``-process_reply`` casts to ``zmq_replies.<caller host>``, one per value
 when the caller said it accepts streaming (frame 0 =
@@ -23,6 +25,7 @@ from nova_rpc_zmq.concurrency import Handler, get_handler
 from nova_rpc_zmq.errors import NoHostsError, RPCException, Timeout
 from nova_rpc_zmq.impl_zmq import routes
 from nova_rpc_zmq.impl_zmq.local import LocalCalls
+from nova_rpc_zmq.impl_zmq.remote import RemoteCalls, RemoteReplies, port_range
 from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter
 from nova_rpc_zmq.impl_zmq.sockets import LINGER_MS, Outbound
 from nova_rpc_zmq.ipcdir import direct_reply_path, ipc_path
@@ -98,6 +101,24 @@ class Driver:
         if settings.rpc_zmq_local_calls:
             self.local = LocalCalls(handler, ctx, settings.rpc_zmq_ipc_dir,
                                     counters)
+        # calls to our nodes on other hosts, and their replies, skip the
+        # receivers once the peer named its port (impl_zmq/remote.py)
+        self.remote: RemoteCalls | None = None
+        self.remote_replies: RemoteReplies | None = None
+        self.direct_ports = ports = port_range(settings)
+        if ports is not None:
+            self.routes.remote_calls = True
+            self.replies.direct_ports = ports
+            self.remote = RemoteCalls(
+                handler, ctx, settings, counters, ports,
+                send_receiver=self._send, endpoint=self.outbound.endpoint,
+                token=self.replies.token,
+                reply_port=self.replies.tcp_port)
+            self.replies.on_where = self.remote.answered
+            self.remote_replies = RemoteReplies(
+                handler, ctx, settings, counters, ports,
+                endpoint=self.outbound.endpoint,
+                allows=self.reply_policy.allows)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
         # opt-in GET /metrics of this process (rpc_zmq_metrics_port)
@@ -217,10 +238,16 @@ class Driver:
         self.counters.incr("calls")
         empty = self.handler.Empty
         method = msg.get(wire.METHOD_KEY) if isinstance(msg, dict) else None
-        local = self.local
+        local, remote = self.local, self.remote
         try:
-            if local is None or self.routes.for_call(host) != routes.LOCAL \
-                    or not local.send(dtopic, frames):
+            route = self.routes.for_call(host)
+            if route == routes.LOCAL:
+                sent = local is not None and local.send(dtopic, frames)
+            elif route == routes.REMOTE:
+                sent = remote is not None and remote.send(dtopic, host, frames)
+            else:
+                sent = False
+            if not sent:
                 self._send(host, frames, dtopic)
             yield None  # sent: multicall() returns the iterator now
             expected = 0  # the next streamed part to hand out
@@ -286,7 +313,9 @@ class Driver:
         conn = Connection(self.handler, self.ctx, self.settings, self.counters,
                           send=self._send, process=self.process,
                           on_join=self.joined_topic,
-                          on_close=self.left_connection)
+                          on_close=self.left_connection,
+                          direct_ports=self.direct_ports,
+                          remote=self.remote_replies)
         self.connections.append(conn)
         return conn
 
@@ -351,8 +380,10 @@ class Driver:
             self.counters.incr("consumer.dropped.unknown_reply_host")
             self.reply_policy.refused(request.reply_topic, msg.topic)
             return
-        msg_id, reply_topic, token = request.msg_id, request.reply_topic, \
-            route.token
+        msg_id, reply_topic = request.msg_id, request.reply_topic
+        token = route.token if route.route == routes.DIRECT else None
+        remote_token = route.token if route.route == routes.REMOTE else None
+        remote = self.remote_replies
         stream = route.stream
         ctx_dict = msg.context
         parts = itertools.count()
@@ -364,6 +395,9 @@ class Driver:
                                    next(parts) if stream else None)
             frames = wire.encode(msg_id, reply_topic, ctx_dict, body)
             if token is not None and self.direct.send(token, frames):
+                return
+            if remote_token is not None and remote is not None and \
+                    remote.send(reply_topic, remote_token, frames):
                 return
             for dtopic, host in self._queues(reply_topic):
                 self._send(host, frames, dtopic)
@@ -403,6 +437,10 @@ class Driver:
         self.direct.close()
         if self.local is not None:
             self.local.close()
+        if self.remote is not None:
+            self.remote.close()
+        if self.remote_replies is not None:
+            self.remote_replies.close()
         if self.security is not None:
             self.security.close()
         self.outbound.close()

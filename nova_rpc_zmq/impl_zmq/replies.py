@@ -90,6 +90,14 @@ class ReplyWaiter:
         self._threads: list[Any] = []
         self.counters = counters
         self.reply_topic = wire.reply_topic(settings.rpc_zmq_host)
+        #: ports where the direct reply socket also listens on TCP, for
+        #: services on other hosts (``impl_zmq/remote.py``); None: off
+        self.direct_ports: range | None = None
+        #: the TCP port it got (0: none; ``tcp_port`` binds it)
+        self.direct_port = 0
+        self._tcp_tried = False
+        #: takes the ``whereis`` probes that answer our asks
+        self.on_where: Callable[[str], None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -128,6 +136,32 @@ class ReplyWaiter:
         self._sock = sock
         self._threads = [self.handler.spawn(self._loop, sock),
                          self.handler.spawn(self._loop, direct)]
+
+    def tcp_port(self) -> int:
+        """The port of the TCP reply socket for services on other hosts
+        (``impl_zmq/remote.py``), bound at the first call that needs it
+        (a process that calls only its own host holds no port); 0 when
+        the direct path is off or no port of the range is free."""
+        if self.direct_ports is None or self._tcp_tried:
+            return self.direct_port
+        with self._start_lock:
+            if self._tcp_tried or self._closing:
+                return self.direct_port
+            self._tcp_tried = True
+            from nova_rpc_zmq.impl_zmq.remote import bind_direct
+            settings = self.settings
+            sock = zmqio.make_socket(
+                self.ctx, zmq.PULL, linger=0,
+                rcvtimeo=None if self.handler.green else POLL_MS,
+                rcvhwm=REPLY_RCVHWM, maxmsgsize=settings.limits.max_msg_size)
+            port = bind_direct(sock, settings, self.direct_ports,
+                               "the reply socket")
+            if port is None:
+                sock.close(0)
+                return 0
+            self._threads.append(self.handler.spawn(self._loop, sock))
+            self.direct_port = port
+        return port
 
     def ensure_ready(self, timeout: float) -> None:
         """Start the listener if needed and prove the reply path works.
@@ -216,6 +250,8 @@ class ReplyWaiter:
             # any of our probes proves the path, even an earlier one
             if msg.probe_id.startswith(self.token + wire.PROBE_MARK):
                 self._ready.set()
+            elif self.on_where is not None:
+                self.on_where(msg.probe_id)
             return
         self._deliver(msg)
 

@@ -8,9 +8,12 @@ message travels"):
   tries the local service's own socket (``impl_zmq/local.py``);
 * ``DIRECT``: a reply to a caller on this host whose call named its token
   (frame 0 ``stream.<token>``) first tries the caller's direct reply
-  socket (``impl_zmq/replies.py``).
+  socket (``impl_zmq/replies.py``);
+* ``REMOTE``: a call to another host, with ``rpc_zmq_direct_calls`` on,
+  first tries the service's own TCP socket once its port is known, and
+  its replies the caller's (``impl_zmq/remote.py``).
 
-A LOCAL or DIRECT send that finds no taker falls back to the receiver;
+A LOCAL, DIRECT or REMOTE send that finds no taker falls back to the receiver;
 that fallback is the sender's, not this object's. ``RoutePolicy`` is a
 plain object: no sockets, no threads, safe from any thread.
 """
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 RECEIVER = "receiver"
 LOCAL = "local"
 DIRECT = "direct"
+REMOTE = "remote"
 #: A reply that may not be sent at all: its topic names a host we do not
 #: know (``reply_policy.py``).
 REFUSE = "refuse"
@@ -58,8 +62,8 @@ def caller_mark(msg_id: str) -> tuple[bool, str | None]:
 
 @dataclass(frozen=True)
 class ReplyRoute:
-    """How to answer one call: ``route`` is DIRECT (to ``token``),
-    RECEIVER or REFUSE; ``stream`` is True when the caller takes one reply
+    """How to answer one call: ``route`` is DIRECT or REMOTE (to
+    ``token``), RECEIVER or REFUSE; ``stream`` is True when the caller takes one reply
     part per value."""
 
     route: str
@@ -76,9 +80,13 @@ class RoutePolicy:
     """
 
     def __init__(self, own_host: str, local_calls: bool,
-                 reply_policy: ReplyPolicy | Any) -> None:
+                 reply_policy: ReplyPolicy | Any,
+                 remote_calls: bool = False) -> None:
         self.own_host = own_host
         self.local_calls = bool(local_calls)
+        #: the direct path to other hosts is on (the driver sets it when
+        #: ``impl_zmq.remote.port_range`` gives ports)
+        self.remote_calls = bool(remote_calls)
         self.reply_policy = reply_policy
         self.own_reply_topic = wire.reply_topic(own_host)
 
@@ -91,23 +99,27 @@ class RoutePolicy:
                    ReplyPolicy.from_settings(settings, matchmaker))
 
     def for_call(self, host: str) -> str:
-        """LOCAL for a call to this host with local calls on, else
-        RECEIVER."""
-        if self.local_calls and host == self.own_host:
-            return LOCAL
-        return RECEIVER
+        """LOCAL for a call to this host with local calls on, REMOTE for a
+        call to another host with direct calls on, else RECEIVER."""
+        if host == self.own_host:
+            return LOCAL if self.local_calls else RECEIVER
+        return REMOTE if self.remote_calls else RECEIVER
 
     def for_reply(self, caller: str, reply_topic: str) -> ReplyRoute:
         """The route of the replies to a call whose frame 0 is ``caller``
         and whose reply topic is ``reply_topic``.
 
         DIRECT when the caller named its token and is on this host (its
-        reply topic is ours); RECEIVER when the reply policy allows the
-        topic; else REFUSE.
+        reply topic is ours); REMOTE (with the token) when it named its
+        token, is on another host the reply policy allows, and direct calls
+        are on; RECEIVER when the reply policy allows the topic; else
+        REFUSE.
         """
         stream, token = caller_mark(caller)
         if token is not None and reply_topic == self.own_reply_topic:
             return ReplyRoute(DIRECT, stream, token)
         if self.reply_policy.allows(reply_topic):
+            if token is not None and self.remote_calls:
+                return ReplyRoute(REMOTE, stream, token)
             return ReplyRoute(RECEIVER, stream)
         return ReplyRoute(REFUSE, stream)

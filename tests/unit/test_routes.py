@@ -86,3 +86,25 @@ def test_from_settings_follows_host_and_local_calls() -> None:
 ])
 def test_caller_mark(frame0: str, expected: tuple) -> None:
     assert routes.caller_mark(frame0) == expected
+
+
+def remote_policy() -> routes.RoutePolicy:
+    return routes.RoutePolicy("me", True,
+                              ReplyPolicy("me", KnownHosts("peer")),
+                              remote_calls=True)
+
+
+def test_with_direct_calls_a_call_to_another_host_tries_its_service() -> None:
+    assert remote_policy().for_call("peer") == routes.REMOTE
+    assert remote_policy().for_call("me") == routes.LOCAL
+
+
+def test_with_direct_calls_a_token_from_another_host_goes_remote() -> None:
+    assert remote_policy().for_reply("stream." + TOKEN, "zmq_replies.peer") \
+        == routes.ReplyRoute(routes.REMOTE, True, TOKEN)
+    # an old caller (no token), or a host we do not answer: as before
+    assert remote_policy().for_reply("0", "zmq_replies.peer") == \
+        routes.ReplyRoute(routes.RECEIVER, False)
+    assert remote_policy().for_reply("stream." + TOKEN,
+                                     "zmq_replies.stranger").route == \
+        routes.REFUSE

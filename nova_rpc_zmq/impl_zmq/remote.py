@@ -1,0 +1,457 @@
+"""Calls to our nodes on other hosts go straight to the service.
+
+Through the receivers a call between two hosts crosses four processes
+before its reply is back (caller, receiver B, service, receiver A); the
+receivers are a third to two fifths of its CPU. Between two nodes of this
+project the call and its replies can skip both:
+
+* a consumer of a directed topic binds its PULL socket, besides its IPC
+  sockets, to ``tcp://<rpc_zmq_bind_address>:<port>``, the first free port
+  of ``rpc_zmq_direct_ports`` (``bind_direct``); a caller process binds its
+  direct reply PULL the same way;
+* the caller learns the port by a ``where`` probe: a probe (the style old
+  receivers drop, so an old node never sees it) with the id
+  ``<token>where<n>:<reply port>:<caller host>``, sent to the directed
+  topic through the service host's receiver like any probe. The consumer
+  that reads it answers with the probe ``<token>whereis<n>:<its port>`` to
+  ``zmq_replies.<caller host>`` through the caller's receiver (the path of
+  every reply), and notes the caller's reply port for that token;
+* the next calls of that topic and host (``RemoteCalls.send``) go on
+  ZMQ_IMMEDIATE PUSH sockets to ``tcp://<service host>:<port>``, and the
+  service sends the replies to a token it knows on the same kind of socket
+  to ``tcp://<caller host>:<reply port>`` (``RemoteReplies.send``).
+
+The caller sends ``ASKS`` asks at a time, which the receiver hands to the
+next consumer processes of the topic in turn, and asks again every
+``WHERE_REFRESH`` seconds: the ports of several worker processes are
+learnt and each PUSH socket connects to all of them (ZeroMQ spreads the
+calls over the connected ones, as the receiver did). A port not named for
+``PORT_TTL`` is let go. A port whose consumer died may be bound by another
+consumer before the caller asks again: a consumer forwards a message of a
+topic it does not consume to its own receiver, which routes it, so such a
+call is not lost (``consumer.forwarded.wrong_topic``).
+
+This is simpler than a registry served by the receiver: the port is known
+only to the process that bound it, so the process itself answers, through
+the probe and reply paths that exist already; a receiver needs no change
+and old receivers drop the ask. Only our callers name a token in frame 0
+(``stream.<token>``) and only our consumers answer a ``where``: an old
+node never gets a direct frame. The addresses connected to are built from
+the matchmaker's host (calls) or the reply topic's host, which the reply
+policy allows (replies): an answer from the network chooses at most a port,
+and a port outside ``rpc_zmq_direct_ports`` is dropped and counted
+(``direct.where_bad_port``).
+
+Nothing is lost that the receivers' path would keep: each message takes
+one path, chosen before the send; an IMMEDIATE socket refuses a send when
+its peer is not connected (not started, dead) or full, and the message
+then goes through the receivers. A peer that dies with calls queued loses
+them, as a service dying mid-call does on any path: the caller times out.
+Streamed replies are numbered, so parts that took different paths are put
+back in order by the caller. With ``rpc_zmq_curve`` the direct path is off
+(its sockets would bypass the receivers' CURVE servers).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import zmq
+
+from nova_rpc_zmq import frames as frames_io
+from nova_rpc_zmq import wire, zmqio
+from nova_rpc_zmq.concurrency import Handler
+from nova_rpc_zmq.metrics import Counters
+
+if TYPE_CHECKING:
+    from nova_rpc_zmq.config import Settings
+
+LOG = logging.getLogger(__name__)
+
+#: Probe ids of the ask and the answer, after the caller's 16-hex token.
+WHERE_MARK = "where"
+ANSWER_MARK = "whereis"
+#: Seconds before a host that has not answered a ``where`` is asked again
+#: (an old-driver node never answers: its calls use the receivers).
+WHERE_RETRY = 300.0
+#: Seconds after which the known ports are asked for again (a restarted
+#: service may bind another one, another worker process of the topic may
+#: have started); calls keep using the known ports meanwhile.
+WHERE_REFRESH = 10.0
+#: Asks sent at once: the receiver hands each to the next consumer process
+#: of the topic, so several workers of a service answer in one round.
+ASKS = 3
+#: A port not named again for this long is let go.
+PORT_TTL = 3 * WHERE_REFRESH + 1.0
+#: Most ports (consumer processes) per topic and host.
+MAX_PORTS = 16
+#: Seconds a new peer may take to connect before a refused send makes
+#: the caller ask for its port again.
+STALE_AFTER = 1.0
+#: Topics x hosts, and callers, a process keeps direct sockets for.
+MAX_PEERS = 1024
+#: Calls or replies queued per direct peer before the receivers are used.
+HWM = 1000
+#: Sockets kept per peer: as many as sends that overlap, at most this.
+MAX_SOCKETS = 32
+
+_REPLIES_DOT = wire.REPLIES_PREFIX + wire.TOPIC_SEPARATOR
+_ASK_RE = re.compile(r"([0-9a-f]{16})where([0-9]{1,9}):([0-9]{1,5}):(.+)\Z",
+                     re.ASCII)
+_ANSWER_RE = re.compile(r"([0-9a-f]{16})whereis([0-9]{1,9}):([0-9]{1,5})\Z",
+                        re.ASCII)
+
+
+def port_range(settings: Settings) -> range | None:
+    """The ports of ``rpc_zmq_direct_ports``, or None when the direct path
+    is off (the option empty, ``rpc_zmq_direct_calls`` off, or CURVE on).
+
+    Raises ValueError naming the option for a value that is not
+    ``first:last``.
+    """
+    text = (settings.rpc_zmq_direct_ports or "").strip()
+    if not settings.rpc_zmq_direct_calls or not text or \
+            settings.rpc_zmq_curve:
+        return None
+    first, sep, last = text.partition(":")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        low = high = -1
+    if not 0 < low <= high < 65536:
+        raise ValueError("rpc_zmq_direct_ports must be first:last ports "
+                         "(e.g. 9504:9549) or empty, got %r" % text)
+    return range(low, high + 1)
+
+
+_NO_PORT_SAID: set[str] = set()
+
+
+def bind_direct(sock: Any, settings: Settings, ports: range,
+                what: str) -> int | None:
+    """Bind ``sock`` at the first free port of ``ports`` on
+    ``rpc_zmq_bind_address``; its port, or None (said once per ``what``)
+    when none is free: that socket then has only the receivers' path."""
+    address = settings.rpc_zmq_bind_address
+    for port in ports:
+        try:
+            sock.bind("tcp://%s:%d" % (address, port))
+        except zmq.ZMQError:
+            continue
+        return port
+    if what not in _NO_PORT_SAID:
+        _NO_PORT_SAID.add(what)
+        LOG.warning("no free port in rpc_zmq_direct_ports %s for %s: its "
+                    "calls go through the receivers; widen the range",
+                    settings.rpc_zmq_direct_ports, what)
+    return None
+
+
+def parse_ask(probe_id: str) -> tuple[str, int, int, str] | None:
+    """(token, ask number, reply port, caller host) of a ``where`` ask."""
+    match = _ASK_RE.match(probe_id)
+    if match is None:
+        return None
+    token, n, port, host = match.groups()
+    return token, int(n), int(port), host
+
+
+def answer_frames(token: str, n: int, port: int, host: str) -> list[bytes]:
+    """The answer to ask ``n`` of ``token``: our ``port``, to ``host``."""
+    return wire.encode_probe("%s%s%d:%d" % (token, ANSWER_MARK, n, port),
+                             wire.reply_topic(host))
+
+
+class _Pool:
+    """PUSH sockets to one direct peer (the ports of one topic on one
+    host, or one caller's reply port); a sender takes one (``list.pop``
+    and ``append`` are atomic, so native threads share no lock)."""
+
+    __slots__ = ("endpoints", "idle", "made", "closed", "born")
+
+    def __init__(self, endpoints: tuple[str, ...]) -> None:
+        self.endpoints = endpoints
+        self.idle: list[Any] = []
+        self.made = 0
+        self.closed = False
+        self.born = time.monotonic()
+
+    def drain(self) -> None:
+        self.closed = True
+        while True:
+            try:
+                sock = self.idle.pop()
+            except IndexError:
+                return
+            sock.close(0)
+
+
+class _Peers:
+    """Pools by key, the oldest closed past ``MAX_PEERS``."""
+
+    def __init__(self, handler: Handler, ctx: Any, counters: Counters,
+                 prefix: str) -> None:
+        self.ctx = ctx
+        self.counters = counters
+        self.prefix = prefix
+        self.pools: "collections.OrderedDict[Any, _Pool]" = \
+            collections.OrderedDict()
+        self._lock = handler.Lock()
+        self.closed = False
+
+    def set(self, key: Any, endpoints: tuple[str, ...]) -> None:
+        """Send to ``endpoints`` (each socket connects to all; ZeroMQ
+        hands each message to the next connected one) from now on."""
+        with self._lock:
+            if self.closed:
+                return
+            old = self.pools.get(key)
+            if old is not None and old.endpoints == endpoints:
+                return
+            pool = self.pools[key] = _Pool(endpoints)
+            # connecting now: the next send finds the connection made
+            pool.made = 1
+            pool.idle.append(self._socket(endpoints))
+            if old is not None:
+                old.drain()
+            while len(self.pools) > MAX_PEERS:
+                _key, gone = self.pools.popitem(last=False)
+                gone.drain()
+
+    def forget(self, key: Any, pool: _Pool) -> None:
+        with self._lock:
+            if self.pools.get(key) is pool:
+                del self.pools[key]
+        pool.drain()
+
+    def send(self, key: Any, frames: list) -> bool:
+        pool = self.pools.get(key)
+        if pool is None:
+            return False
+        try:
+            sock = pool.idle.pop()
+        except IndexError:
+            if pool.made >= MAX_SOCKETS:
+                self.counters.incr(self.prefix + ".no_socket")
+                return False
+            pool.made += 1
+            sock = self._socket(pool.endpoints)
+        try:
+            frames_io.send(sock, frames, frames_io.NOBLOCK)
+        except zmq.Again:
+            # not connected (yet, or any more) or full: the receivers' path
+            self.counters.incr(self.prefix + ".unready")
+            return False
+        finally:
+            pool.idle.append(sock)
+            if pool.closed:
+                pool.drain()  # closed while we sent
+        self.counters.incr(self.prefix)
+        return True
+
+    def _socket(self, endpoints: tuple[str, ...]) -> Any:
+        sock = zmqio.make_socket(
+            self.ctx, zmq.PUSH, linger=0, immediate=True, sndhwm=HWM,
+            options={zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 1000})
+        for endpoint in endpoints:
+            sock.connect(endpoint)
+        return sock
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            pools, self.pools = list(self.pools.values()), \
+                collections.OrderedDict()
+        for pool in pools:
+            pool.drain()
+
+
+def _with_port(endpoint: str, port: int) -> str:
+    """``tcp://addr:P`` -> ``tcp://addr:port``."""
+    return "%s:%d" % (endpoint.rsplit(":", 1)[0], port)
+
+
+class RemoteCalls:
+    """The caller's side: ``send(dtopic, host, frames)`` to a service of
+    ours on another host once its port is known; asks for it otherwise.
+
+    ``send_receiver(host, frames, topic)`` reaches a host's receiver (the
+    asks go there), ``endpoint(host)`` is that receiver's ``tcp://``
+    address, ``token`` the caller's reply token and ``reply_port()`` the
+    port of its direct reply socket (0: none).
+    """
+
+    def __init__(self, handler: Handler, ctx: Any, settings: Settings,
+                 counters: Counters, ports: range, *,
+                 send_receiver: Callable[[str, list, str], None],
+                 endpoint: Callable[[str], str], token: str,
+                 reply_port: Callable[[], int]) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.ports = ports
+        self.send_receiver = send_receiver
+        self.endpoint = endpoint
+        self.token = token
+        self.reply_port = reply_port
+        self.own_host = settings.rpc_zmq_host
+        self._peers = _Peers(handler, ctx, counters, "direct.calls")
+        #: (dtopic, host) -> monotonic time of the next ask
+        self._ask_at: dict[tuple[str, str], float] = {}
+        #: (dtopic, host) that answered at least once
+        self._ours: set[tuple[str, str]] = set()
+        #: (dtopic, host) -> {port: monotonic time it was last named}
+        self._ports: dict[tuple[str, str], dict[int, float]] = {}
+        #: ask number -> (dtopic, host)
+        self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
+            collections.OrderedDict()
+        self._ids = itertools.count(1)
+        # answers come from the reply listener's threads (SUB and TCP)
+        self._answer_lock = handler.Lock()
+
+    def send(self, dtopic: str, host: str, frames: list) -> bool:
+        """Hand ``frames`` straight to a service of ``dtopic`` on ``host``;
+        False when its port is not known or it takes nothing now."""
+        key = (dtopic, host)
+        if time.monotonic() >= self._ask_at.get(key, 0.0):
+            self._ask(key)
+        pool = self._peers.pools.get(key)
+        if pool is None:
+            return False
+        if self._peers.send(key, frames):
+            return True
+        if time.monotonic() - pool.born > STALE_AFTER:
+            # refused (none connected, or all full): the services may be
+            # gone or restarted on other ports; the receivers' path until
+            # they answer again, asked at the next call
+            self._peers.forget(key, pool)
+            self._ports.pop(key, None)
+            self._ask_at[key] = 0.0
+        return False
+
+    def _ask(self, key: tuple[str, str]) -> None:
+        dtopic, host = key
+        # a host that never answered is not one of ours (or not up): asked
+        # again after WHERE_RETRY; one that did, after WHERE_REFRESH
+        self._ask_at[key] = time.monotonic() + (
+            WHERE_REFRESH if key in self._ours else WHERE_RETRY)
+        if len(self._ask_at) > MAX_PEERS:
+            self._ask_at.pop(next(iter(self._ask_at)))
+        try:
+            reply_port = self.reply_port()
+            for _ask in range(ASKS):
+                n = next(self._ids)
+                self._asked[n] = key
+                frames = wire.encode_probe(
+                    "%s%s%d:%d:%s" % (self.token, WHERE_MARK, n, reply_port,
+                                      self.own_host), dtopic)
+                self.send_receiver(host, frames, dtopic)
+            self.counters.incr("direct.where_asked")
+        except Exception as exc:  # noqa: BLE001 - the receivers' path remains
+            LOG.debug("could not ask %s for the port of %s: %s", host,
+                      dtopic, exc)
+        while len(self._asked) > MAX_PEERS * ASKS:
+            self._asked.popitem(last=False)
+
+    def answered(self, probe_id: str) -> None:
+        """A ``whereis`` probe came back on our reply topic."""
+        with self._answer_lock:
+            self._answered(probe_id)
+
+    def _answered(self, probe_id: str) -> None:
+        match = _ANSWER_RE.match(probe_id)
+        key = None
+        if match is not None and match.group(1) == self.token:
+            key = self._asked.pop(int(match.group(2)), None)
+        if key is None:
+            self.counters.incr("direct.where_unknown")
+            LOG.debug("dropped a where answer no call asked: %s", probe_id)
+            return
+        port = int(match.group(3)) if match is not None else 0
+        if port not in self.ports:
+            self.counters.incr("direct.where_bad_port")
+            LOG.warning("dropped a where answer for %s on host %s: port %d is "
+                        "outside rpc_zmq_direct_ports %s", key[0], key[1],
+                        port, self.settings.rpc_zmq_direct_ports)
+            return
+        now = time.monotonic()
+        self._ask_at[key] = min(self._ask_at.get(key, 0.0),
+                                now + WHERE_REFRESH)
+        if len(self._ours) >= MAX_PEERS:
+            self._ours.clear()
+        self._ours.add(key)
+        if key not in self._ports and len(self._ports) >= MAX_PEERS:
+            self._ports.pop(next(iter(self._ports)))
+        known = self._ports.setdefault(key, {})
+        known[port] = now
+        for old in [p for p, seen in known.items() if now - seen > PORT_TTL]:
+            del known[old]
+        ports = sorted(known, key=known.__getitem__)[-MAX_PORTS:]
+        base = self.endpoint(key[1])
+        self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)))
+        self.counters.incr("direct.where_answered")
+
+    def close(self) -> None:
+        self._peers.close()
+
+
+class RemoteReplies:
+    """The service's side: the reply ports of callers on other hosts, as
+    their ``where`` asks named them, and ``send`` to them."""
+
+    def __init__(self, handler: Handler, ctx: Any, settings: Settings,
+                 counters: Counters, ports: range, *,
+                 endpoint: Callable[[str], str],
+                 allows: Callable[[str], bool]) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.ports = ports
+        self.endpoint = endpoint
+        self.allows = allows
+        self._peers = _Peers(handler, ctx, counters, "direct.replies")
+
+    def asked(self, probe_id: str, port: int | None,
+              send_receiver: Callable[[str, list, str], None]) -> bool:
+        """Answer a ``where`` ask read by a consumer whose direct port is
+        ``port``; True when ``probe_id`` was one (answered or dropped)."""
+        ask = parse_ask(probe_id)
+        if ask is None:
+            return False
+        token, n, reply_port, host = ask
+        try:
+            reply_topic = wire.reply_topic(host)
+            wire.check_topic(reply_topic, self.settings.limits)
+            allowed = self.allows(reply_topic)
+        except Exception:  # noqa: BLE001 - a bad host name
+            allowed = False
+        if not allowed:
+            self.counters.incr("direct.where_refused")
+            LOG.debug("no where answer to host %r: not a host we answer",
+                      host)
+            return True
+        if reply_port in self.ports:
+            self._peers.set((host, token),
+                            (_with_port(self.endpoint(host), reply_port),))
+        if port is None:
+            return True  # no port of ours: the caller keeps the receivers
+        try:
+            send_receiver(host, answer_frames(token, n, port, host),
+                          reply_topic)
+        except Exception as exc:  # noqa: BLE001
+            LOG.debug("could not answer a where ask of %s: %s", host, exc)
+        return True
+
+    def send(self, reply_topic: str, token: str, frames: list) -> bool:
+        """Send a reply straight to the caller ``token`` on the host of
+        ``reply_topic``; False when its port is unknown or refused."""
+        if not reply_topic.startswith(_REPLIES_DOT):
+            return False
+        host = reply_topic[len(_REPLIES_DOT):]
+        return self._peers.send((host, token), frames)
+
+    def close(self) -> None:
+        self._peers.close()
