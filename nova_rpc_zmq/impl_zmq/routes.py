@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nova_rpc_zmq import wire
+from nova_rpc_zmq.matchmaker.broker import BROKER
 from nova_rpc_zmq.impl_zmq.reply_policy import ReplyPolicy
 
 if TYPE_CHECKING:
@@ -103,6 +104,10 @@ class RoutePolicy:
         call to another host with direct calls on, else RECEIVER."""
         if host == self.own_host:
             return LOCAL if self.local_calls else RECEIVER
+        if host == BROKER:
+            # the broker picks the host itself: a port learnt through it
+            # would be another host's, not the broker's
+            return RECEIVER
         return REMOTE if self.remote_calls else RECEIVER
 
     def for_reply(self, caller: str, reply_topic: str) -> ReplyRoute:

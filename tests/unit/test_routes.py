@@ -99,6 +99,11 @@ def test_with_direct_calls_a_call_to_another_host_tries_its_service() -> None:
     assert remote_policy().for_call("me") == routes.LOCAL
 
 
+def test_a_call_through_the_broker_never_takes_the_direct_path() -> None:
+    from nova_rpc_zmq.matchmaker.broker import BROKER
+    assert remote_policy().for_call(BROKER) == routes.RECEIVER
+
+
 def test_with_direct_calls_a_token_from_another_host_goes_remote() -> None:
     assert remote_policy().for_reply("stream." + TOKEN, "zmq_replies.peer") \
         == routes.ReplyRoute(routes.REMOTE, True, TOKEN)
