@@ -128,12 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     from nova_rpc_zmq.oslo_driver.pubsub import (PUBLISHER_KEY,
                                                  publisher_member)
     from nova_rpc_zmq.oslo_driver.sockets import PortRangeExceeded
-    from nova_rpc_zmq.proxy import exposition
     from nova_rpc_zmq.proxy.announce import Announcer
     from nova_rpc_zmq.proxy.config import ProxyConfigError, load
     from nova_rpc_zmq.proxy.router import RouterProxy
     from nova_rpc_zmq.receiver import sdnotify
-    from nova_rpc_zmq.receiver.health import HealthServer
 
     stop_signals: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,22 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                          "or fix transport_url" % (member, settings.kind,
                                                    exc))
         announcer = starting
-        if settings.health_port:
-            try:
-                health = HealthServer(
-                    settings.bind, settings.health_port,
-                    status=lambda: exposition.status(proxy, time.monotonic),
-                    metrics=lambda: exposition.render(proxy, announcer))
-            except OSError as exc:
-                return _fail("health port %s:%d: %s; set --health-port / "
-                             "[zmq_proxy_opts] health_port to a free port "
-                             "or 0" % (settings.bind, settings.health_port,
-                                       exc.strerror))
-            health.start()
-        signal.signal(signal.SIGTERM, lambda signum, frame: proxy.stop())
-        signal.signal(signal.SIGINT, lambda signum, frame: proxy.stop())
-        if stop_signals:
-            proxy.stop()
+        try:
+            health = _serve_health(settings.bind, settings.health_port, proxy,
+                                   announcer)
+        except OSError as exc:
+            return _health_error(settings.bind, settings.health_port, exc)
+        _stop_on_signals(proxy, stop_signals)
         sys.stdout.write("%s: forwarding %s frontend %d backend %d%s%s\n"
                          % (PROG, settings.host, proxy.frontend_port,
                             proxy.backend_port, published,
@@ -231,10 +219,8 @@ def _local_publisher(settings: Any, stop_signals: list[int]) -> int:
     from nova_rpc_zmq.oslo_driver import registry
     from nova_rpc_zmq.oslo_driver.sockets import PortRangeExceeded
     from nova_rpc_zmq.oslo_driver.pubsub import publishers
-    from nova_rpc_zmq.proxy import exposition
     from nova_rpc_zmq.proxy.publisher import LocalPublisher
     from nova_rpc_zmq.receiver import sdnotify
-    from nova_rpc_zmq.receiver.health import HealthServer
 
     try:
         reg = registry.registry_for(settings.kind, settings.url)
@@ -253,22 +239,11 @@ def _local_publisher(settings: Any, stop_signals: list[int]) -> int:
                      % (settings.bind, settings.publisher_port, exc))
     health = None
     try:
-        if settings.health_port:
-            try:
-                health = HealthServer(
-                    settings.bind, settings.health_port,
-                    status=lambda: exposition.status(proxy, time.monotonic),
-                    metrics=lambda: exposition.render(proxy))
-            except OSError as exc:
-                return _fail("health port %s:%d: %s; set --health-port / "
-                             "[zmq_proxy_opts] health_port to a free port "
-                             "or 0" % (settings.bind, settings.health_port,
-                                       exc.strerror))
-            health.start()
-        signal.signal(signal.SIGTERM, lambda signum, frame: proxy.stop())
-        signal.signal(signal.SIGINT, lambda signum, frame: proxy.stop())
-        if stop_signals:
-            proxy.stop()
+        try:
+            health = _serve_health(settings.bind, settings.health_port, proxy)
+        except OSError as exc:
+            return _health_error(settings.bind, settings.health_port, exc)
+        _stop_on_signals(proxy, stop_signals)
         sys.stdout.write("%s: publishing %s publisher %d (local publisher)%s\n"
                          % (PROG, settings.host, proxy.port,
                             " health %d" % health.port if health else ""))
@@ -293,10 +268,8 @@ def _legacy_broker(args: Any) -> int:
 
     from nova_rpc_zmq import logs
     from nova_rpc_zmq.errors import RPCException
-    from nova_rpc_zmq.proxy import exposition
     from nova_rpc_zmq.proxy.legacy_broker import LegacyBroker
     from nova_rpc_zmq.receiver import sdnotify
-    from nova_rpc_zmq.receiver.health import HealthServer
 
     cli: list[str] = []
     for path in args.config_file:
@@ -313,20 +286,13 @@ def _legacy_broker(args: Any) -> int:
                      % (settings.rpc_zmq_start_port,
                         settings.rpc_zmq_start_port + 2,
                         settings.rpc_zmq_bind_address, exc))
-    health = None
-    if args.health_port:
-        try:
-            health = HealthServer(
-                netaddr_bind(settings.rpc_zmq_bind_address), args.health_port,
-                status=lambda: exposition.status(broker, time.monotonic),
-                metrics=lambda: exposition.render(broker))
-        except OSError as exc:
-            broker.close()
-            return _fail("health port %d: %s; set --health-port to a free "
-                         "port or 0" % (args.health_port, exc.strerror))
-        health.start()
-    signal.signal(signal.SIGTERM, lambda signum, frame: broker.stop())
-    signal.signal(signal.SIGINT, lambda signum, frame: broker.stop())
+    bind = netaddr_bind(settings.rpc_zmq_bind_address)
+    try:
+        health = _serve_health(bind, args.health_port or 0, broker)
+    except OSError as exc:
+        broker.close()
+        return _health_error(bind, args.health_port, exc)
+    _stop_on_signals(broker, [])
     sys.stdout.write("%s: legacy broker front end %d publisher %d%s\n"
                      % (PROG, broker.front_port, broker.publisher_port,
                         " health %d" % health.port if health else ""))
@@ -339,6 +305,36 @@ def _legacy_broker(args: Any) -> int:
         if health is not None:
             health.stop()
     return 0
+
+
+def _serve_health(bind: str, port: int, daemon: Any,
+                  announcer: Any = None) -> Any:
+    """``/health`` and ``/metrics`` of ``daemon`` (a proxy, publisher or
+    broker) on ``bind:port``, started; None for port 0. Raises OSError."""
+    if not port:
+        return None
+    from nova_rpc_zmq.proxy import exposition
+    from nova_rpc_zmq.receiver.health import HealthServer
+    health = HealthServer(
+        bind, port, status=lambda: exposition.status(daemon, time.monotonic),
+        metrics=lambda: exposition.render(daemon, announcer))
+    health.start()
+    return health
+
+
+def _health_error(bind: str, port: int, exc: OSError) -> int:
+    return _fail("health port %s:%d: %s; set --health-port / "
+                 "[zmq_proxy_opts] health_port to a free port or 0"
+                 % (bind, port, exc.strerror))
+
+
+def _stop_on_signals(daemon: Any, already: list[int]) -> None:
+    """SIGTERM and SIGINT stop ``daemon``; ``already``: signals that came
+    while it started (it stops at once)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: daemon.stop())
+    signal.signal(signal.SIGINT, lambda signum, frame: daemon.stop())
+    if already:
+        daemon.stop()
 
 
 def netaddr_bind(address: str) -> str:

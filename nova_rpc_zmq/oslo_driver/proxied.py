@@ -333,6 +333,24 @@ class ProxyOutbound:
             self._sock.close()
 
 
+def await_handshakes(monitor: Any, pending: set[str], wait: float) -> set[str]:
+    """Read ``monitor`` (HANDSHAKE_SUCCEEDED and CONNECT_RETRIED events) for
+    at most ``wait`` seconds, until each endpoint of ``pending`` either
+    completed its handshake or was refused; returns those that did not
+    complete (``pending`` is emptied as they are heard of)."""
+    missing = set(pending)
+    deadline = time.monotonic() + wait
+    while pending and time.monotonic() < deadline:
+        if not monitor.poll(50):
+            continue
+        event = zmq.utils.monitor.recv_monitor_message(monitor)
+        endpoint = event["endpoint"].decode("ascii", "replace")
+        pending.discard(endpoint)
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            missing.discard(endpoint)
+    return missing
+
+
 class ProxyInbound:
     """A DEALER with our member as routing id, connected to every proxy's
     backend, and its reader (same interface as ``sockets.Inbound``).
@@ -379,16 +397,7 @@ class ProxyInbound:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED)
         try:
             added = self._links.sync(self._sock, wanted)
-            pending, missing = set(added), set(added)
-            deadline = time.monotonic() + wait
-            while pending and time.monotonic() < deadline:
-                if not monitor.poll(50):
-                    continue
-                event = zmq.utils.monitor.recv_monitor_message(monitor)
-                endpoint = event["endpoint"].decode("ascii", "replace")
-                pending.discard(endpoint)
-                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    missing.discard(endpoint)
+            missing = await_handshakes(monitor, set(added), wait)
             if missing:
                 LOG.warning("%s: no handshake with proxy %s yet (refused, or "
                             "none within %.1fs); it gets messages for us "

@@ -36,6 +36,7 @@ import zmq.utils.monitor
 
 from nova_rpc_zmq import concurrency, wire, zmqio
 from nova_rpc_zmq.oslo_driver.proxied import (CONNECT_WAIT, HEARTBEAT_IVL_MS,
+                                              await_handshakes,
                                               HEARTBEAT_TIMEOUT_MS, HWM,
                                               PROXY_KEY, PROXY_REFRESH,
                                               PROXY_SETTLE, READ_WAKE_MS,
@@ -238,16 +239,7 @@ class Subscriber:
                 monitor.close(0)
 
     def _await(self, monitor: Any, pending: set[str], wait: float) -> None:
-        deadline = time.monotonic() + wait
-        missing = set(pending)
-        while pending and time.monotonic() < deadline:
-            if not monitor.poll(50):
-                continue
-            event = zmq.utils.monitor.recv_monitor_message(monitor)
-            endpoint = event["endpoint"].decode("ascii", "replace")
-            pending.discard(endpoint)
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                missing.discard(endpoint)
+        missing = await_handshakes(monitor, pending, wait)
         if missing:
             LOG.warning("%s: no handshake with publisher %s yet (refused, "
                         "or none within %.1fs); fanouts published there "
