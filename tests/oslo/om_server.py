@@ -2,7 +2,10 @@
 
     python -m tests.oslo.om_server URL TOPIC SERVER RECORD_DIR [--eventlet]
         [--exchange E] [--expire S] [--update S] [--call TOPIC]...
-        [--host NAME] [--curve KEY_FILE KEYS_DIR]
+        [--host NAME] [--curve KEY_FILE KEYS_DIR] [--zmq NAME=VALUE]...
+
+``--zmq`` sets an ``[oslo_messaging_zmq]`` option (``use_router_proxy=true``,
+``use_pub_sub=true``: the topologies behind proxies).
 
 Prints ``READY <pid> <concurrency handler>`` once its server has started, and stops cleanly (the
 registration removed) on SIGTERM. With ``--curve`` it runs with
@@ -45,6 +48,10 @@ def main() -> None:
     parser.add_argument("--curve", nargs=2, default=None,
                         metavar=("KEY_FILE", "KEYS_DIR"),
                         help="rpc_zmq_curve on with these files")
+    parser.add_argument("--zmq", action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="an [oslo_messaging_zmq] option; true/false "
+                             "are booleans")
     args = parser.parse_args()
 
     import oslo_messaging
@@ -53,8 +60,12 @@ def main() -> None:
     curve = {} if args.curve is None else {
         "rpc_zmq_curve": True, "rpc_zmq_curve_key_file": args.curve[0],
         "rpc_zmq_curve_keys_dir": args.curve[1]}
+    extra: dict = {}
+    for item in args.zmq:
+        name, _, value = item.partition("=")
+        extra[name] = {"true": True, "false": False}.get(value, value)
     conf = make_conf(host=args.host, zmq_target_expire=args.expire,
-                     zmq_target_update=args.update, **curve)
+                     zmq_target_update=args.update, **curve, **extra)
     transport = oslo_messaging.get_rpc_transport(conf, args.url)
     target = oslo_messaging.Target(topic=args.topic, server=args.server,
                                    exchange=args.exchange)

@@ -374,8 +374,10 @@ def test_servers_in_their_own_processes_get_each_fanout_once(
     procs = []
     try:
         for name in ("p1", "p2"):
-            argv = [sys.executable, "-m", "tests.oslo.om_pubsub", redis_url,
-                    "own", name, str(record_dir)]
+            argv = [sys.executable, "-m", "tests.oslo.om_server", redis_url,
+                    "own", name, str(record_dir), "--expire", "30",
+                    "--update", "10", "--zmq", "use_router_proxy=true",
+                    "--zmq", "use_pub_sub=true"]
             proc = Proc(name, argv + (["--eventlet"] if green else []),
                         str(tmp_path / ("%s.log" % name)), env=child_env())
             procs.append(proc)

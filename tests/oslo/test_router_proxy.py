@@ -372,9 +372,10 @@ def test_servers_in_their_own_processes_green_or_native(
     procs = []
     try:
         for name in ("p1", "p2"):
-            argv = [sys.executable, "-m", "tests.oslo.om_proxied", redis_url,
-                    "procs", name] + (["--eventlet"] if mode == "eventlet"
-                                      else [])
+            argv = [sys.executable, "-m", "tests.oslo.om_server", redis_url,
+                    "procs", name, str(tmp_path), "--expire", "30",
+                    "--update", "10", "--zmq", "use_router_proxy=true"] + \
+                (["--eventlet"] if mode == "eventlet" else [])
             proc = Proc(name, argv, str(tmp_path / (name + ".log")),
                         env=child_env())
             procs.append(proc)
