@@ -32,6 +32,9 @@ from tests.support import scaled, wait_for
 
 A, B = "127.0.0.1", "127.0.0.2"
 TOPICS = ("demo", "victim", "oldsvc", "rogue", "pair")
+#: Messages one round of where asks (and their answers, and a stray
+#: message of a path still connecting) may take through a receiver.
+ASK_ROUND = 2 * remote.ASKS + 2
 
 
 def m(method: str, **args: Any) -> dict:
@@ -133,8 +136,13 @@ def test_calls_skip_both_receivers_once_the_port_is_known(
     for i in range(30):
         assert caller.call({}, "demo", m("echo", value=i),
                            timeout=scaled(10)) == i
-    # neither the 30 requests nor the 30 replies crossed a receiver
-    assert {a: hosts.received(a) for a in (A, B)} == before
+    # neither the 30 requests nor the 30 replies crossed a receiver; a
+    # round of where asks and answers may (a refresh, or a reply sent
+    # before the reply path's handshake on a loaded machine): at most
+    # ASK_ROUND each, where the base route would be 30
+    after = {a: hosts.received(a) for a in (A, B)}
+    assert all(after[a] - before[a] <= ASK_ROUND for a in (A, B)), \
+        (before, after)
     assert caller.counters.get("direct.where_answered") >= 1
     assert caller.counters.get("direct.where_bad_port") == 0
 
@@ -146,7 +154,8 @@ def test_a_streamed_multicall_comes_back_in_order(
     values = list(caller.multicall({}, "demo", m("count", n=200),
                                    timeout=scaled(10)))
     assert values == list(range(200))
-    assert hosts.received(A) == before  # the parts came straight
+    # the parts came straight (the base route would be 200 messages)
+    assert hosts.received(A) - before <= ASK_ROUND
 
 
 def test_a_service_killed_mid_call_times_out_and_a_restart_works(
