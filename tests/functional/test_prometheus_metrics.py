@@ -106,7 +106,10 @@ def test_both_endpoints_parse_and_name_every_readme_metric(
     # the parser drops "_total" from counter family names: compare samples
     present = {s.name for f in list(receiver.values()) + list(service.values())
                for s in f.samples}
-    named = _readme_metrics()
+    # the proxy's own families are checked on a proxy
+    # (tests/oslo/test_pubsub_proxy.py)
+    named = {n for n in _readme_metrics()
+             if not n.startswith("nova_rpc_zmq_proxy_")}
     assert named, "the README names no metric"
     assert named <= present, sorted(named - present)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -151,6 +152,15 @@ def test_one_publisher_calls_casts_and_each_fanout_once(
         metrics = proxy.metrics()
         # one message per fanout, published once; three subscribers
         assert metrics[PUBLISHED] == 10
+        # every proxy metric the README names is there
+        readme = os.path.join(os.path.dirname(__file__), "..", "..",
+                              "README.md")
+        with open(readme) as f:
+            named = set(re.findall(r"\b(nova_rpc_zmq_proxy_[a-z0-9_]+)",
+                                   f.read()))
+        assert named
+        assert named <= {name.partition("{")[0] for name in metrics}, \
+            sorted(named)
         assert metrics[PROXY + 'peers{side="publisher"}'] == 3
         assert metrics[PROXY + 'dropped_total{reason="no_publisher"}'] == 0
     # registered under both keys while it runs, under neither once stopped
