@@ -1,10 +1,15 @@
 """``nova-rpc-zmq bench --soak``: steady load, memory sampled, growth judged.
 
-One bench host (receiver, three bench services per mode) and one caller
-process per mode run the ``soak`` workload together for ``seconds``: callers
-calling as fast as they can, casts and fanouts at a fixed rate.  This
-process samples the RSS and open file descriptors of the receiver and of
-every service; the callers sample their own RSS.
+The soak runs on the bench's headline shape, two hosts (``shape`` "two-host",
+``benchmarks.hosts.HostsBench``): the callers on host A (127.0.0.1, its own
+receiver), the three bench services of each mode on hosts B, C and D
+(127.0.0.2-4, a receiver each), so calls take the direct path between our
+nodes and fanouts cross every receiver.  ``shape`` "same-host" runs it all on
+one bench host instead.  One caller process per mode runs the ``soak``
+workload for ``seconds``: callers calling as fast as they can, casts and
+fanouts at a fixed rate.  This process samples the RSS and open file
+descriptors of every receiver and every service; the callers sample their
+own RSS.
 
 Growth of a process: the samples of the first fifth are warm-up and left
 out; the median of the first third of the rest is compared with the median
@@ -21,9 +26,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from benchmarks.hosts import BenchHost, ChildFailed, run_python
+from benchmarks.hosts import BenchHost, ChildFailed, HostsBench, run_python
 from benchmarks.measure import MIB, OURS, median, open_fds, rss_bytes
 from benchmarks.suite import MODES, SERVICES
+
+TWO_HOST = "two-host"
+SAME_HOST = "same-host"
+SHAPES = (TWO_HOST, SAME_HOST)
 
 GROWTH_MIB = 2.0
 GROWTH_PCT = 0.05
@@ -64,25 +73,43 @@ def _verdict(name: str, mode: str, samples: list[tuple[float, float]],
 
 def run_soak(seconds: float, modes: tuple[str, ...] = MODES,
              sample_every: float = 5.0,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print,
+             shape: str = TWO_HOST) -> dict:
     """Run the soak; returns a result document for ``benchmarks.report``
     (``soak`` holds the samples, ``targets`` the verdicts)."""
+    if shape not in SHAPES:
+        raise ValueError("soak shape %r: use one of %s" % (shape, SHAPES))
     base = tempfile.mkdtemp(prefix="nrz-soak-")
-    host = BenchHost(base_dir=base)
+    hosts: HostsBench | None = None
+    host: BenchHost | None = None
     samples: dict[str, list[tuple[float, float]]] = {}
     fds: dict[str, list[tuple[float, float]]] = {}
     results: dict[str, Any] = {}
     errors: list[dict] = []
     started = time.time()
     t0 = time.monotonic()
+    watched: dict[str, Any] = {}
     try:
-        host.start_receiver()
-        for mode in modes:
-            topic, names = SERVICES[mode]
-            host.start_bench_services(topic, names,
-                                      eventlet=(mode == "eventlet"))
-        watched = {"receiver": host.receiver}
-        watched.update({"service %s" % n: p for n, p in host.services.items()})
+        if shape == TWO_HOST:
+            hosts = HostsBench(base, {SERVICES[m][0]: SERVICES[m][1]
+                                      for m in modes})
+            hosts.start({SERVICES[m][0]: m == "eventlet" for m in modes})
+            conf_path = hosts.callers.conf_path
+            for letter, bh in zip("ABCDEFGH", hosts.hosts):
+                watched["receiver %s" % letter] = bh.receiver
+                watched.update({"service %s" % n: p
+                                for n, p in bh.services.items()})
+        else:
+            host = BenchHost(base_dir=base)
+            host.start_receiver()
+            for mode in modes:
+                topic, names = SERVICES[mode]
+                host.start_bench_services(topic, names,
+                                          eventlet=(mode == "eventlet"))
+            conf_path = host.conf_path
+            watched["receiver"] = host.receiver
+            watched.update({"service %s" % n: p
+                            for n, p in host.services.items()})
         last = [0.0]
         lock = threading.Lock()
 
@@ -102,7 +129,7 @@ def run_soak(seconds: float, modes: tuple[str, ...] = MODES,
 
         def soak_caller(mode: str) -> None:
             topic, names = SERVICES[mode]
-            plan = {"mode": mode, "config_file": host.conf_path,
+            plan = {"mode": mode, "config_file": conf_path, "shape": shape,
                     "workloads": [dict(name="soak", topic=topic,
                                        services=names, seconds=seconds,
                                        sample_every=sample_every,
@@ -115,8 +142,8 @@ def run_soak(seconds: float, modes: tuple[str, ...] = MODES,
                 errors.append({"workload": "soak", "mode": mode,
                                "error": str(exc)[:4000]})
 
-        log("soak: %d s with %s callers, casts and fanouts ..."
-            % (seconds, " and ".join(modes)))
+        log("soak (%s): %d s with %s callers, casts and fanouts ..."
+            % (shape, seconds, " and ".join(modes)))
         threads = [threading.Thread(target=soak_caller, args=(m,), daemon=True)
                    for m in modes]
         for t in threads:
@@ -124,7 +151,10 @@ def run_soak(seconds: float, modes: tuple[str, ...] = MODES,
         for t in threads:
             t.join(seconds + 400)
     finally:
-        host.stop()
+        if hosts is not None:
+            hosts.stop()
+        if host is not None:
+            host.stop()
         import shutil
         shutil.rmtree(base, ignore_errors=True)
     figures: list[dict] = []
@@ -160,7 +190,8 @@ def run_soak(seconds: float, modes: tuple[str, ...] = MODES,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
                                      time.localtime(started)),
             "duration_s": round(time.monotonic() - t0, 1),
-            "soak_seconds": seconds, "repeat": 1, "modes": list(modes),
+            "soak_seconds": seconds, "soak_shape": shape, "repeat": 1,
+            "modes": list(modes),
             "peers": {}, "runs": [{"repeat": 1, "figures": figures,
                                    "errors": errors}],
             "soak": {"samples": samples, "fds": fds,

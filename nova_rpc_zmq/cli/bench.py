@@ -3,7 +3,7 @@
     nova-rpc-zmq bench [--repeat 3] [--driver oslo] [--peer rabbit]
                        [--peer om8zmq] [--output DIR]
     nova-rpc-zmq bench --smoke            (seconds; what the tests run)
-    nova-rpc-zmq bench --soak [--soak-seconds 600]
+    nova-rpc-zmq bench --soak [--soak-seconds 600] [--soak-shape two-host]
 
 The suite itself lives in the top-level ``benchmarks`` package of the
 checkout (it is not installed with the library); this module finds it next
@@ -78,6 +78,11 @@ def add_parser(sub: Any) -> None:
                         "that no process grows")
     p.add_argument("--soak-seconds", type=float, default=600.0,
                    help="length of --soak (default 600)")
+    p.add_argument("--soak-shape", choices=["two-host", "same-host"],
+                   default="two-host",
+                   help="where --soak runs: two-host (default: callers on "
+                        "127.0.0.1, services on 127.0.0.2-4, a receiver "
+                        "each, as the headline rows) or same-host")
     p.add_argument("--no-png", action="store_true", help="skip the chart")
     p.add_argument("--check-targets", action="store_true",
                    help="exit 3 when a target is NOT MET")
@@ -119,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         if args.smoke:
             seconds = min(seconds, 10.0)
         doc = run_soak(seconds, modes,
-                       sample_every=max(0.5, min(5.0, seconds / 60.0)), log=log)
+                       sample_every=max(0.5, min(5.0, seconds / 60.0)), log=log,
+                       shape=args.soak_shape)
     else:
         from benchmarks.suite import Options, Suite
         peers = () if args.smoke else tuple(dict.fromkeys(args.peer))

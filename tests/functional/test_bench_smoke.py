@@ -398,3 +398,23 @@ def test_growth_rule_and_percentiles():
     assert median([4, 1, 3, 2]) == 2.5
     win = Window(10.0, 3)
     assert [win.take() for _ in range(5)] == [True, True, True, False, False]
+
+
+@pytest.mark.timeout(300)
+def test_soak_runs_on_two_hosts(tmp_path):
+    """``--soak`` runs on the headline shape: callers on host A, services on
+    B-D, and it watches every receiver and service; nothing is lost."""
+    code, doc, output = run_bench_smoke(str(tmp_path), "--soak",
+                                        "--soak-seconds", "8",
+                                        "--modes", "threads", "--no-png")
+    assert code == 0, output[-3000:]
+    assert doc["soak_shape"] == "two-host"
+    watched = set(doc["soak"]["samples"])
+    assert {"receiver A", "receiver B", "receiver C",
+            "receiver D"} <= watched, watched
+    assert len([w for w in watched if w.startswith("service ")]) == 3
+    lost = [t for t in doc["targets"] if t["target"] == "nothing lost in soak"]
+    assert [t["status"] for t in lost] == ["MET"], lost
+    rate = [f for f in doc["medians"] if f["metric"] == "rate"]
+    assert rate and rate[0]["value"] > 0
+    assert rate[0]["shape"] == "two-host"
