@@ -202,6 +202,31 @@ class RpcContext(CommonRpcContext):
         if sink is not None:
             sink(None if ending else reply, failure, ending)
 
+    def reply_and_end(self, reply: Any = None) -> None:
+        """``reply(reply)`` and then ``reply(ending=True)``, in one step.
+
+        A sink with a ``last(value)`` method gets both as that one call, so
+        a driver can send a call's only value and its end as one message
+        (a plain method's return value); any other sink gets the two calls.
+        """
+        state = self._reply_state
+        with state.lock:
+            if state.ended:
+                LOG.debug("reply after the end of the stream dropped")
+                return
+            state.ended = True
+            state.count += 1
+            sink = state.sink
+            if sink is None:
+                state.replies.append(reply)
+                return
+        last = getattr(sink, "last", None)
+        if last is not None:
+            last(reply)
+        else:
+            sink(reply, None, False)
+            sink(None, None, True)
+
 
 # -- logging without secrets --------------------------------------------------
 

@@ -41,8 +41,11 @@ from nova_rpc_zmq.wire import ARGS_KEY, METHOD_KEY, NAMESPACE_KEY, VERSION_KEY
 
 LOG = logging.getLogger(__name__)
 
-#: The kinds of item ``emit`` receives.
-VALUE, FAILURE, END = "value", "failure", "end"
+#: The kinds of item ``emit`` receives. ``LAST`` is a value that also ends
+#: the stream (a plain method's return value); only an ``emit`` that asked
+#: for it (``run_request(..., last=True)``) gets it, others get ``VALUE``
+#: then ``END``.
+VALUE, FAILURE, END, LAST = "value", "failure", "end", "last"
 
 #: ``emit(kind, payload)``: where a request's values and its end go.
 Emit = Callable[[str, Any], None]
@@ -51,13 +54,19 @@ Emit = Callable[[str, Any], None]
 class _Sink:
     """``RpcContext.reply_sink`` that turns replies into emitted items."""
 
-    __slots__ = ("emit", "log_failure")
+    __slots__ = ("emit", "log_failure", "last")
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, last: bool = False) -> None:
         self.emit = emit
         # a failure the method replies itself is logged as a server error;
         # the runner turns this off for expected (client) exceptions
         self.log_failure = True
+        #: ``RpcContext.reply_and_end`` hands a last value here, when set
+        self.last: Callable[[Any], None] | None = \
+            self._emit_last if last else None
+
+    def _emit_last(self, value: Any) -> None:
+        self.emit(LAST, value)
 
     def __call__(self, value: Any, failure: Any, ending: bool) -> None:
         if ending:
@@ -75,18 +84,21 @@ def _discard(value: Any, failure: Any, ending: bool) -> None:
 
 def run_request(proxy: Any, ctxt: RpcContext, body: dict,
                 emit: Emit | None = None, *, where: str = "",
-                stopped: Callable[[], bool] | None = None) -> bool:
+                stopped: Callable[[], bool] | None = None,
+                last: bool = False) -> bool:
     """Run ``body``'s method on ``proxy`` and emit what it produces.
 
     ``body`` is a checked message body (``wire.decode`` or the fake
     backend's checks): a non-empty str ``method``, ``args`` a dict.
     ``emit`` None means a cast. ``where`` (the topic) names the request in
-    log lines. Blocks while the method runs. Returns False when the method
+    log lines. ``last``: ``emit`` takes ``LAST``, so a plain method's
+    return value and the end come as one item (one reply message, where
+    ``VALUE`` then ``END`` would make two). Blocks while the method runs. Returns False when the method
     raised an unexpected exception, else True. Raises only what ``emit``
     raises while sending a failure.
     """
     method = body[METHOD_KEY]
-    sink = _Sink(emit) if emit is not None else None
+    sink = _Sink(emit, last) if emit is not None else None
     ctxt.reply_sink = sink if sink is not None else _discard
     try:
         result = proxy.dispatch(ctxt, body.get(VERSION_KEY), method,
@@ -99,7 +111,8 @@ def run_request(proxy: Any, ctxt: RpcContext, body: dict,
                     result.close()
                     break
         elif not ctxt.reply_count and not ctxt.reply_ended:
-            ctxt.reply(result)
+            ctxt.reply_and_end(result)
+            return True
         ctxt.reply(ending=True)
         return True
     except ClientException as exc:

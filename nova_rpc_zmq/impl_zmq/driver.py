@@ -30,7 +30,7 @@ from nova_rpc_zmq.impl_zmq.replies import REFUSED, DirectReplies, ReplyWaiter
 from nova_rpc_zmq.impl_zmq.sockets import LINGER_MS, Outbound
 from nova_rpc_zmq.ipcdir import direct_reply_path, ipc_path
 from nova_rpc_zmq.metrics import Counters
-from nova_rpc_zmq.runner import FAILURE, VALUE, run_request
+from nova_rpc_zmq.runner import FAILURE, LAST, VALUE, run_request
 
 if TYPE_CHECKING:
     from nova_rpc_zmq.config import Settings
@@ -411,13 +411,20 @@ class Driver:
                 else:
                     collected.append(payload)
                 return
+            if kind == LAST:
+                # a plain method's value and the end: one reply message
+                if stream:
+                    send([payload], False)
+                else:
+                    send(collected + [payload], None)
+                return
             final = [{wire.EXC_KEY: payload}] if kind == FAILURE else []
             if stream:
                 send(final, False)
             else:
                 send(collected + final, None)
 
-        run_request(proxy, ctx, request.msg, emit, where=msg.topic)
+        run_request(proxy, ctx, request.msg, emit, where=msg.topic, last=True)
 
     # -- shutdown ---------------------------------------------------------
     def cleanup(self, timeout: float = CLOSE_TIMEOUT) -> None:
