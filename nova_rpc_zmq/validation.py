@@ -107,10 +107,6 @@ def validate(c: Checker) -> None:
         raise c.fail("rpc_zmq_matchmaker", "needs the broker's address",
                      "set rpc_zmq_broker_ip to the host of nova-rpc-zmq-proxy "
                      "--legacy-broker, or use rpc_zmq_matchmaker = ring")
-    if v["rpc_zmq_matchmaker"] == "broker" and v["rpc_zmq_curve"]:
-        raise c.fail("rpc_zmq_matchmaker", "cannot be used with rpc_zmq_curve "
-                     "= true (the broker has no CURVE yet)",
-                     "use rpc_zmq_matchmaker = ring with CURVE")
     if v["rpc_zmq_matchmaker"] == "broker" and v["rpc_zmq_start_port"] + 2 > 65535:
         raise c.fail("rpc_zmq_start_port", "leaves no room for the broker's "
                      "publisher (rpc_zmq_start_port + 2)", "lower rpc_zmq_start_port")

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         proxy = RouterProxy(settings.bind, settings.frontend_port,
                             settings.backend_port, settings.port_range,
-                            settings.debug, settings.publisher_port)
+                            settings.debug, settings.publisher_port,
+                            settings.curve)
     except (zmq.ZMQError, PortRangeExceeded, ValueError) as exc:
         return _fail("cannot bind %s (frontend_port %d, backend_port %d, "
                      "publisher_port %s): %s; choose free ports "
@@ -231,7 +232,8 @@ def _local_publisher(settings: Any, stop_signals: list[int]) -> int:
     central = publishers(registry.Lookup(reg), threading.Lock())
     try:
         proxy = LocalPublisher(settings.bind, settings.publisher_port,
-                               settings.port_range, central, settings.debug)
+                               settings.port_range, central, settings.debug,
+                               settings.curve)
     except (zmq.ZMQError, PortRangeExceeded, ValueError) as exc:
         reg.close()
         return _fail("cannot bind %s (publisher_port %s): %s; choose a free "

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import AuthenticationError
+from nova_rpc_zmq.matchmaker.broker import BROKER
 
 if TYPE_CHECKING:
     from nova_rpc_zmq.config import Settings
@@ -47,6 +48,7 @@ class ClientSecurity:
         self.curve = bool(settings.rpc_zmq_curve)
         self.keypair = KeyPair.from_settings(settings) if self.curve else None
         self.keys_dir = settings.rpc_zmq_curve_keys_dir
+        self.broker = settings.rpc_zmq_broker_ip
         self.watcher = HandshakeWatcher.from_settings(
             settings, handler, on_failure=self._on_failure)
         self.forget: Callable[[str], None] = lambda host: None
@@ -63,11 +65,20 @@ class ClientSecurity:
                       ) -> "ClientSecurity":
         return cls(settings, handler)
 
+    def cert_name(self, host: str) -> str:
+        """The name ``host``'s certificate is filed under: the broker's
+        front end (``broker.BROKER``) is ``rpc_zmq_broker_ip``, as
+        written in nova.conf (``<keys_dir>/<rpc_zmq_broker_ip>.key``)."""
+        if host == BROKER and self.broker:
+            return str(self.broker)
+        return host
+
     def configure(self, sock: Any, host: str) -> None:
         """Set our key pair and ``host``'s server key on a new socket.
 
         Raises ConfigurationError when ``host`` has no public key file.
         """
+        host = self.cert_name(host)
         if self.keypair is not None:  # CURVE on
             from nova_rpc_zmq.security import configure_client, server_key_for
             configure_client(sock, self.keypair,
@@ -82,18 +93,21 @@ class ClientSecurity:
         self.refusals += 1
         LOG.error("%s", error)
         self.on_refusal(host, error)
+        if self.broker and host == self.broker:
+            # calls sent through the broker wait on its front end
+            self.on_refusal(BROKER, error)
 
     def check(self, host: str) -> None:
         """Before sending to ``host``: raise the AuthenticationError it
         refused us with, if any (see the module docstring for retries)."""
-        failure = self.watcher.failure(host)
+        failure = self.watcher.failure(self.cert_name(host))
         if failure is None:
             return
         if self.reopen is None:
             # no way to retry in the background: the old behaviour, a
             # fresh socket for this message
             self.forget(host)
-            self.watcher.clear(host)
+            self.watcher.clear(self.cert_name(host))
             return
         now = time.monotonic()
         if now >= self._retry_at.get(host, 0.0):
@@ -106,7 +120,7 @@ class ClientSecurity:
         raise _fresh(failure)
 
     def failure(self, host: str) -> AuthenticationError | None:
-        return self.watcher.failure(host)
+        return self.watcher.failure(self.cert_name(host))
 
     def close(self) -> None:
         self.watcher.stop()

@@ -27,6 +27,13 @@ named by each host's ``rpc_zmq_host``.
   (re-reading its certificate): once the keys are fixed, sends resume
   without a restart.
 
+Through router proxies and publishers (``proxied.py``, ``pubsub.py``)
+one socket reaches several proxies: ``ProxyCurve`` sets each proxy's
+server key (``<keys_dir>/<announced host>.key``) before each ``connect``,
+its ``EndpointWatcher`` puts each handshake event down to the proxy of its
+endpoint, and refused connections are made anew at most every
+``RETRY_REFUSED`` seconds.
+
 The ZAP loop blocks in ``zmq_poll``; in a monkey-patched process it runs
 in a real OS thread (``NativeZapAuthenticator``), never on the hub.
 """
@@ -40,6 +47,7 @@ from typing import Any
 
 import oslo_messaging
 import zmq
+import zmq.utils.monitor
 
 from nova_rpc_zmq import concurrency
 from nova_rpc_zmq.errors import ConfigurationError
@@ -221,4 +229,155 @@ class Curve:
             authenticators, self._authenticators = self._authenticators, []
         for auth in authenticators:
             auth.stop(STOP_WAIT)
+        self.watcher.stop(STOP_WAIT)
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host of a ``tcp://host:port`` endpoint (brackets of an IPv6
+    address removed): the name its certificate is filed under."""
+    address = endpoint.partition("://")[2]
+    return address.rpartition(":")[0].strip("[]")
+
+
+class EndpointWatcher(HandshakeWatcher):
+    """A ``HandshakeWatcher`` for one socket connected to several hosts
+    (a DEALER to every router proxy): each monitor event is put down to
+    the host of its endpoint, not to the socket's label, and the hosts
+    whose handshake succeeded are remembered too (``succeeded``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._succeeded: set[str] = set()
+
+    def succeeded(self, host: str) -> bool:
+        """Whether our last handshake with ``host`` succeeded."""
+        with self._lock:
+            return host in self._succeeded
+
+    def forget(self, host: str) -> None:
+        """Forget how ``host``'s last handshake went (a new connection)."""
+        self.clear(host)
+        with self._lock:
+            self._succeeded.discard(host)
+
+    def _drain(self, item: Any) -> bool:
+        for _ in range(100):
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(item.pair,
+                                                               zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            except (ValueError, IndexError) as exc:
+                LOG.error("unreadable monitor event dropped: %s", exc)
+                continue
+            kind, value = int(event["event"]), int(event["value"])
+            if kind == zmq.EVENT_MONITOR_STOPPED:
+                return False
+            endpoint = event["endpoint"].decode("utf-8", "replace")
+            host = endpoint_host(endpoint) or item.host
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.clear(host)
+                with self._lock:
+                    self._succeeded.add(host)
+                continue
+            with self._lock:
+                self._succeeded.discard(host)
+            self._record(type(item)(item.pair, host, item.mechanism), kind,
+                         value, endpoint)
+        return True
+
+
+class ProxyCurve:
+    """The client side of CURVE on one socket connected to several proxies
+    (``proxied.py``, ``pubsub.py``): the server key of each proxy is
+    ``<keys_dir>/<host>.key``, ``host`` being the name the proxy announces
+    in the matchmaker (its ``--host``), set before each ``connect``.
+
+    The handshakes are watched (the socket's monitor is this one): a
+    proxy that refuses us is logged with the file to fix and reported by
+    ``refusal`` as ``HostRefused`` naming the proxy's host and that
+    file; ``retry`` makes a new connection to it at most every
+    ``RETRY_REFUSED`` seconds (libzmq gives up on a refused one), so a
+    key added later is used without a restart. Used under the socket
+    owner's lock (or its one thread).
+    """
+
+    def __init__(self, curve: Curve, sock: Any) -> None:
+        self.curve = curve
+        self.sock = sock
+        self._connected_once = False
+        self._retry_at: dict[str, float] = {}
+        self.watcher = EndpointWatcher(curve.handler,
+                                       keys_dir=curve.keys_dir,
+                                       local_host=curve.local_host)
+
+    def before_connect(self, endpoint: str) -> None:
+        """Set the server key of ``endpoint``'s proxy on the socket.
+        Raises NoServerKey naming ``<keys_dir>/<host>.key``."""
+        host = endpoint_host(endpoint)
+        try:
+            server_key = server_key_for(host, self.curve.keys_dir)
+        except ConfigurationError as exc:
+            raise NoServerKey(
+                "rpc_zmq_curve_keys_dir: router proxy %s: %s" % (host, exc)) \
+                from None
+        if not self._connected_once:
+            configure_client(self.sock, self.curve.keypair, server_key)
+            self.watcher.watch(self.sock, host)
+            self._connected_once = True
+        else:
+            self.sock.curve_serverkey = server_key
+
+    def refusal(self, endpoints: set[str]) -> HostRefused | None:
+        """``HostRefused`` when every proxy of ``endpoints`` refused our
+        last handshake (the first one's words), else None."""
+        if not endpoints:
+            return None
+        failures = []
+        for endpoint in sorted(endpoints):
+            failure = self.watcher.failure(endpoint_host(endpoint))
+            if failure is None:
+                return None
+            failures.append(failure)
+        return HostRefused("router proxy %s" % failures[0])
+
+    def retry(self, endpoints: set[str]) -> None:
+        """Connect anew to each proxy of ``endpoints`` that refused us, at
+        most every ``RETRY_REFUSED`` seconds each."""
+        now = time.monotonic()
+        for endpoint in sorted(endpoints):
+            host = endpoint_host(endpoint)
+            if self.watcher.failure(host) is None \
+                    or now < self._retry_at.get(endpoint, 0.0):
+                continue
+            self._retry_at[endpoint] = now + RETRY_REFUSED
+            try:
+                self.sock.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # already gone
+            try:
+                self.before_connect(endpoint)
+            except NoServerKey as exc:
+                LOG.error("%s", exc)
+                continue
+            self.watcher.forget(host)
+            self.sock.connect(endpoint)
+            LOG.info("CURVE: new connection to router proxy %s, which "
+                     "refused the last handshake", host)
+
+    def await_handshakes(self, endpoints: set[str], wait: float
+                         ) -> set[str]:
+        """Wait at most ``wait`` seconds until the handshake with each
+        proxy of ``endpoints`` succeeded or failed; those that did
+        neither."""
+        deadline = time.monotonic() + wait
+        while True:
+            missing = {e for e in endpoints
+                       if not self.watcher.succeeded(endpoint_host(e))
+                       and self.watcher.failure(endpoint_host(e)) is None}
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            self.curve.handler.sleep(0.02)
+
+    def close(self) -> None:
         self.watcher.stop(STOP_WAIT)

@@ -190,7 +190,8 @@ class ZmqDriver(base.BaseDriver):
                     if self._proxies is not None:
                         self._outbound = ProxyOutbound(
                             self.handler, ctx, self._linger_ms,
-                            self._proxies, self.lookup.suspect)
+                            self._proxies, self.lookup.suspect,
+                            curve=self._curve)
                     elif self.dynamic:
                         self._outbound = DynamicOutbound(
                             self.handler, ctx, self._linger_ms,
@@ -216,7 +217,7 @@ class ZmqDriver(base.BaseDriver):
             try:
                 return ProxyInbound(self.handler, self._context(),
                                     z.rpc_zmq_host, self._proxies,
-                                    on_message, what)
+                                    on_message, what, curve=self._curve)
             except (errors.LocalError, ValueError) as exc:
                 raise ZmqConfigurationError(
                     "[%s] %s" % (options.GROUP, exc)) from exc
@@ -407,7 +408,8 @@ class ZmqDriver(base.BaseDriver):
                 sender = self._fanout_sender
                 if sender is None or sender.ctx is not ctx:
                     sender = FanoutSender(self.handler, ctx,
-                                          self._linger_ms, self.lookup)
+                                          self._linger_ms, self.lookup,
+                                          curve=self._curve)
                     self._fanout_sender = sender
         return sender
 
@@ -426,7 +428,7 @@ class ZmqDriver(base.BaseDriver):
         else:
             listed = publishers(self.lookup, self.handler.Lock())
         return Subscriber(self.handler, self._context(), key, on_message,
-                          what, listed, fixed)
+                          what, listed, fixed, curve=self._curve)
 
     def _fanout(self, key: str, parts: list, what: str) -> None:
         if self.zconf.use_pub_sub and \

@@ -83,7 +83,9 @@ OPTS = [
                      "connection per proxy. Needs a shared matchmaker "
                      "(zmq+redis://, zmq+sentinel:// or zmq:// on one "
                      "host); the same use_pub_sub in services and "
-                     "proxies; rpc_zmq_curve off."),
+                     "proxies. With rpc_zmq_curve = true set it in the "
+                     "proxies' file too: each proxy's certificate is "
+                     "<rpc_zmq_curve_keys_dir>/<its --host>.key."),
     cfg.BoolOpt("use_dynamic_connections", default=False,
                 help="Open a connection to the chosen server for each "
                      "message and close it right after the send (with "
@@ -136,11 +138,6 @@ def check(zconf: Any) -> tuple[list[str], list[str]]:
                                zconf.use_dynamic_connections)
     if problem:
         errors.append(problem)
-    if zconf.use_router_proxy and zconf.rpc_zmq_curve:
-        errors.append("rpc_zmq_curve = true with use_router_proxy = true: "
-                      "CURVE through the router proxies is not available "
-                      "yet; set use_router_proxy = false to use CURVE on "
-                      "static direct connections, or rpc_zmq_curve = false")
     if zconf.rpc_zmq_min_port >= zconf.rpc_zmq_max_port:
         errors.append("rpc_zmq_min_port %d must be below rpc_zmq_max_port %d"
                       % (zconf.rpc_zmq_min_port, zconf.rpc_zmq_max_port))

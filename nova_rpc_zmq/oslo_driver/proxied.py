@@ -25,6 +25,12 @@ and drops those no longer listed):
   before it could unregister costs a message, not its share of the
   traffic until its registration expires.
 
+With ``rpc_zmq_curve`` (``curve``) both are CURVE clients of each proxy,
+whose certificate is ``<keys_dir>/<host>.key``, ``host`` being the name the
+proxy announces (``curve.ProxyCurve``): a proxy we hold no certificate of
+is left out (``NoServerKey`` when it is the only one), and a send raises
+``HostRefused`` once every proxy refused our key.
+
 A proxy listed for the first time after our first look is used for
 sending only ``PROXY_SETTLE`` seconds later, so that the servers' inbound
 sockets (which refresh as often) are connected to it first: a proxy drops
@@ -42,6 +48,7 @@ import zmq
 import zmq.utils.monitor
 
 from nova_rpc_zmq import concurrency, frames, wire, zmqio
+from nova_rpc_zmq.oslo_driver.curve import Curve, NoServerKey, ProxyCurve
 
 LOG = logging.getLogger(__name__)
 
@@ -195,17 +202,31 @@ class _Connections:
     """The endpoints one socket is connected to, brought in line with a
     wanted set (the socket's owner holds its lock)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, secure: "ProxyCurve | None" = None
+                 ) -> None:
         self.what = what
+        self.secure = secure
         self.endpoints: set[str] = set()
+        #: endpoints left out for want of a certificate (logged once)
+        self.unkeyed: set[str] = set()
 
     def sync(self, sock: Any, wanted: set[str]) -> set[str]:
         """Connect to new endpoints, disconnect from dropped ones;
-        returns the endpoints just connected."""
+        returns the endpoints just connected. With CURVE, a proxy whose
+        certificate we lack is left out (logged, see ``curve.py``)."""
         added = wanted - self.endpoints
         for endpoint in sorted(added):
             try:
+                if self.secure is not None:
+                    self.secure.before_connect(endpoint)
                 sock.connect(endpoint)
+            except NoServerKey as exc:
+                if endpoint not in self.unkeyed:
+                    self.unkeyed.add(endpoint)
+                    LOG.error("%s: not connected to proxy %s: %s",
+                              self.what, endpoint, exc)
+                added.discard(endpoint)
+                continue
             except zmq.ZMQError as exc:
                 LOG.warning("%s: cannot connect to proxy %s: %s", self.what,
                             endpoint, exc)
@@ -242,7 +263,8 @@ class ProxyOutbound:
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
                  linger_ms: int, proxies: ProxyList,
-                 on_unroutable: Callable[[str], None] | None = None) -> None:
+                 on_unroutable: Callable[[str], None] | None = None,
+                 curve: Curve | None = None) -> None:
         self.handler = handler
         self._proxies = proxies
         self._on_unroutable = on_unroutable
@@ -250,7 +272,10 @@ class ProxyOutbound:
         self._unroutable: dict[str, float] = {}
         self._lock = handler.Lock()
         self._sock = _dealer(ctx, linger_ms)
-        self._links = _Connections("outbound")
+        self._secure = ProxyCurve(curve, self._sock) \
+            if curve is not None else None
+        self._links = _Connections("outbound", self._secure)
+        self._missing: set[str] = set()
         self._synced = 0.0
         self._closed = False
 
@@ -264,7 +289,24 @@ class ProxyOutbound:
             self._proxies.refresh()
         except Exception as exc:  # noqa: BLE001 - keep the proxies we have
             LOG.warning("could not list the router proxies: %s", exc)
-        self._links.sync(self._sock, self._proxies.current("frontend"))
+        wanted = self._proxies.current("frontend")
+        self._links.sync(self._sock, wanted)
+        self._missing = wanted - self._links.endpoints
+        if self._secure is not None:
+            self._secure.retry(self._links.endpoints)
+
+    def _check_curve(self) -> None:
+        """With CURVE: raise ``HostRefused`` when every proxy refused our
+        handshake, ``NoServerKey`` when we hold no certificate of any
+        listed proxy (under ``_lock``)."""
+        if self._secure is None:
+            return
+        refused = self._secure.refusal(self._links.endpoints)
+        if refused is not None:
+            raise refused
+        if self._missing and not self._links.endpoints:
+            endpoint = sorted(self._missing)[0]
+            self._secure.before_connect(endpoint)  # raises NoServerKey
 
     def _read_notices(self) -> None:
         """Take the proxies' UNROUTABLE notices (under ``_lock``)."""
@@ -298,7 +340,9 @@ class ProxyOutbound:
         most ``wait`` seconds (None: for ever) for one.
 
         Returns False when no proxy took it (nothing was queued). Raises
-        ``zmq.ZMQError`` after ``close``.
+        ``zmq.ZMQError`` after ``close``; with CURVE, ``HostRefused`` when
+        every proxy refused our handshake and ``NoServerKey`` when no
+        listed proxy has a certificate in our keys dir.
         """
         deadline = None if wait is None else time.monotonic() + wait
         pause = 0.0005
@@ -308,6 +352,7 @@ class ProxyOutbound:
                 if self._closed:
                     raise zmq.ZMQError(zmq.ENOTSOCK, "transport cleaned up")
                 self._sync()
+                self._check_curve()
                 self._read_notices()
                 if self._unroutable.pop(member, None) is not None:
                     return False
@@ -331,6 +376,8 @@ class ProxyOutbound:
         with self._lock:
             self._closed = True
             self._sock.close()
+            if self._secure is not None:
+                self._secure.close()
 
 
 def await_handshakes(monitor: Any, pending: set[str], wait: float) -> set[str]:
@@ -363,14 +410,16 @@ class ProxyInbound:
 
     def __init__(self, handler: concurrency.Handler, ctx: Any, host: str,
                  proxies: ProxyList, on_message: Callable[[list], None],
-                 what: str) -> None:
+                 what: str, curve: Curve | None = None) -> None:
         self.handler = handler
         self.what = what
         self.port = new_member(host)
         self._on_message = on_message
         self._proxies = proxies
         self._sock = _dealer(ctx, 0, self.port)
-        self._links = _Connections("%s %s" % (what, self.port))
+        self._secure = ProxyCurve(curve, self._sock) \
+            if curve is not None else None
+        self._links = _Connections("%s %s" % (what, self.port), self._secure)
         self._stopped = False
         try:
             self._follow(wait=CONNECT_WAIT)
@@ -388,6 +437,14 @@ class ProxyInbound:
             LOG.warning("%s: could not list the router proxies: %s",
                         self.what, exc)
         wanted = self._proxies.current("backend")
+        if self._secure is not None:
+            # the handshake watcher holds the socket's monitor
+            added = self._links.sync(self._sock, wanted)
+            self._secure.retry(self._links.endpoints)
+            if wait:
+                self._warn_missing(self._secure.await_handshakes(added, wait),
+                                   wait)
+            return
         if not wait:
             self._links.sync(self._sock, wanted)
             return
@@ -397,15 +454,18 @@ class ProxyInbound:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED)
         try:
             added = self._links.sync(self._sock, wanted)
-            missing = await_handshakes(monitor, set(added), wait)
-            if missing:
-                LOG.warning("%s: no handshake with proxy %s yet (refused, or "
-                            "none within %.1fs); it gets messages for us "
-                            "once it connects", self.what,
-                            ", ".join(sorted(missing)), wait)
+            self._warn_missing(await_handshakes(monitor, set(added), wait),
+                               wait)
         finally:
             self._sock.disable_monitor()
             monitor.close(0)
+
+    def _warn_missing(self, missing: set[str], wait: float) -> None:
+        if missing:
+            LOG.warning("%s: no handshake with proxy %s yet (refused, or "
+                        "none within %.1fs); it gets messages for us "
+                        "once it connects", self.what,
+                        ", ".join(sorted(missing)), wait)
 
     def _read(self) -> None:
         sock, handle = self._sock, self._on_message
@@ -456,3 +516,5 @@ class ProxyInbound:
         self._stopped = True
         self.handler.join(self._reader, 5.0)
         self._sock.close(0)
+        if self._secure is not None:
+            self._secure.close()

@@ -18,6 +18,10 @@ router registration. Then:
   subscribed to its fanout key and hands the frames to the same callback
   as its inbound socket.
 
+With ``rpc_zmq_curve`` both are CURVE clients of each publisher, whose
+certificate is named by the host it announces (or, for ``subscribe_on``,
+by the entry's host), as for router proxies (``curve.ProxyCurve``).
+
 Each fanout is published by exactly one proxy, so a server gets it once
 however many publishers it is subscribed to. When no publisher is listed
 (the proxies run with ``use_pub_sub = false``), the caller logs one error
@@ -35,6 +39,7 @@ import zmq
 import zmq.utils.monitor
 
 from nova_rpc_zmq import concurrency, wire, zmqio
+from nova_rpc_zmq.oslo_driver.curve import Curve, NoServerKey, ProxyCurve
 from nova_rpc_zmq.oslo_driver.proxied import (CONNECT_WAIT, HEARTBEAT_IVL_MS,
                                               await_handshakes,
                                               HEARTBEAT_TIMEOUT_MS, HWM,
@@ -106,11 +111,13 @@ class FanoutSender:
     """
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
-                 linger_ms: int, lookup: Any) -> None:
+                 linger_ms: int, lookup: Any,
+                 curve: Curve | None = None) -> None:
         self.ctx = ctx
         self._lookup = lookup
         self._publishers = publishers(lookup, handler.Lock())
-        self._out = ProxyOutbound(handler, ctx, linger_ms, self._publishers)
+        self._out = ProxyOutbound(handler, ctx, linger_ms, self._publishers,
+                                  curve=curve)
         self._missing_told = False
 
     def send(self, key: str, parts: list, wait: float, what: str) -> bool:
@@ -164,7 +171,8 @@ class Subscriber:
     def __init__(self, handler: concurrency.Handler, ctx: Any, key: str,
                  on_message: Callable[[list], None], what: str,
                  listed: ProxyList | None,
-                 fixed: list[str] | None = None) -> None:
+                 fixed: list[str] | None = None,
+                 curve: Curve | None = None) -> None:
         self.handler = handler
         self.what = what
         self.prefix = subscription(key)
@@ -181,6 +189,9 @@ class Subscriber:
                      zmq.HEARTBEAT_TIMEOUT: HEARTBEAT_TIMEOUT_MS,
                      zmq.HEARTBEAT_TTL: HEARTBEAT_TIMEOUT_MS,
                      zmq.RECONNECT_IVL: RECONNECT_IVL_MS})
+        self._secure = ProxyCurve(curve, self._sock) \
+            if curve is not None else None
+        self._unkeyed: set[str] = set()
         try:
             self._follow(wait=CONNECT_WAIT)
         except BaseException:
@@ -208,14 +219,23 @@ class Subscriber:
                         "proxies run with it?); fanouts reach this server "
                         "through the router proxies until one is",
                         self.what, PUBLISHER_KEY)
+        # with CURVE the handshake watcher holds the socket's monitor
         monitor = self._sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED) \
-            if wait else None
+            if wait and self._secure is None else None
         try:
             added = wanted - self._endpoints
             for endpoint in sorted(added):
                 try:
+                    if self._secure is not None:
+                        self._secure.before_connect(endpoint)
                     self._sock.connect(endpoint)
+                except NoServerKey as exc:
+                    if endpoint not in self._unkeyed:
+                        self._unkeyed.add(endpoint)
+                        LOG.error("%s: not subscribed to publisher %s: %s",
+                                  self.what, endpoint, exc)
+                    continue
                 except zmq.ZMQError as exc:
                     LOG.warning("%s: cannot subscribe to publisher %s: %s",
                                 self.what, endpoint, exc)
@@ -233,13 +253,20 @@ class Subscriber:
                          self.what, endpoint)
             if monitor is not None:
                 self._await(monitor, added & self._endpoints, wait)
+            if self._secure is not None:
+                self._secure.retry(self._endpoints)
+                if wait:
+                    self._warn_missing(self._secure.await_handshakes(
+                        added & self._endpoints, wait), wait)
         finally:
             if monitor is not None:
                 self._sock.disable_monitor()
                 monitor.close(0)
 
     def _await(self, monitor: Any, pending: set[str], wait: float) -> None:
-        missing = await_handshakes(monitor, pending, wait)
+        self._warn_missing(await_handshakes(monitor, pending, wait), wait)
+
+    def _warn_missing(self, missing: set[str], wait: float) -> None:
         if missing:
             LOG.warning("%s: no handshake with publisher %s yet (refused, "
                         "or none within %.1fs); fanouts published there "
@@ -251,7 +278,8 @@ class Subscriber:
         recv = zmqio.recv_function(self.handler)
         followed = time.monotonic()
         while not self._stopped:
-            if self._listed is not None \
+            # with CURVE also to retry publishers that refused us
+            if (self._listed is not None or self._secure is not None) \
                     and time.monotonic() - followed >= PROXY_REFRESH:
                 followed = time.monotonic()
                 self._follow()
@@ -282,3 +310,5 @@ class Subscriber:
         self._stopped = True
         self.handler.join(self._reader, 5.0)
         self._sock.close(0)
+        if self._secure is not None:
+            self._secure.close()

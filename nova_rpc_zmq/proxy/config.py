@@ -24,6 +24,7 @@ from oslo_config import cfg
 
 from nova_rpc_zmq import netaddr
 from nova_rpc_zmq.oslo_driver import options as driver_options
+from nova_rpc_zmq.proxy.curve import ProxyCurve, ProxyCurveError
 
 GROUP = "zmq_proxy_opts"
 #: The section name of the oslo.messaging deployment guide's examples.
@@ -88,6 +89,7 @@ class ProxySettings:
     target_update: int
     debug: bool
     conf: Any                # the ConfigOpts (for the registry)
+    curve: ProxyCurve | None = None   # rpc_zmq_curve = true: keys read
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
@@ -150,7 +152,9 @@ def load(paths: list[str], overrides: dict[str, Any],
                           "use_dynamic_connections", "rpc_zmq_curve",
                           "rpc_zmq_min_port", "rpc_zmq_max_port",
                           "rpc_zmq_bind_port_retries", "zmq_target_expire",
-                          "zmq_target_update", "rpc_zmq_matchmaker")}
+                          "zmq_target_update", "rpc_zmq_matchmaker",
+                          "rpc_zmq_curve_key_file",
+                          "rpc_zmq_curve_keys_dir")}
     url_text = _value(conf, None, "transport_url", paths)
     location = conf.get_location("transport_url")
     if not url_text or location is None \
@@ -168,6 +172,10 @@ def load(paths: list[str], overrides: dict[str, Any],
             raise ProxyConfigError("%s = %s is not a TCP port; use 0..65535"
                                    % (port, values[port]))
     host = values["host"] or zconf["rpc_zmq_host"] or socket.gethostname()
+    try:
+        curve = ProxyCurve.from_options(zconf, host)
+    except ProxyCurveError as exc:
+        raise ProxyConfigError(str(exc)) from None
     return ProxySettings(
         url=url, kind=kind, host=host, bind=_bind_address(host),
         frontend_port=int(values["frontend_port"]),
@@ -180,7 +188,8 @@ def load(paths: list[str], overrides: dict[str, Any],
         port_range=(zconf["rpc_zmq_min_port"], zconf["rpc_zmq_max_port"],
                     zconf["rpc_zmq_bind_port_retries"]),
         target_expire=zconf["zmq_target_expire"],
-        target_update=zconf["zmq_target_update"], debug=debug, conf=conf)
+        target_update=zconf["zmq_target_update"], debug=debug, conf=conf,
+        curve=curve)
 
 
 def _transport_url(conf: cfg.ConfigOpts, text: str) -> Any:
@@ -238,11 +247,6 @@ def _check_topology(values: dict[str, Any], zconf: dict[str, Any]) -> None:
             "[oslo_messaging_zmq] use_router_proxy and "
             "use_dynamic_connections are both true: they exclude each other; "
             "set use_dynamic_connections = false")
-    if zconf["rpc_zmq_curve"]:
-        raise ProxyConfigError(
-            "[oslo_messaging_zmq] rpc_zmq_curve = true: CURVE through the "
-            "router proxy is not available yet; set rpc_zmq_curve = false "
-            "in the proxies' and the services' files")
 
 
 def _bind_address(host: str) -> str:

@@ -10,7 +10,10 @@ connected now. A publisher adds ``published`` (fanouts published) and
 its drop reasons, and the ``publisher`` side (subscribers connected); a
 local publisher shows ``received_central``, ``published`` and the sides
 ``publisher`` and ``central``. Gauge ``nova_rpc_zmq_proxy_registered``: 1 while the
-matchmaker holds our registration as far as we know. Read from the health
+matchmaker holds our registration as far as we know. With CURVE:
+``nova_rpc_zmq_proxy_curve_accepted_total`` and
+``nova_rpc_zmq_proxy_curve_refused_total{reason}`` (the receiver's
+reasons). Read from the health
 thread without locks (plain attributes, single C calls).
 """
 
@@ -56,6 +59,9 @@ def families(proxy: Any, announcer: Any = None) -> list[Family]:
     for side, count in list(proxy.peers.items()):
         peers.add(count, side=side)
     out.append(peers)
+    curve = getattr(proxy, "curve", None)
+    if curve is not None:
+        out += curve.families()
     if announcer is not None:
         out.append(Family(metrics.metric_name("proxy", "registered"), "gauge",
                           "1 while the last registration in the matchmaker "

@@ -15,6 +15,16 @@ fanout here instead of to a host (``matchmaker/broker.py``):
   socket at ``rpc_zmq_start_port + 2`` (9502), to which every receiver
   with the broker matchmaker subscribes (``receiver/broker_feed.py``).
 
+With ``rpc_zmq_curve = true`` in the broker's nova.conf (its
+``rpc_zmq_curve_key_file`` and ``rpc_zmq_curve_keys_dir``), the front end
+and the publisher are CURVE servers admitting exactly the keys of the
+keys dir (``proxy/curve.py``: ZAP, following the directory), and the
+sockets to the ring hosts' receivers are CURVE clients with each host's
+certificate, as any Nova-era sender (``impl_zmq/curve.py``). Callers and
+receivers find the broker's certificate as
+``<keys_dir>/<rpc_zmq_broker_ip>.key``, named as nova.conf names the
+broker.
+
 The broker keeps no message: what a receiver cannot take within a
 millisecond, or what names no host, is counted, logged (once per 10 s and
 reason) and dropped, and the loop goes on. Replies never pass here: the
@@ -22,7 +32,8 @@ service answers the caller's receiver directly.
 
 Counters (``/metrics`` with ``--health-port``):
 ``nova_rpc_zmq_proxy_received_total``, ``..._forwarded_total``,
-``..._published_total``, ``..._dropped_total{reason}``.
+``..._published_total``, ``..._dropped_total{reason}``; with CURVE
+``..._curve_accepted_total`` and ``..._curve_refused_total{reason}``.
 """
 
 from __future__ import annotations
@@ -34,9 +45,13 @@ import zmq
 
 from nova_rpc_zmq import config, frames, metrics, netaddr, wire, zmqio
 from nova_rpc_zmq.concurrency import get_handler
-from nova_rpc_zmq.errors import NoHostsError, RemoteProtocolError, RPCException
+from nova_rpc_zmq.errors import (AuthenticationError, ConfigurationError,
+                                 NoHostsError, RemoteProtocolError,
+                                 RPCException)
+from nova_rpc_zmq.impl_zmq.curve import ClientSecurity
 from nova_rpc_zmq.impl_zmq.sockets import Outbound
 from nova_rpc_zmq.matchmaker.ring import RingMatchMaker
+from nova_rpc_zmq.proxy.curve import ProxyCurve, ProxyCurveError
 from nova_rpc_zmq.receiver.droplog import DropLog
 
 LOG = logging.getLogger(__name__)
@@ -48,7 +63,7 @@ SEND_WAIT = 0.001
 #: High-water mark of the front end and the publisher.
 HWM = 10000
 DROP_REASONS = ("bad_message", "no_host", "host_full", "publish_full",
-                "internal_error")
+                "internal_error", "host_refused", "no_host_key")
 
 
 class LegacyBroker:
@@ -66,6 +81,8 @@ class LegacyBroker:
         self.stopping = False
         handler = get_handler("threading")
         self._ctx = zmqio.context(handler)
+        self.curve = self._curve(settings)
+        self._security: ClientSecurity | None = None
         bind = netaddr.resolve_bind_address(settings.rpc_zmq_bind_address)
         self.front_port = settings.rpc_zmq_start_port
         self.publisher_port = settings.rpc_zmq_start_port + 2
@@ -74,19 +91,42 @@ class LegacyBroker:
             maxmsgsize=self.limits.max_msg_size)
         self._pub = zmqio.make_socket(self._ctx, zmq.PUB, linger=0,
                                       sndhwm=HWM)
+        if self.curve is not None:
+            self.curve.serve(self._ctx, self._front)
+            self.curve.serve(self._ctx, self._pub)
+            self._security = ClientSecurity(settings, handler)
         # the ring decides where bare topics go, whatever rpc_zmq_matchmaker
         # the shared nova.conf names (broker, for its callers)
         self._ring = RingMatchMaker.from_settings(settings)
         # a receiver that cannot take a message at once must not hold up
         # every other host: wait a millisecond, then drop and count
         fast = config.load_settings(settings, rpc_cast_timeout=SEND_WAIT)
-        self._out = Outbound(handler, self._ctx, fast)
+        self._out = Outbound(handler, self._ctx, fast,
+                             configure=self._security.configure
+                             if self._security is not None else None)
+        if self._security is not None:
+            self._security.forget = self._out.forget
+            self._security.reopen = self._out.reopen
         try:
             self._front.bind(netaddr.tcp_endpoint(bind, self.front_port))
             self._pub.bind(netaddr.tcp_endpoint(bind, self.publisher_port))
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _curve(settings: config.Settings) -> ProxyCurve | None:
+        """The CURVE set-up of ``settings`` (None with CURVE off). Raises
+        ConfigurationError naming the option and the file."""
+        try:
+            return ProxyCurve.from_options({
+                "rpc_zmq_curve": settings.rpc_zmq_curve,
+                "rpc_zmq_curve_key_file": settings.rpc_zmq_curve_key_file,
+                "rpc_zmq_curve_keys_dir": settings.rpc_zmq_curve_keys_dir},
+                settings.rpc_zmq_host)
+        except ProxyCurveError as exc:
+            raise ConfigurationError(
+                str(exc).replace("[oslo_messaging_zmq] ", "")) from None
 
     def counter_names(self) -> list[str]:
         return ["received", "forwarded", "published"] + \
@@ -140,7 +180,15 @@ class LegacyBroker:
             return
         for _queue, host in pairs:
             try:
+                if self._security is not None:
+                    self._security.check(host)
                 self._out.send(host, parts, topic)
+            except AuthenticationError as exc:
+                self._drop("host_refused", parts, str(exc))
+                continue
+            except ConfigurationError as exc:
+                self._drop("no_host_key", parts, str(exc))
+                continue
             except RPCException as exc:
                 self._drop("host_full", parts, str(exc))
                 continue
@@ -160,4 +208,8 @@ class LegacyBroker:
         self._ring.close()
         self._front.close(0)
         self._pub.close(0)
+        if self._security is not None:
+            self._security.close()
+        if self.curve is not None:
+            self.curve.close()
         self._ctx.term()

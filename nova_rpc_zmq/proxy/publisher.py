@@ -23,12 +23,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 import zmq.utils.monitor
 
 from nova_rpc_zmq import metrics, wire, zmqio
+from nova_rpc_zmq.errors import ConfigurationError
+from nova_rpc_zmq.oslo_driver.curve import endpoint_host
 from nova_rpc_zmq.oslo_driver.proxied import (HEARTBEAT_IVL_MS,
                                               HEARTBEAT_TIMEOUT_MS,
                                               PROXY_REFRESH,
@@ -68,11 +70,16 @@ def bad_subscription(frames: list) -> str | None:
 
 
 def pub_socket(ctx: Any, bind: str, port: int,
-               port_range: tuple[int, int, int]) -> tuple[Any, int]:
-    """A bound PUB socket and its port (0: random in ``port_range``).
-    Raises ``zmq.ZMQError`` or ``sockets.PortRangeExceeded``."""
+               port_range: tuple[int, int, int],
+               before_bind: Callable[[Any], None] | None = None
+               ) -> tuple[Any, int]:
+    """A bound PUB socket and its port (0: random in ``port_range``);
+    ``before_bind(sock)`` runs first (CURVE). Raises ``zmq.ZMQError`` or
+    ``sockets.PortRangeExceeded``."""
     sock = zmqio.make_socket(ctx, zmq.PUB, linger=0, sndhwm=HWM)
     try:
+        if before_bind is not None:
+            before_bind(sock)
         if port:
             sock.bind("tcp://%s:%d" % (bind, port))
         else:
@@ -81,6 +88,18 @@ def pub_socket(ctx: Any, bind: str, port: int,
         sock.close(0)
         raise
     return sock, port
+
+
+def peer_counter(peers: dict[str, int], side: str
+                 ) -> Callable[[int], None]:
+    """A callback that applies one socket event (``PEER_EVENTS``, plus
+    CONNECTED for a SUB) to ``peers[side]``: the peer count of a socket
+    whose monitor the CURVE authenticator holds."""
+    def count(event: int) -> None:
+        delta = PEER_EVENTS.get(event, 1 if event == zmq.EVENT_CONNECTED
+                                else 0)
+        peers[side] = max(0, peers[side] + delta)
+    return count
 
 
 def count_peers(monitor: Any, peers: dict[str, int], side: str,
@@ -105,8 +124,10 @@ class Publisher:
 
     def __init__(self, ctx: Any, bind: str, port: int,
                  port_range: tuple[int, int, int], counters: Any,
-                 drops: DropLog) -> None:
-        self.sock, self.port = pub_socket(ctx, bind, port, port_range)
+                 drops: DropLog,
+                 before_bind: Callable[[Any], None] | None = None) -> None:
+        self.sock, self.port = pub_socket(ctx, bind, port, port_range,
+                                          before_bind)
         self._counters = counters
         self._drops = drops
 
@@ -151,8 +172,9 @@ class LocalPublisher:
 
     def __init__(self, bind: str, port: int,
                  port_range: tuple[int, int, int], central: ProxyList,
-                 debug: bool = False) -> None:
+                 debug: bool = False, curve: Any = None) -> None:
         self.debug = debug
+        self.curve = curve
         self.counters = metrics.Counters("proxy")
         self.peers = {"publisher": 0, "central": 0}
         self.turned = time.monotonic()
@@ -162,6 +184,7 @@ class LocalPublisher:
         self._ended = threading.Event()
         self._ctx = zmq.Context()
         self._endpoints: set[str] = set()
+        self._unkeyed: set[str] = set()
         self.sub = zmqio.make_socket(
             self._ctx, zmq.SUB, linger=0, rcvhwm=HWM,
             maxmsgsize=wire.DEFAULT_LIMITS.max_msg_size, subscribe=b"",
@@ -170,10 +193,15 @@ class LocalPublisher:
                      zmq.HEARTBEAT_TTL: HEARTBEAT_TIMEOUT_MS,
                      zmq.RECONNECT_IVL: RECONNECT_IVL_MS})
         try:
-            self.pub, self.port = pub_socket(self._ctx, bind, port,
-                                             port_range)
+            self.pub, self.port = pub_socket(
+                self._ctx, bind, port, port_range,
+                None if curve is None else
+                lambda sock: curve.serve(self._ctx, sock, peer_counter(
+                    self.peers, "publisher")))
         except BaseException:
             self.sub.close(0)
+            if curve is not None:
+                curve.close()
             self._ctx.term()
             raise
         self._lister = threading.Thread(target=self._list, name="central",
@@ -207,7 +235,16 @@ class LocalPublisher:
         wanted = self._central.current("backend")
         for endpoint in sorted(wanted - self._endpoints):
             try:
+                if self.curve is not None:
+                    self.curve.before_connect(self.sub,
+                                              endpoint_host(endpoint))
                 self.sub.connect(endpoint)
+            except ConfigurationError as exc:
+                if endpoint not in self._unkeyed:
+                    self._unkeyed.add(endpoint)
+                    LOG.error("not subscribed to central publisher %s: "
+                              "rpc_zmq_curve_keys_dir: %s", endpoint, exc)
+                continue
             except zmq.ZMQError as exc:
                 LOG.warning("cannot subscribe to central publisher %s: %s",
                             endpoint, exc)
@@ -233,11 +270,14 @@ class LocalPublisher:
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         monitors = {}
-        for sock, side, events in (
-                (self.pub, "publisher",
-                 zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED),
-                (self.sub, "central",
-                 zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)):
+        watched = [(self.sub, "central",
+                    zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)]
+        if self.curve is None:
+            # with CURVE the authenticator holds the PUB's monitor and
+            # counts its peers
+            watched.append((self.pub, "publisher",
+                            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED))
+        for sock, side, events in watched:
             monitor = sock.get_monitor_socket(events)
             monitors[monitor] = side
             poller.register(monitor, zmq.POLLIN)
@@ -298,4 +338,6 @@ class LocalPublisher:
             self._lister.join(5.0)
         self.sub.close(0)
         self.pub.close(0)
+        if self.curve is not None:
+            self.curve.close()
         self._ctx.term()

@@ -38,6 +38,7 @@ from nova_rpc_zmq.oslo_driver.proxied import MAX_ROUTING_ID, UNROUTABLE
 from nova_rpc_zmq.oslo_driver.pubsub import PUBLISH_ID
 from nova_rpc_zmq.oslo_driver.sockets import bind_random
 from nova_rpc_zmq.proxy import publisher
+from nova_rpc_zmq.proxy.curve import ProxyCurve
 from nova_rpc_zmq.receiver.droplog import DropLog
 
 LOG = logging.getLogger(__name__)
@@ -74,13 +75,16 @@ class RouterProxy:
     thread, or a signal handler); ``close`` closes the sockets. Counters
     and gauges are plain attributes read by the metrics page.
     ``publisher_port`` (0: random) adds the PUB socket of a publisher
-    proxy (``publisher``, None without).
+    proxy (``publisher``, None without). With ``curve`` every socket is a
+    CURVE server (``proxy/curve.py``).
     """
 
     def __init__(self, bind: str, frontend_port: int, backend_port: int,
                  port_range: tuple[int, int, int], debug: bool = False,
-                 publisher_port: int | None = None) -> None:
+                 publisher_port: int | None = None,
+                 curve: ProxyCurve | None = None) -> None:
         self.debug = debug
+        self.curve = curve
         self.counters = metrics.Counters("proxy")
         self.peers = dict.fromkeys(SIDES, 0)
         self.turned = time.monotonic()
@@ -92,18 +96,30 @@ class RouterProxy:
         self.publisher: publisher.Publisher | None = None
         self._monitors: dict[Any, str] = {}
         try:
+            self._secure(self.frontend, "frontend")
+            self._secure(self.backend, "backend")
             self.frontend_port = self._bind(self.frontend, bind,
                                             frontend_port, port_range)
             self.backend_port = self._bind(self.backend, bind, backend_port,
                                            port_range)
             if publisher_port is not None:
+                self.peers["publisher"] = 0
                 self.publisher = publisher.Publisher(
                     self._ctx, bind, publisher_port, port_range,
-                    self.counters, self.drops)
-                self.peers["publisher"] = 0
+                    self.counters, self.drops,
+                    before_bind=lambda sock: self._secure(sock, "publisher"))
         except BaseException:
             self.close()
             raise
+
+    def _secure(self, sock: Any, side: str) -> None:
+        """With CURVE, make ``sock`` (unbound) a CURVE server; its peers
+        are then counted from the authenticator's monitor, the socket's
+        only one."""
+        if self.curve is None:
+            return
+        self.curve.serve(self._ctx, sock,
+                         publisher.peer_counter(self.peers, side))
 
     def counter_names(self) -> list[str]:
         """The counters shown from the start."""
@@ -147,7 +163,7 @@ class RouterProxy:
         watched = [(self.frontend, "frontend"), (self.backend, "backend")]
         if self.publisher is not None:
             watched.append((self.publisher.sock, "publisher"))
-        for sock, side in watched:
+        for sock, side in watched if self.curve is None else ():
             monitor = sock.get_monitor_socket(
                 zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
             self._monitors[monitor] = side
@@ -251,4 +267,6 @@ class RouterProxy:
                      getattr(self, "backend", None)):
             if sock is not None:
                 sock.close(0)
+        if self.curve is not None:
+            self.curve.close()
         self._ctx.term()

@@ -187,7 +187,8 @@ class Receiver(RoutingLoop):
             self.broker_feed = BrokerFeed(
                 self.ctx, sock, str(self.settings.rpc_zmq_broker_ip),
                 self.settings.rpc_zmq_start_port + 2,
-                self.limits.max_msg_size * OVERSIZE_MARGIN)
+                self.limits.max_msg_size * OVERSIZE_MARGIN,
+                settings=self.settings)
         LOG.info("receiver listening on %s, routing to %s", self.endpoint,
                  self.ipc_dir)
         if self.settings.servicegroup_enabled:
