@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.scale [--sizes 10,100,500,1000,2000] [--topologies
 static-direct,dynamic-direct,router-proxy,router-proxy-3,pub-sub-3,
-legacy-receiver]
+dynamic-pub-sub-3,pub-sub-local,legacy-receiver]
 [--output DIR] [--smoke]`` simulates N hosts on this machine. Each
 simulated host is a set of ZeroMQ sockets with its own identity and its
 own loopback address (127.10.x.y; Linux routes 127.0.0.0/8 to ``lo``
@@ -28,6 +28,16 @@ hosts):
   (``use_pub_sub = true``): calls as ``router-proxy-3``, and each host also
   holds a SUB socket connected to every publisher, subscribed to the
   topic's fanout key; a fanout is one message to one publisher.
+* ``dynamic-pub-sub-3``: the seed's mix past 500 nodes. The controller
+  has ``use_dynamic_connections`` and ``use_pub_sub`` (no router proxy):
+  calls go over a connection per message to the hosts of
+  ``dynamic-direct``, fanout through the three proxies' publishers, to
+  which each host's SUB socket is connected.
+* ``pub-sub-local``: ``pub-sub-3`` with local publishers: one
+  ``nova-rpc-zmq-proxy --local-publisher`` per group of ``GROUP`` (50)
+  hosts, on its own loopback address like a node's, subscribed to the
+  three central publishers; each host's SUB socket is connected to its
+  group's local publisher only.
 * ``legacy-receiver``: the Nova-era driver (``impl_zmq``, a ring file of
   the N hosts) with a real receiver for the controller's host; hosts are
   PULLs bound on ``<address>:<rpc_zmq_port>`` standing in for each host's
@@ -39,10 +49,11 @@ receiver), RSS per connection, a fanout to all N hosts (time until the
 last one has it, count delivered), calls/s to random hosts over a bounded
 window, and the time a new host takes to receive its first message after
 it registers. JSON, a text table and a PNG chart go to ``--output``.
-Rows run one after the other; each stops every process and socket it
-started before the next begins (``fds_left_after_cleanup`` says so).
-Dynamic direct connections with PUB/SUB fanout and local publishers are
-listed as not measured, with the reason (``planned_status``).
+The local publishers' figures are apart from the central proxies' (the
+``local`` columns: how many, the largest). Rows run one after the other;
+each stops every process and socket it started before the next begins
+(``fds_left_after_cleanup`` says so). A topology of the issue that is not
+measured is listed with the reason (``planned_status``: none now).
 """
 
 from __future__ import annotations
@@ -60,11 +71,15 @@ import time
 from typing import Any, Callable
 
 from benchmarks.scaledeploy import Deployment, deployment
-from benchmarks.scalehosts import (PROXIED, TOPOLOGIES, Worker,
-                                   process_figures, raise_nofile)
+from benchmarks.scalehosts import (DYNPUBSUB, GROUP, PROXIED, TOPOLOGIES,
+                                   Worker, process_figures, raise_nofile)
 
 SIZES = [10, 100, 500, 1000, 2000]
 SMOKE_SIZES = [10, 50]
+#: Topologies the seed recommends at 2,000 hosts (the issue's target).
+RECOMMENDED_LARGE = PROXIED + (DYNPUBSUB,)
+#: The prefix of a local publisher's name in a row's ``aux``.
+LOCAL = "local"
 LOG = logging.getLogger("benchmarks.scale")
 #: Seconds between two casts to a host about to register.
 PUMP_EVERY = 0.005
@@ -267,17 +282,13 @@ def measure(topology: str, hosts: int, plan: Plan, mp: Any) -> dict:
 
 
 def planned_status() -> dict[str, str]:
-    """Why each topology of the issue that is not in the table is not."""
+    """Why each topology of the issue that is not in the table is not
+    (``dynamic-pub-sub-3`` when the driver refuses the mix)."""
     from nova_rpc_zmq.oslo_driver import options
-    found = {"pub-sub with local publishers":
-             "not measured: this model has no local publishers (each "
-             "simulated host subscribes to the central ones)"}
+    found: dict[str, str] = {}
     problem = options.topology_problem(True, False, True)
-    found["dynamic-direct + pub-sub"] = (
-        "not measured: %s" % problem) if problem else (
-        "not measured: the driver accepts use_dynamic_connections with "
-        "use_pub_sub; this model has no simulated hosts that take direct "
-        "messages and subscribe to publishers yet")
+    if problem:
+        found[DYNPUBSUB] = "not measured: %s" % problem
     return found
 
 
@@ -287,17 +298,25 @@ def _n(value: Any, fmt: str = "%.0f") -> str:
     return "-" if value is None else fmt % value
 
 
-def _aux_max(row: dict, key: str) -> Any:
+def _aux_max(row: dict, key: str, local: bool = False) -> Any:
+    """The largest ``key`` of the row's central proxies or receiver (of
+    its local publishers with ``local``)."""
     aux = row.get("aux") or {}
-    values = [figs.get(key) for figs in aux.values()
-              if figs.get(key) is not None]
+    values = [figs.get(key) for name, figs in aux.items()
+              if name.startswith(LOCAL) == local
+              and figs.get(key) is not None]
     return max(values) if values else None
+
+
+def _locals(row: dict) -> int:
+    return sum(1 for name in row.get("aux") or {} if name.startswith(LOCAL))
 
 
 def table(doc: dict) -> str:
     """The text table of a run (one line per topology and size)."""
     head = ("topology", "N", "ctl fds", "ctl tcp", "ctl KiB/conn",
-            "aux fds", "aux tcp", "aux KiB/conn", "fanout s", "delivered",
+            "aux fds", "aux tcp", "aux KiB/conn", "local", "local fds",
+            "fanout s", "delivered",
             "2nd fanout s", "calls/s", "call err", "first msg s")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for row in doc["rows"]:
@@ -314,6 +333,7 @@ def table(doc: dict) -> str:
             str(ctl["tcp"]), _n(per and per / 1024, "%.1f"),
             _n(_aux_max(row, "fds")), _n(_aux_max(row, "tcp")),
             _n(aux_per and aux_per / 1024, "%.1f"),
+            str(_locals(row) or "-"), _n(_aux_max(row, "fds", True)),
             _n(first["all_s"], "%.3f"),
             "%d/%d" % (first["delivered"], row["hosts"]),
             _n(second["all_s"], "%.3f"), _n(row["calls_per_s"]),
@@ -321,10 +341,12 @@ def table(doc: dict) -> str:
         if row.get("error"):
             lines.append("  (%s)" % row["error"])
     lines.append("")
-    lines.append("aux = the proxies (largest of them) or the controller "
-                 "host's receiver (legacy); KiB/conn = RSS growth over "
-                 "established TCP connections gained since idle (- for "
-                 "fewer than %d)" % MIN_CONNS_PER_RSS)
+    lines.append("aux = the central proxies (largest of them) or the "
+                 "controller host's receiver (legacy); local = local "
+                 "publishers (%d hosts each), local fds the largest's; "
+                 "KiB/conn = RSS growth over established TCP connections "
+                 "gained since idle (- for fewer than %d)"
+                 % (GROUP, MIN_CONNS_PER_RSS))
     for name, why in doc.get("not_measured", {}).items():
         lines.append("%s: %s" % (name, why))
     for target in doc.get("targets", []):
@@ -335,11 +357,13 @@ def table(doc: dict) -> str:
 
 
 def targets(doc: dict, largest: int) -> list[dict]:
-    """The issue's target at the largest size run: every proxied topology
-    delivers every fanout, its controller under 5,000 descriptors."""
+    """The issue's target at the largest size run: every topology the seed
+    recommends at 2,000 hosts delivers every fanout, its controller under
+    5,000 descriptors."""
     found = []
     for row in doc["rows"]:
-        if row["hosts"] != largest or row["topology"] not in PROXIED:
+        if row["hosts"] != largest or \
+                row["topology"] not in RECOMMENDED_LARGE:
             continue
         ctl = row.get("controller")
         lost = [row[k]["lost"] for k in ("fanout_first", "fanout")
@@ -355,8 +379,8 @@ def targets(doc: dict, largest: int) -> list[dict]:
 
 
 def chart(doc: dict, path: str) -> str | None:
-    """A PNG of controller fds, fanout time and calls/s against N; None, or
-    why there is none."""
+    """A PNG of controller fds, proxy fds (local publishers dashed), fanout
+    time and calls/s against N; None, or why there is none."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -365,7 +389,7 @@ def chart(doc: dict, path: str) -> str | None:
         return "matplotlib is not installed (pip install matplotlib)"
     panels: list[tuple[str, Callable[[dict], Any]]] = [
         ("controller open fds", lambda r: r["controller"]["fds"]),
-        ("proxy / receiver open fds (largest)",
+        ("proxy / receiver open fds (largest; dashed: local publisher)",
          lambda r: _aux_max(r, "fds")),
         ("fanout to all hosts (s)", lambda r: r["fanout_first"]["all_s"]),
         ("calls/s to random hosts", lambda r: r["calls_per_s"])]
@@ -378,6 +402,11 @@ def chart(doc: dict, path: str) -> str | None:
                 # one colour per topology in every panel
                 ax.plot([r["hosts"] for r in rows], [value(r) for r in rows],
                         marker="o", label=topology, color="C%d" % number)
+            local = [r for r in rows if _aux_max(r, "fds", True) is not None]
+            if title.startswith("proxy") and local:
+                ax.plot([r["hosts"] for r in local],
+                        [_aux_max(r, "fds", True) for r in local],
+                        marker="s", linestyle="--", color="C%d" % number)
         if title.startswith("controller"):
             ax.axhline(5000, linestyle="--", color="grey", linewidth=1)
         ax.set_xscale("log")

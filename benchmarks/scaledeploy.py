@@ -6,9 +6,15 @@ hosts, and the controller's client of it (``benchmarks/scale.py``).
   ``get_rpc_client`` in this process (``use_dynamic_connections`` for
   ``dynamic-direct``); with proxies, that many
   ``nova-rpc-zmq-proxy`` processes started from their command line with a
-  configuration file (with their publishers for ``pub-sub-3``), and the
-  controller's client made only once every host is connected to every
-  proxy (their ``/metrics`` peers gauges).
+  configuration file (with their publishers for ``pub-sub-3``,
+  ``dynamic-pub-sub-3`` and ``pub-sub-local``), and the controller's
+  client made only once every host is connected to every proxy (their
+  ``/metrics`` peers gauges). ``dynamic-pub-sub-3`` runs the proxies for
+  their publishers only: the controller has ``use_dynamic_connections``
+  and ``use_pub_sub``, no ``use_router_proxy``. ``pub-sub-local`` adds
+  one ``nova-rpc-zmq-proxy --local-publisher`` per ``GROUP`` hosts, each
+  on its own loopback address (127.20.0.x, a node), fed by the three
+  central publishers.
 * ``LegacyDeployment``: the Nova-era driver (``impl_zmq``) with a ring
   file naming the hosts by address and a real receiver for the
   controller's host, 127.0.0.1.
@@ -22,9 +28,10 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.scalehosts import (DYNAMIC, EXCHANGE, FANOUT, FIRST, LEGACY,
-                                   PUBSUB, REGISTRY_ENV, TOPIC, TOPOLOGIES,
-                                   TTL, WHOAMI, host_address)
+from benchmarks.scalehosts import (DYNAMIC, DYNPUBSUB, EXCHANGE, FANOUT,
+                                   FIRST, GROUP, LEGACY, LOCALPUB, PUBSUB,
+                                   REGISTRY_ENV, TOPIC, TOPOLOGIES, TTL,
+                                   WHOAMI, host_address)
 
 
 def _oslo_conf(**zmq_options: Any) -> Any:
@@ -53,6 +60,24 @@ def _oslo_conf(**zmq_options: Any) -> Any:
     return conf
 
 
+def local_address(group: int) -> str:
+    """The loopback address of local publisher ``group`` (0-based): the
+    node its hosts run on."""
+    if not 0 <= group < 250:
+        raise ValueError("local publisher %d out of range" % group)
+    return "127.20.0.%d" % (group + 1)
+
+
+def groups(hosts: int) -> list[int]:
+    """Hosts of each local publisher's group for ``hosts`` hosts (as
+    ``scalehosts.subscribe_endpoints`` assigns them)."""
+    count = max(1, -(-hosts // GROUP))
+    sizes = [0] * count
+    for index in range(hosts):
+        sizes[min(index // GROUP, count - 1)] += 1
+    return sizes
+
+
 def proxy_argv(conf_path: str, health_port: int) -> list[str]:
     """The command line of a router proxy (the installed script, or its
     module when not installed)."""
@@ -62,6 +87,46 @@ def proxy_argv(conf_path: str, health_port: int) -> list[str]:
         [sys.executable, "-m", "nova_rpc_zmq.cli.proxy"]
     return argv + ["--config-file", conf_path, "--health-port",
                    str(health_port)]
+
+
+class DetachedProc:
+    """A child process whose output goes to a log file this process does
+    not keep open (a local publisher: one per group, so the controller's
+    descriptor count holds none of theirs). ``stop`` like ``Proc``'s."""
+
+    def __init__(self, name: str, argv: list[str], log_path: str,
+                 env: dict[str, str]) -> None:
+        import subprocess
+        self.name = name
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.popen = subprocess.Popen(argv, stdout=log,
+                                          stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Wait until the log holds ``text``; RuntimeError with the log's
+        tail when the process exits first or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                output = f.read().decode("utf-8", "replace")
+            if text in output:
+                return
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("%s did not print %r (exit status %s):\n%s"
+                                   % (self.name, text, self.popen.returncode,
+                                      output[-3000:]))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM and reap (SIGKILL after 10 s)."""
+        from nova_rpc_zmq.testing import stop_process
+        stop_process(self.popen)
 
 
 class Deployment:
@@ -112,14 +177,20 @@ class Deployment:
 
 class OsloDeployment(Deployment):
     """The oslo.messaging driver on ``zmq://`` with a private registry
-    directory; with ``proxies`` > 0 through that many router proxies."""
+    directory; with ``proxies`` > 0 that many proxies, through which calls
+    go when ``router``; ``local``: local publishers, one per group."""
 
     def __init__(self, tmp: str, proxies: int, pub_sub: bool = False,
-                 dynamic: bool = False) -> None:
+                 dynamic: bool = False, router: bool | None = None,
+                 local: bool = False) -> None:
         super().__init__(tmp)
         self.proxies = proxies
         self.pub_sub = pub_sub
         self.dynamic = dynamic
+        self.router = bool(proxies) if router is None else router
+        self.local = local
+        #: (health address, health port, group size) per local publisher
+        self.local_health: list[tuple[str, int, int]] = []
         self.registry_dir = os.path.join(tmp, "registry")
         os.makedirs(self.registry_dir, mode=0o700)
         self.procs: list[Any] = []
@@ -156,16 +227,47 @@ class OsloDeployment(Deployment):
                                   % line[line.index("publisher") + 1])
             self.health.append(health)
             self.aux["proxy%d" % n] = proc.pid
+        local = self._start_local(len(hosts)) if self.local else []
         return {"registry_dir": self.registry_dir, "backends": backends,
-                "frontends": frontends, "publishers": publishers}
+                "frontends": frontends, "publishers": publishers,
+                "local_publishers": local}
 
-    def peers(self, health: int, side: str) -> float:
+    def _start_local(self, hosts: int) -> list[str]:
+        """Start one local publisher per group (all at once, then wait for
+        each); their ``host:port`` endpoints in group order."""
+        from nova_rpc_zmq.testing import child_env, free_port
+        conf = os.path.join(self.tmp, "local.conf")
+        with open(conf, "w") as f:
+            f.write("[DEFAULT]\ntransport_url = zmq://\n\n"
+                    "[oslo_messaging_zmq]\nzmq_target_expire = %d\n"
+                    "zmq_target_update = 60\nuse_pub_sub = true\n"
+                    % TTL)
+        started = []
+        for group, size in enumerate(groups(hosts)):
+            address = local_address(group)
+            port, health = free_port(address), free_port(address)
+            name = "local%02d" % group
+            proc = DetachedProc(name, proxy_argv(conf, health) + [
+                "--local-publisher", "--host", address,
+                "--publisher-port", str(port)],
+                os.path.join(self.tmp, "%s.log" % name),
+                env=child_env({REGISTRY_ENV: self.registry_dir}))
+            self.procs.append(proc)
+            self.aux[name] = proc.pid
+            self.local_health.append((address, health, size))
+            started.append((proc, "%s:%d" % (address, port)))
+        for proc, _ in started:
+            proc.wait_for_line("local publisher", 60 + len(started))
+        return [endpoint for _, endpoint in started]
+
+    def peers(self, health: int, side: str,
+              address: str = "127.0.0.1") -> float:
         """The peers a proxy counts on ``side`` (from /metrics)."""
         import urllib.request
 
         from nova_rpc_zmq import metrics
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % health,
-                                    timeout=5) as page:
+        with urllib.request.urlopen("http://%s:%d/metrics" % (
+                address, health), timeout=5) as page:
             found = metrics.parse(page.read().decode())
         return found.get('nova_rpc_zmq_proxy_peers{side="%s"}' % side, 0.0)
 
@@ -173,19 +275,28 @@ class OsloDeployment(Deployment):
         import oslo_messaging
         deadline = time.monotonic() + 60 + hosts * 0.02
         # a proxy drops a message for a member not connected to it, a
-        # publisher one for a subscriber not connected yet
-        sides = ["backend", "publisher"] if self.pub_sub else ["backend"]
+        # publisher one for a subscriber not connected yet (a local
+        # publisher is a central publisher's subscriber)
+        wanted = []
         for health in self.health:
-            for side in sides:
-                while self.peers(health, side) < hosts:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            "proxy on health port %d: %d of %d hosts "
-                            "connected to its %s" % (
-                                health, self.peers(health, side), hosts,
-                                side))
-                    time.sleep(0.1)
-        conf = _oslo_conf(use_router_proxy=bool(self.proxies),
+            if self.router:
+                wanted.append(("127.0.0.1", health, "backend", hosts))
+            if self.pub_sub:
+                wanted.append(("127.0.0.1", health, "publisher",
+                               len(self.local_health) or hosts))
+        for address, health, size in self.local_health:
+            wanted.append((address, health, "central", self.proxies))
+            wanted.append((address, health, "publisher", size))
+        for address, health, side, count in wanted:
+            while self.peers(health, side, address) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "proxy on health port %s:%d: %d of %d peers "
+                        "connected to its %s" % (
+                            address, health,
+                            self.peers(health, side, address), count, side))
+                time.sleep(0.1)
+        conf = _oslo_conf(use_router_proxy=self.router,
                           use_pub_sub=self.pub_sub,
                           use_dynamic_connections=self.dynamic,
                           zmq_target_expire=int(TTL), zmq_target_update=60)
@@ -286,5 +397,8 @@ def deployment(topology: str, tmp: str) -> Deployment:
     """The Deployment of ``topology`` in directory ``tmp``."""
     if topology == LEGACY:
         return LegacyDeployment(tmp)
-    return OsloDeployment(tmp, TOPOLOGIES[topology], topology == PUBSUB,
-                          topology == DYNAMIC)
+    return OsloDeployment(tmp, TOPOLOGIES[topology],
+                          pub_sub=topology in (PUBSUB, DYNPUBSUB, LOCALPUB),
+                          dynamic=topology in (DYNAMIC, DYNPUBSUB),
+                          router=None if topology != DYNPUBSUB else False,
+                          local=topology == LOCALPUB)

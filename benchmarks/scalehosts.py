@@ -6,15 +6,20 @@ own loopback address (``host_address``: 127.10.x.y, which Linux routes to
 address). ``SimHosts`` runs the hosts of one worker process in one poll
 loop, with the open-files limit raised to the hard one:
 
-* ``static-direct``, ``dynamic-direct``, ``legacy-receiver``: a PULL bound on the host's
-  address (any port, registered as ``address:port`` under
+* ``static-direct``, ``dynamic-direct``, ``legacy-receiver``: a PULL
+  bound on the host's address (any port, registered as ``address:port`` under
   ``rpc/<exchange>/<topic>`` and ``rpc/<exchange>/<topic>/<host>`` in the
   oslo driver's registry; or the ring's ``rpc_zmq_port``, standing in for
   the host's receiver);
 * ``router-proxy``, ``router-proxy-3``: a DEALER whose routing id is the
   host's member (``<host>~<hex>``), connected to every proxy's backend and
   registered as above; ``pub-sub-3`` adds a SUB socket connected to every
-  publisher, subscribed to the topic's fanout key.
+  publisher, subscribed to the topic's fanout key;
+* ``dynamic-pub-sub-3``: the PULL of ``dynamic-direct`` and the SUB of
+  ``pub-sub-3`` (direct messages, fanout from the central publishers);
+* ``pub-sub-local``: the DEALER of ``router-proxy-3`` and a SUB connected
+  only to its group's local publisher (``GROUP`` hosts a group, standing
+  for the services of one node; ``subscribe_endpoints``).
 
 Requests are decoded with ``wire``; a call is answered with the host's
 name, pushed to the reply socket the request names (through the proxies'
@@ -39,12 +44,20 @@ DYNAMIC = "dynamic-direct"
 ROUTER = "router-proxy"
 ROUTER3 = "router-proxy-3"
 PUBSUB = "pub-sub-3"
+DYNPUBSUB = "dynamic-pub-sub-3"
+LOCALPUB = "pub-sub-local"
 LEGACY = "legacy-receiver"
-#: Topologies measured here, in table order, and proxies each runs.
+#: Topologies measured here, in table order, and the central proxies each
+#: runs.
 TOPOLOGIES = {STATIC: 0, DYNAMIC: 0, ROUTER: 1, ROUTER3: 3, PUBSUB: 3,
-              LEGACY: 0}
+              DYNPUBSUB: 3, LOCALPUB: 3, LEGACY: 0}
 #: Those whose hosts are behind router proxies.
-PROXIED = (ROUTER, ROUTER3, PUBSUB)
+PROXIED = (ROUTER, ROUTER3, PUBSUB, LOCALPUB)
+#: Those whose hosts subscribe to publishers for fanout.
+SUBSCRIBED = (PUBSUB, DYNPUBSUB, LOCALPUB)
+#: Simulated hosts per local publisher (``pub-sub-local``): the service
+#: processes of one node, or a rack, sharing one local publisher.
+GROUP = 50
 EXCHANGE = "scale"
 TOPIC = "scale"
 #: Methods the simulated hosts know.
@@ -63,6 +76,21 @@ def host_address(index: int) -> str:
     if not 0 <= index < 250 * 250:
         raise ValueError("host index %d out of range" % index)
     return "127.10.%d.%d" % (index // 250, index % 250 + 1)
+
+
+def host_index(name: str) -> int:
+    """The index of simulated host ``name`` (``sim00042``: 42)."""
+    return int(name[3:])
+
+
+def subscribe_endpoints(spec: dict, name: str) -> list[str]:
+    """The publishers host ``name`` subscribes to: its group's local
+    publisher (``pub-sub-local``; a host past the last full group joins
+    the last one) or every central publisher."""
+    local = spec.get("local_publishers") or []
+    if not local:
+        return list(spec["publishers"])
+    return [local[min(host_index(name) // GROUP, len(local) - 1)]]
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -131,8 +159,8 @@ class SimHosts:
 
     ``spec``: ``topology``, ``hosts`` (``[(name, address)]``),
     ``registry_dir`` (oslo topologies), ``backends``/``frontends``
-    (router), ``publishers`` (pub-sub), ``port`` and ``reply_endpoint``
-    (legacy). Not thread-safe: one thread runs ``serve``.
+    (router), ``publishers`` (pub-sub), ``local_publishers`` (one per
+    group, ``pub-sub-local``), ``port`` and ``reply_endpoint`` (legacy). Not thread-safe: one thread runs ``serve``.
     """
 
     def __init__(self, spec: dict) -> None:
@@ -193,13 +221,13 @@ class SimHosts:
         self.by_sock[sock] = (host, 1 if self.topology in PROXIED else 0)
         self.by_name[name] = host
         self.poller.register(sock, zmq.POLLIN)
-        if self.topology == PUBSUB:
+        if self.topology in SUBSCRIBED:
             from nova_rpc_zmq.oslo_driver.pubsub import subscription
             sub = self.ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.MAXMSGSIZE, self.max_msg_size)
             sub.setsockopt(zmq.SUBSCRIBE, subscription(self._keys(host)[0]))
-            for publisher in self.spec["publishers"]:
+            for publisher in subscribe_endpoints(self.spec, name):
                 sub.connect("tcp://%s:0;%s" % (address, publisher))
             host.sub = sub
             # a published fanout starts with its subscription frame

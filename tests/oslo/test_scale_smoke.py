@@ -21,7 +21,9 @@ import pytest
 
 from nova_rpc_zmq.testing import checkout_root, child_env, scaled
 
-PROXIED = ("router-proxy", "router-proxy-3", "pub-sub-3")
+PROXIED = ("router-proxy", "router-proxy-3", "pub-sub-3", "pub-sub-local")
+#: Those whose fanout comes from a publisher (central or local).
+SUBSCRIBED = ("pub-sub-3", "dynamic-pub-sub-3", "pub-sub-local")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,8 @@ def test_every_topology_claimed_has_a_row_per_size(smoke: Any) -> None:
     assert code == 0, output
     assert doc["sizes"] == [10, 50]
     assert set(doc["topologies"]) >= {"static-direct", "router-proxy",
-                                      "legacy-receiver"}
+                                      "legacy-receiver", "dynamic-pub-sub-3",
+                                      "pub-sub-local"}
     rows = {(r["topology"], r["hosts"]) for r in doc["rows"]}
     assert rows == {(t, n) for t in doc["topologies"] for n in doc["sizes"]}
     assert doc["nofile"]["soft"] == doc["nofile"]["hard"]
@@ -90,10 +93,34 @@ def test_proxies_keep_the_controllers_connections_flat(smoke: Any) -> None:
         elif row["topology"] in PROXIED:
             assert tcp <= 4 * len(row["aux"]), row["topology"]
             assert len(row["aux"]) >= 1
-        if row["topology"] == "pub-sub-3":
-            assert row["fanout_published"] == 2 * row["hosts"]
+        if row["topology"] in SUBSCRIBED:
+            assert row["fanout_published"] == 2 * row["hosts"], \
+                row["topology"]
         else:
-            assert row["fanout_published"] == 0
+            assert row["fanout_published"] == 0, row["topology"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_local_publishers_serve_their_groups(smoke: Any) -> None:
+    """pub-sub-local runs one local publisher per 50 hosts besides the 3
+    central proxies, each connected to its central publishers and its
+    hosts; dynamic-pub-sub-3 runs the 3 central proxies alone."""
+    _, doc, _ = smoke
+    for row in doc["rows"]:
+        names = sorted(row["aux"])
+        local = [n for n in names if n.startswith("local")]
+        if row["topology"] == "pub-sub-local":
+            assert len(local) == -(-row["hosts"] // 50), names
+            assert len(names) - len(local) == 3, names
+            for name in local:
+                # 3 central publishers and at least one host
+                assert row["aux"][name]["tcp"] >= 4, (name, row["aux"])
+        else:
+            assert local == [], (row["topology"], names)
+        if row["topology"] == "dynamic-pub-sub-3":
+            # the central proxies, for their publishers only
+            assert len(names) == 3, names
 
 
 @pytest.mark.slow
