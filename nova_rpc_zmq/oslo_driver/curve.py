@@ -53,7 +53,7 @@ from nova_rpc_zmq import concurrency
 from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.security import (AllowList, HandshakeWatcher, KeyPair,
                                    ZapAuthenticator, configure_client,
-                                   configure_server, load_keypair,
+                                   configure_server, curve_keypair,
                                    server_key_for)
 
 LOG = logging.getLogger(__name__)
@@ -126,16 +126,7 @@ class Curve:
         """
         if not zconf.rpc_zmq_curve:
             return None
-        if not zmq.has("curve"):
-            raise ConfigurationError(
-                "rpc_zmq_curve = true but this libzmq (%s) has no CURVE "
-                "support: install a libzmq built with libsodium, or set "
-                "rpc_zmq_curve = false" % zmq.zmq_version())
-        try:
-            keypair = load_keypair(zconf.rpc_zmq_curve_key_file)
-        except ConfigurationError as exc:
-            raise ConfigurationError("rpc_zmq_curve_key_file: %s" % exc) \
-                from None
+        keypair = curve_keypair(zconf.rpc_zmq_curve_key_file)
         return cls(keypair, zconf.rpc_zmq_curve_keys_dir, zconf.rpc_zmq_host,
                    handler)
 

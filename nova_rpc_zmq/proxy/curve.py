@@ -34,7 +34,7 @@ from nova_rpc_zmq.metrics import Family, metric_name
 from nova_rpc_zmq.receiver.exposition import CURVE_REFUSALS
 from nova_rpc_zmq.security import (AllowList, KeyPair, ZapAuthenticator,
                                    configure_client, configure_server,
-                                   load_keypair, server_key_for)
+                                   curve_keypair, server_key_for)
 
 LOG = logging.getLogger(__name__)
 
@@ -72,17 +72,10 @@ class ProxyCurve:
         option and the file."""
         if not zconf["rpc_zmq_curve"]:
             return None
-        if not zmq.has("curve"):
-            raise ProxyCurveError(
-                "[oslo_messaging_zmq] rpc_zmq_curve = true but this libzmq "
-                "(%s) has no CURVE support: install a libzmq built with "
-                "libsodium, or set rpc_zmq_curve = false" % zmq.zmq_version())
         try:
-            keypair = load_keypair(zconf["rpc_zmq_curve_key_file"])
+            keypair = curve_keypair(zconf["rpc_zmq_curve_key_file"])
         except ConfigurationError as exc:
-            raise ProxyCurveError("[oslo_messaging_zmq] "
-                                  "rpc_zmq_curve_key_file: %s" % exc) \
-                from None
+            raise ProxyCurveError("[oslo_messaging_zmq] %s" % exc) from None
         try:
             return cls(keypair, zconf["rpc_zmq_curve_keys_dir"], host)
         except ConfigurationError as exc:

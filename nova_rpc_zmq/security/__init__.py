@@ -24,9 +24,10 @@ Modules: ``keys`` (files), ``policy`` (the allow list, no sockets),
 ``zap`` (the ZAP loop and socket set-up), ``monitor`` (sender side).
 """
 
-from nova_rpc_zmq.security.keys import (KeyPair, generate, load_keypair,
-                                        load_public, server_key_for,
-                                        write_keypair, write_public)
+from nova_rpc_zmq.security.keys import (KeyPair, curve_keypair, generate,
+                                        load_keypair, load_public,
+                                        server_key_for, write_keypair,
+                                        write_public)
 from nova_rpc_zmq.security.monitor import HandshakeFailure, HandshakeWatcher
 from nova_rpc_zmq.security.policy import AllowList, Decision
 from nova_rpc_zmq.security.zap import (DEFAULT_DOMAIN, ZapAuthenticator,
@@ -35,6 +36,6 @@ from nova_rpc_zmq.security.zap import (DEFAULT_DOMAIN, ZapAuthenticator,
 __all__ = [
     "AllowList", "DEFAULT_DOMAIN", "Decision", "HandshakeFailure",
     "HandshakeWatcher", "KeyPair", "ZapAuthenticator", "configure_client",
-    "configure_server", "generate", "load_keypair", "load_public",
-    "server_key_for", "write_keypair", "write_public",
+    "configure_server", "curve_keypair", "generate", "load_keypair",
+    "load_public", "server_key_for", "write_keypair", "write_public",
 ]

@@ -103,6 +103,23 @@ class Certificate:
             self.public, "<hidden>" if self.secret else None, self.metadata)
 
 
+def curve_keypair(key_file: str) -> KeyPair:
+    """This host's key pair for ``rpc_zmq_curve = true``: checks that
+    libzmq has CURVE and reads ``key_file``. Raises ConfigurationError
+    naming the option (``rpc_zmq_curve`` or ``rpc_zmq_curve_key_file``),
+    the file and the fix."""
+    if not zmq.has("curve"):
+        raise ConfigurationError(
+            "rpc_zmq_curve = true but this libzmq (%s) has no CURVE "
+            "support: install a libzmq built with libsodium, or set "
+            "rpc_zmq_curve = false" % zmq.zmq_version())
+    try:
+        return load_keypair(key_file)
+    except ConfigurationError as exc:
+        raise ConfigurationError("rpc_zmq_curve_key_file: %s" % exc) \
+            from None
+
+
 def generate() -> KeyPair:
     """A fresh CURVE key pair (needs a libzmq built with CURVE)."""
     if not zmq.has("curve"):
