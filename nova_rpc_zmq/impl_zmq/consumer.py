@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 
+from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import wire, zmqio
 from nova_rpc_zmq.concurrency import Handler
 from nova_rpc_zmq.errors import RemoteProtocolError, RPCException
@@ -316,6 +317,7 @@ class _Consumer:
 
     def _decode(self, frames: list) -> Any:
         conn = self.conn
+        frames = frames_io.unpack(frames)  # the direct path's one-part form
         try:
             msg = wire.decode(frames, conn.settings.limits)
         except RemoteProtocolError as exc:

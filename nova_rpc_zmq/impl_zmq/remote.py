@@ -242,7 +242,8 @@ class _Peers:
             pool.made += 1
             sock = self._socket(pool.endpoints)
         try:
-            frames_io.send(sock, frames, frames_io.NOBLOCK)
+            # one part: our peer unpacks it (``frames.pack``)
+            frames_io.send(sock, frames_io.pack(frames), frames_io.NOBLOCK)
         except zmq.Again:
             # not connected (yet, or any more) or full: the receivers' path
             self.counters.incr(self.prefix + ".unready")

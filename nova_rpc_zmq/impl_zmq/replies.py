@@ -241,7 +241,8 @@ class ReplyWaiter:
 
     def _handle(self, frames: list) -> None:
         try:
-            msg = wire.decode(frames, self.settings.limits)
+            # the direct path sends one part (``frames.pack``)
+            msg = wire.decode(frames_io.unpack(frames), self.settings.limits)
         except RemoteProtocolError as exc:
             self.counters.incr("replies.dropped." + exc.reason)
             LOG.warning("dropped a malformed reply: %s", exc)

@@ -339,3 +339,41 @@ def test_a_call_that_reaches_the_wrong_consumer_is_forwarded(
         replies.unregister(msg_id)
         push.close(0)
         ctx.term()
+
+
+def test_a_packed_call_is_answered_and_a_forged_one_dropped(
+        hosts: Hosts, caller: Driver) -> None:
+    """The direct path carries a message as one part (``frames.pack``):
+    a consumer answers one sent by hand, and drops one-part messages that
+    do not add up (and the service keeps answering)."""
+    from nova_rpc_zmq import frames as frames_io
+    warm_up(caller, "demo")
+    pool = caller.remote._peers.pools[("demo." + B, B)]
+    replies = caller.replies
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(pool.endpoints[0])
+        forged = frames_io.PACKED_MARK + b"\x04" + b"\xff" * 16 + b"junk"
+        for bad in ([forged], [frames_io.PACKED_MARK], [b"\x00" * 64]):
+            push.send_multipart(bad)
+        msg_id = replies.new_msg_id()
+        request = wire.call_request(msg_id, replies.reply_topic, {},
+                                    m("echo", value="packed"))
+        frames = wire.encode(replies.caller_mark, "demo." + B, {}, request,
+                             False)
+        queue = replies.register(msg_id, B)
+        try:
+            packed = frames_io.pack(frames)
+            assert len(packed) == 1
+            push.send_multipart(packed)
+            response, _more, _seq = queue.get(timeout=scaled(10))
+            assert response == ["packed"]
+        finally:
+            replies.unregister(msg_id)
+    finally:
+        push.close(0)
+        ctx.term()
+    assert caller.call({}, "demo", m("echo", value="after"),
+                       timeout=scaled(10)) == "after"

@@ -70,3 +70,44 @@ def test_recv_rest_keeps_at_most_max_parts_and_drains_the_rest(pair):
     parts = [first.bytes]
     assert frames.recv_rest(pull, parts, 4) == frames.PARTS_OK
     assert parts == [b"next", b"one"]
+
+
+# -- one-part messages of the direct path ------------------------------------
+
+MESSAGE = [b"stream.0123456789abcdef", b"compute.b", b"cast", b'["{}", {}]']
+
+
+def test_a_packed_message_travels_as_one_part_and_unpacks_whole(pair):
+    push, pull = pair
+    frames.send(push, frames.pack(MESSAGE))
+    got = frames.recv(pull)
+    assert len(got) == 1
+    assert frames.unpack(got) == MESSAGE
+
+
+def test_what_cannot_be_packed_is_sent_as_parts():
+    too_many = [b"x"] * 9
+    assert frames.pack(too_many) == too_many
+    too_large = [b"a", b"b", b"c", b"x" * (frames.PACK_MAX + 1)]
+    assert frames.pack(too_large) == too_large
+    # a message of parts is read as it is
+    assert frames.unpack(MESSAGE) is MESSAGE
+
+
+@pytest.mark.parametrize("data", [
+    frames.PACKED_MARK,                                  # no count
+    frames.PACKED_MARK + b"\x02\x00\x00",                # lengths cut short
+    frames.PACKED_MARK + b"\x01\x00\x00\x00\x09abc",     # says 9, holds 3
+    frames.PACKED_MARK + b"\x01\x00\x00\x00\x01abc",     # says 1, holds 3
+    frames.PACKED_MARK + b"\x00",                        # zero parts
+    frames.PACKED_MARK + b"\x09" + b"\x00" * 36,         # more than packed
+    b"hello",                                            # not packed at all
+])
+def test_a_packed_message_that_does_not_add_up_stays_one_part(data):
+    from nova_rpc_zmq import wire
+    from nova_rpc_zmq.errors import RemoteProtocolError
+    assert frames.unpack([data]) == [data]
+    # which the wire decoder refuses, as any message of one part
+    with pytest.raises(RemoteProtocolError) as caught:
+        wire.decode(frames.unpack([data]))
+    assert caught.value.reason == "too_few_frames"

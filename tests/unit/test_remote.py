@@ -87,3 +87,33 @@ def test_a_caller_asks_once_and_drops_a_port_outside_the_range() -> None:
     finally:
         calls.close()
         calls._peers.ctx.term()
+
+
+def test_the_direct_path_sends_one_part_that_unpacks_to_the_message() -> None:
+    import zmq
+
+    from nova_rpc_zmq import frames
+    handler = get_handler("threading")
+    ctx = zmqio.context(handler, 1)
+    pull = zmqio.make_socket(ctx, zmq.PULL, linger=0, rcvtimeo=5000)
+    pull.bind("inproc://direct-one-part")  # TCP in tests/functional
+    peers = remote._Peers(handler, ctx, Counters(), "direct.calls")
+    message = wire.encode(b"stream." + TOKEN.encode(), "compute.b", {},
+                          {"method": "echo", "args": {"value": 1}})
+    try:
+        peers.set(("compute.b", "b"), ("inproc://direct-one-part",))
+        sent = False
+        for _ in range(200):  # the IMMEDIATE socket connects first
+            sent = peers.send(("compute.b", "b"), message)
+            if sent:
+                break
+            handler.sleep(0.01)
+        assert sent
+        got = frames.recv(pull)
+        assert len(got) == 1 and got[0].startswith(frames.PACKED_MARK)
+        assert frames.unpack(got) == message
+        assert wire.decode(frames.unpack(got)).body["method"] == "echo"
+    finally:
+        peers.close()
+        pull.close(0)
+        ctx.term()
