@@ -278,7 +278,7 @@ def _make_lean_green_classes(handler: concurrency.Handler) -> Any:
     plain_recv, plain_send = plain.recv, plain.send
     getsockopt: Callable[[Any, int], int] = plain.getsockopt
     fast_recv = _frames.recv
-    wait_readable = handler.wait_readable
+    fd_watch = handler.fd_watch
     new_lock = handler.Lock
     green_sleep = handler.sleep
     monotonic = time.monotonic
@@ -311,11 +311,20 @@ def _make_lean_green_classes(handler: concurrency.Handler) -> Any:
             lock = self.__dict__.get("_lean_readers")
             if lock is None:
                 lock = self.__dict__["_lean_readers"] = new_lock()
-                self.__dict__["_lean_fd"] = getsockopt(self, fd_opt)
+                self.__dict__["_lean_watch"] = fd_watch(
+                    getsockopt(self, fd_opt))
             with lock:
                 if getsockopt(self, events) & pollin:
                     return
-                wait_readable(self.__dict__["_lean_fd"], timeout, again)
+                self.__dict__["_lean_watch"].wait(timeout, again)
+
+        def close(self, linger: int | None = None) -> None:
+            watch = self.__dict__.pop("_lean_watch", None)
+            if watch is not None:
+                # before libzmq closes the fd; a reader still waiting is
+                # told as a closed plain socket would tell it
+                watch.close(zmq.ZMQError(zmq.ENOTSOCK))
+            plain.close(self, linger)
 
         def recv(self, flags: int = 0, copy: bool = True,
                  track: bool = False) -> Any:

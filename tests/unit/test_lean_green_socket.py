@@ -138,3 +138,90 @@ def test_a_full_peer_makes_send_wait_and_sndtimeo_end_it(ctx):
     d.wait()
     assert seen_blocked == [True]
     assert drained[-1] == [b"last"] and len(drained) == sent + 1
+
+
+def hub_reads(fd):
+    """Whether eventlet's hub watches ``fd`` for reading now."""
+    hub = eventlet.hubs.get_hub()
+    return fd in hub.listeners[hub.READ]
+
+
+def test_the_hub_keeps_watching_a_socket_read_in_a_loop(ctx):
+    push, pull = pair(ctx, "watch")
+    fd = pull.getsockopt(zmq.FD)
+    got, seen = [], []
+
+    def read():
+        for _ in range(20):
+            got.append(pull.recv_multipart())
+            # between two waits, the listener of the last wait is kept
+            seen.append(hub_reads(fd))
+
+    reader = eventlet.spawn(read)
+    for i in range(20):
+        green_wait_for(lambda: len(got) == i, what="message %d read" % i)
+        green_wait_for(lambda: hub_reads(fd), what="the reader to wait")
+        push.send_multipart([b"%d" % i, b"x"])
+    reader.wait()
+    assert [m[0] for m in got] == [b"%d" % i for i in range(20)]
+    assert seen == [True] * 20
+
+
+def test_a_socket_readable_with_no_reader_is_no_longer_watched(ctx):
+    push, pull = pair(ctx, "unwatched")
+    pull.setsockopt(zmq.RCVTIMEO, int(scaled(5) * 1000))
+    fd = pull.getsockopt(zmq.FD)
+    reader, got = parked_reader(pull)
+    green_wait_for(lambda: hub_reads(fd), what="the reader to wait")
+    push.send_multipart([b"first"])
+    reader.wait()
+    assert got == [[b"first"]]
+    assert hub_reads(fd)  # kept for the next wait
+    # the reader is gone; with no one waiting, a readable fd must not make
+    # the hub call back on every turn: the listener goes at the next event
+    # (libzmq signals the fd for a message after a read found none)
+    with pytest.raises(zmq.Again):
+        pull.recv_multipart(zmq.NOBLOCK)
+    push.send_multipart([b"second"])
+    green_wait_for(lambda: not hub_reads(fd), what="the listener to go")
+    # a new reader gets the message, and one that waits is watched again
+    assert eventlet.spawn(pull.recv_multipart).wait() == [b"second"]
+    reader, got = parked_reader(pull)
+    green_wait_for(lambda: hub_reads(fd), what="the reader to wait")
+    push.send_multipart([b"third"])
+    reader.wait()
+    assert got == [[b"third"]]
+
+
+def test_closing_a_socket_wakes_its_waiting_reader(ctx):
+    _push, pull = pair(ctx, "closing")
+    fd = pull.getsockopt(zmq.FD)
+    errors = []
+
+    def read():
+        try:
+            pull.recv_multipart()
+        except zmq.ZMQError as exc:
+            errors.append(exc.errno)
+
+    reader = eventlet.spawn(read)
+    green_wait_for(lambda: hub_reads(fd), what="the reader to wait")
+    pull.close(0)
+    assert not hub_reads(fd)
+    reader.wait()
+    assert errors == [zmq.ENOTSOCK]
+
+
+def test_a_watch_left_on_a_reused_fd_number_is_replaced(ctx):
+    push, pull = pair(ctx, "reused")
+    fd = pull.getsockopt(zmq.FD)
+    # what a socket dropped without close() leaves when libzmq hands its
+    # fd number to a new socket: a watch with no reader still in the hub
+    stale = get_handler("eventlet").fd_watch(fd)
+    stale.listener = stale._add()
+    assert hub_reads(fd)
+    reader, got = parked_reader(pull)
+    push.send_multipart([b"y"])
+    reader.wait()
+    assert got == [[b"y"]]
+    assert stale.listener is None
