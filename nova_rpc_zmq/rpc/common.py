@@ -71,6 +71,12 @@ def _parse_version(version: Any) -> tuple[int, int, int] | None:
     return parts[0], parts[1], parts[2]
 
 
+#: (implemented, requested) -> compatible, for version strings seen; a
+#: service sees a handful, so the parse runs once per pair, not per call
+_COMPATIBLE: dict[tuple[str, str], bool] = {}
+_COMPATIBLE_MAX = 1024
+
+
 def version_is_compatible(imp_version: str, version: str) -> bool:
     """True when an endpoint implementing ``imp_version`` can serve ``version``.
 
@@ -79,6 +85,19 @@ def version_is_compatible(imp_version: str, version: str) -> bool:
     A version that is not ``X``, ``X.Y`` or ``X.Y.Z`` digits is never
     compatible (it may come from the network: no exception is raised).
     """
+    if type(imp_version) is str and type(version) is str:
+        key = (imp_version, version)
+        known = _COMPATIBLE.get(key)
+        if known is None:
+            known = _compatible(imp_version, version)
+            if len(_COMPATIBLE) >= _COMPATIBLE_MAX:
+                _COMPATIBLE.clear()  # junk versions from the network
+            _COMPATIBLE[key] = known
+        return known
+    return _compatible(imp_version, version)
+
+
+def _compatible(imp_version: Any, version: Any) -> bool:
     imp = _parse_version(imp_version)
     req = _parse_version(version)
     if imp is None or req is None:

@@ -52,6 +52,8 @@ class RpcDispatcher:
             else rpc_serializer.NoOpSerializer())
 
     def _deserialize_args(self, ctxt: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if type(self.serializer) is rpc_serializer.NoOpSerializer:
+            return kwargs  # the default: a call per argument for nothing
         return {name: self.serializer.deserialize_entity(ctxt, arg)
                 for name, arg in kwargs.items()}
 
