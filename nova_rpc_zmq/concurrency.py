@@ -26,6 +26,7 @@ handler: ``zmqio.context(handler)``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import queue as _queue
@@ -97,6 +98,12 @@ class Handler:
         share it.
         """
         raise NotImplementedError
+
+    def Mailbox(self) -> Any:  # noqa: N802
+        """An unbounded FIFO that many put into and one thread takes from:
+        ``put(item)``, ``get(timeout=None)`` (raises ``self.Empty`` at
+        its timeout). What a caller waits on for its replies."""
+        return self.Queue()
 
     def Lock(self) -> Any:  # noqa: N802
         """A mutex (``with lock:``, ``acquire(blocking=True)``,
@@ -249,6 +256,9 @@ class EventletHandler(Handler):
     def Queue(self, maxsize: int = 0) -> Any:  # noqa: N802
         return self._light_queue(maxsize or None)
 
+    def Mailbox(self) -> Any:  # noqa: N802
+        return _GreenMailbox(self.Empty)
+
     def Lock(self) -> Any:  # noqa: N802
         return self._semaphore(1)
 
@@ -368,6 +378,62 @@ class _HubWatch:
         waiter = self.waiter
         if waiter is not None and exc is not None:
             self.hub.schedule_call_global(0, waiter.throw, exc)
+
+
+class _GreenMailbox:
+    """``Mailbox`` of green threads.
+
+    A ``LightQueue`` serves many getters: each wait makes a waiter object
+    and a ``Timeout``, each put a timer that finds the waiter. A caller's
+    replies have one reader, so this keeps the reader itself and one
+    timer for its timeout; a put schedules one wake-up, which does
+    nothing if the reader has gone (timed out) or already took the item.
+    """
+
+    __slots__ = ("_items", "_waiter", "_hub", "_current", "_empty")
+
+    def __init__(self, empty: Any) -> None:
+        from eventlet import getcurrent
+        from eventlet.hubs import get_hub
+        self._items: collections.deque = collections.deque()
+        self._waiter: Any = None
+        self._hub = get_hub()
+        self._current = getcurrent
+        self._empty = empty
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None:
+            self._hub.schedule_call_global(0, self._wake, self._waiter)
+
+    def _wake(self, waiter: Any) -> None:
+        if self._waiter is waiter and self._items:
+            self._waiter = None
+            waiter.switch()
+
+    def get(self, timeout: float | None = None) -> Any:
+        items = self._items
+        if items:
+            return items.popleft()
+        hub = self._hub
+        current = self._current()
+        timer = None
+        if timeout is not None:
+            timer = hub.schedule_call_global(timeout, self._expire, current)
+        try:
+            while not items:
+                self._waiter = current
+                hub.switch()
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return items.popleft()
+
+    def _expire(self, waiter: Any) -> None:
+        if self._waiter is waiter:
+            self._waiter = None
+            waiter.throw(self._empty)
 
 
 class _GreenEvent:

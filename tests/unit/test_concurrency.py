@@ -267,3 +267,46 @@ def test_get_handler_is_safe_from_many_threads():
     for t in threads:
         t.join(scaled(5))
     assert len(made) == 8 and len({id(h) for h in made}) == 1
+
+
+def test_mailbox_is_fifo_wakes_its_reader_and_times_out_with_empty(handler):
+    box = handler.Mailbox()
+    box.put(1)
+    box.put(2)
+    assert [box.get(timeout=1), box.get(timeout=1)] == [1, 2]
+    started = time.monotonic()
+    with pytest.raises(handler.Empty):
+        box.get(timeout=0.05)
+    assert time.monotonic() - started >= 0.04
+    got = []
+    reader = handler.spawn(lambda: got.append(box.get(timeout=scaled(5))))
+    handler.sleep(0.02)  # the reader waits now
+    assert got == []
+    box.put("late")
+    handler.join(reader, scaled(5))
+    assert got == ["late"]
+
+
+def test_a_put_after_a_timeout_does_not_wake_the_reader_elsewhere(handler):
+    """The reader timed out and went to wait on something else: an item
+    put then must not end that other wait early."""
+    box = handler.Mailbox()
+    other = handler.Event()
+    seen = []
+
+    def reader():
+        try:
+            box.get(timeout=0.02)
+        except handler.Empty:
+            seen.append("empty")
+        seen.append(other.wait(scaled(0.3)))
+
+    thread = handler.spawn(reader)
+    wait_until(handler, lambda: seen == ["empty"], what="the timeout")
+    box.put("stray")
+    handler.sleep(0.05)
+    assert seen == ["empty"]  # still waiting for the event
+    other.set()
+    handler.join(thread, scaled(5))
+    assert seen == ["empty", True]
+    assert box.get(timeout=0) == "stray"
