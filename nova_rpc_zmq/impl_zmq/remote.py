@@ -103,8 +103,14 @@ MAX_SOCKETS = 32
 _REPLIES_DOT = wire.REPLIES_PREFIX + wire.TOPIC_SEPARATOR
 _ASK_RE = re.compile(r"([0-9a-f]{16})where([0-9]{1,9}):([0-9]{1,5}):(.+)\Z",
                      re.ASCII)
-_ANSWER_RE = re.compile(r"([0-9a-f]{16})whereis([0-9]{1,9}):([0-9]{1,5})\Z",
-                        re.ASCII)
+_ANSWER_RE = re.compile(
+    r"([0-9a-f]{16})whereis([0-9]{1,9}):([0-9]{1,5})(:p)?\Z", re.ASCII)
+#: Asks numbered from here on come from a caller that takes one-part
+#: replies (``frames.pack``); an answer ending ``:p`` comes from a
+#: consumer that takes one-part calls. Earlier versions of this project
+#: number their asks from 1, parse these asks as any other and answer
+#: without ``:p``: they get and send messages of parts, as before.
+PACKED_ASKS = 100000000
 
 
 def port_range(settings: Settings) -> range | None:
@@ -162,8 +168,11 @@ def parse_ask(probe_id: str) -> tuple[str, int, int, str] | None:
 
 
 def answer_frames(token: str, n: int, port: int, host: str) -> list[bytes]:
-    """The answer to ask ``n`` of ``token``: our ``port``, to ``host``."""
-    return wire.encode_probe("%s%s%d:%d" % (token, ANSWER_MARK, n, port),
+    """The answer to ask ``n`` of ``token``: our ``port``, to ``host``;
+    to an ask of a caller that packs, also that we unpack (``:p``)."""
+    packed = ":p" if n >= PACKED_ASKS else ""
+    return wire.encode_probe("%s%s%d:%d%s" % (token, ANSWER_MARK, n, port,
+                                              packed),
                              wire.reply_topic(host))
 
 
@@ -172,10 +181,12 @@ class _Pool:
     host, or one caller's reply port); a sender takes one (``list.pop``
     and ``append`` are atomic, so native threads share no lock)."""
 
-    __slots__ = ("endpoints", "idle", "made", "closed", "born")
+    __slots__ = ("endpoints", "packed", "idle", "made", "closed", "born")
 
-    def __init__(self, endpoints: tuple[str, ...]) -> None:
+    def __init__(self, endpoints: tuple[str, ...], packed: bool) -> None:
         self.endpoints = endpoints
+        #: every peer unpacks: send one part (``frames.pack``)
+        self.packed = packed
         self.idle: list[Any] = []
         self.made = 0
         self.closed = False
@@ -204,16 +215,19 @@ class _Peers:
         self._lock = handler.Lock()
         self.closed = False
 
-    def set(self, key: Any, endpoints: tuple[str, ...]) -> None:
+    def set(self, key: Any, endpoints: tuple[str, ...],
+            packed: bool = False) -> None:
         """Send to ``endpoints`` (each socket connects to all; ZeroMQ
-        hands each message to the next connected one) from now on."""
+        hands each message to the next connected one) from now on, as
+        one part when ``packed`` (all of them unpack)."""
         with self._lock:
             if self.closed:
                 return
             old = self.pools.get(key)
             if old is not None and old.endpoints == endpoints:
+                old.packed = packed
                 return
-            pool = self.pools[key] = _Pool(endpoints)
+            pool = self.pools[key] = _Pool(endpoints, packed)
             # connecting now: the next send finds the connection made
             pool.made = 1
             pool.idle.append(self._socket(endpoints))
@@ -242,8 +256,8 @@ class _Peers:
             pool.made += 1
             sock = self._socket(pool.endpoints)
         try:
-            # one part: our peer unpacks it (``frames.pack``)
-            frames_io.send(sock, frames_io.pack(frames), frames_io.NOBLOCK)
+            frames_io.send(sock, frames_io.pack(frames) if pool.packed
+                           else frames, frames_io.NOBLOCK)
         except zmq.Again:
             # not connected (yet, or any more) or full: the receivers' path
             self.counters.incr(self.prefix + ".unready")
@@ -307,10 +321,12 @@ class RemoteCalls:
         self._ours: set[tuple[str, str]] = set()
         #: (dtopic, host) -> {port: monotonic time it was last named}
         self._ports: dict[tuple[str, str], dict[int, float]] = {}
+        #: (dtopic, host) -> its ports whose consumer unpacks
+        self._unpacks: dict[tuple[str, str], set[int]] = {}
         #: ask number -> (dtopic, host)
         self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
             collections.OrderedDict()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(PACKED_ASKS)
         # answers come from the reply listener's threads (SUB and TCP)
         self._answer_lock = handler.Lock()
 
@@ -331,6 +347,7 @@ class RemoteCalls:
             # they answer again, asked at the next call
             self._peers.forget(key, pool)
             self._ports.pop(key, None)
+            self._unpacks.pop(key, None)
             self._ask_at[key] = 0.0
         return False
 
@@ -386,14 +403,24 @@ class RemoteCalls:
             self._ours.clear()
         self._ours.add(key)
         if key not in self._ports and len(self._ports) >= MAX_PEERS:
-            self._ports.pop(next(iter(self._ports)))
+            oldest = next(iter(self._ports))
+            self._ports.pop(oldest)
+            self._unpacks.pop(oldest, None)
         known = self._ports.setdefault(key, {})
         known[port] = now
+        unpacks = self._unpacks.setdefault(key, set())
+        if match is not None and match.group(4):
+            unpacks.add(port)
+        else:
+            unpacks.discard(port)  # an older version of ours has the port
         for old in [p for p, seen in known.items() if now - seen > PORT_TTL]:
             del known[old]
+            unpacks.discard(old)
         ports = sorted(known, key=known.__getitem__)[-MAX_PORTS:]
         base = self.endpoint(key[1])
-        self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)))
+        # one socket reaches every port: one part only when all unpack
+        self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)),
+                        packed=all(p in unpacks for p in ports))
         self.counters.incr("direct.where_answered")
 
     def close(self) -> None:
@@ -435,8 +462,10 @@ class RemoteReplies:
                       host)
             return True
         if reply_port in self.ports:
+            # a caller that numbers its asks from PACKED_ASKS unpacks
             self._peers.set((host, token),
-                            (_with_port(self.endpoint(host), reply_port),))
+                            (_with_port(self.endpoint(host), reply_port),),
+                            packed=n >= PACKED_ASKS)
         if port is None:
             return True  # no port of ours: the caller keeps the receivers
         try:

@@ -52,14 +52,14 @@ def test_an_ask_is_read_back_and_a_bad_one_is_not() -> None:
         assert remote.parse_ask(bad) is None
 
 
-def make_calls(sent: list) -> remote.RemoteCalls:
+def make_calls(sent: list, scheme: str = "tcp") -> remote.RemoteCalls:
     handler = get_handler()
     ctx = zmqio.context(handler)
     return remote.RemoteCalls(
         handler, ctx, settings(), Counters("t"), range(9504, 9550),
         send_receiver=lambda host, frames, topic: sent.append(
             (host, frames, topic)),
-        endpoint=lambda host: "tcp://%s:9501" % host, token=TOKEN,
+        endpoint=lambda host: "%s://%s:9501" % (scheme, host), token=TOKEN,
         reply_port=lambda: 9520)
 
 
@@ -101,7 +101,8 @@ def test_the_direct_path_sends_one_part_that_unpacks_to_the_message() -> None:
     message = wire.encode(b"stream." + TOKEN.encode(), "compute.b", {},
                           {"method": "echo", "args": {"value": 1}})
     try:
-        peers.set(("compute.b", "b"), ("inproc://direct-one-part",))
+        peers.set(("compute.b", "b"), ("inproc://direct-one-part",),
+                  packed=True)
         sent = False
         for _ in range(200):  # the IMMEDIATE socket connects first
             sent = peers.send(("compute.b", "b"), message)
@@ -116,4 +117,54 @@ def test_the_direct_path_sends_one_part_that_unpacks_to_the_message() -> None:
     finally:
         peers.close()
         pull.close(0)
+        ctx.term()
+
+
+def test_one_part_only_between_versions_that_unpack() -> None:
+    """Our asks say we unpack replies (numbered from PACKED_ASKS); our
+    consumers say they unpack calls (``:p``). An earlier version of ours
+    does neither and keeps getting messages of parts."""
+    sent: list = []
+    calls = make_calls(sent, scheme="inproc")  # no connection is made
+    try:
+        calls.send("compute.b", "b", [b"x"])
+        asks = [remote.parse_ask(frames[0].decode()) for _h, frames, _t in sent]
+        assert all(n >= remote.PACKED_ASKS for _t, n, _p, _h in asks)
+        (_t, n1, _p, host), (_t, n2, _p, _h), (_t, n3, _p, _h) = asks
+        # a consumer of this version answers the first ask with ``:p``
+        ours = remote.answer_frames(TOKEN, n1, 9510, host)[0].decode()
+        assert ours.endswith(":9510:p")
+        calls.answered(ours)
+        assert calls._peers.pools[("compute.b", "b")].packed
+        # an earlier version answers the next on another port: the socket
+        # reaches both, so messages go as parts
+        calls.answered("%swhereis%d:9511" % (TOKEN, n2))
+        assert not calls._peers.pools[("compute.b", "b")].packed
+        # an ask numbered as an earlier version numbers them gets no ``:p``
+        assert remote.answer_frames(TOKEN, 7, 9510, host)[0].decode() \
+            .endswith("whereis7:9510")
+    finally:
+        calls.close()
+        calls._peers.ctx.term()
+
+
+def test_a_service_packs_replies_only_for_a_caller_that_asked_so() -> None:
+    handler = get_handler()
+    ctx = zmqio.context(handler)
+    replies = remote.RemoteReplies(
+        handler, ctx, settings(), Counters("t"), range(9504, 9550),
+        endpoint=lambda host: "inproc://%s:9501" % host,
+        allows=lambda topic: True)
+    answers: list = []
+    try:
+        for token, n in (("0" * 16, 5), ("1" * 16, remote.PACKED_ASKS + 5)):
+            ask = "%swhere%d:9520:hosta" % (token, n)
+            assert replies.asked(ask, 9530, lambda *a: answers.append(a))
+        pools = replies._peers.pools
+        assert not pools[("hosta", "0" * 16)].packed
+        assert pools[("hosta", "1" * 16)].packed
+        assert [a[1][0].decode()[16:] for a in answers] == \
+            ["whereis5:9530", "whereis%d:9530:p" % (remote.PACKED_ASKS + 5)]
+    finally:
+        replies.close()
         ctx.term()
