@@ -186,7 +186,8 @@ class ZmqDriver(base.BaseDriver):
         if self._ctx is None:
             with self._lock:
                 if self._ctx is None:
-                    ctx = zmqio.context(self.handler)
+                    ctx = zmqio.context(self.handler,
+                                        batch=self.zconf.rpc_zmq_io_batch)
                     if self._proxies is not None:
                         self._outbound = ProxyOutbound(
                             self.handler, ctx, self._linger_ms,
@@ -226,7 +227,8 @@ class ZmqDriver(base.BaseDriver):
                            z.rpc_zmq_bind_address,
                            (z.rpc_zmq_min_port, z.rpc_zmq_max_port,
                             z.rpc_zmq_bind_port_retries), on_message, what,
-                           curve=self._curve, reader=reader)
+                           curve=self._curve, reader=reader,
+                           batch=z.rpc_zmq_io_batch)
         except (RuntimeError, ValueError) as exc:
             raise ZmqConfigurationError(str(exc)) from exc
 
@@ -377,7 +379,7 @@ class ZmqDriver(base.BaseDriver):
                 LOG.warning("%s: no server registered; dropped", what)
             return None
         replies = self._reply_waiter()
-        msg_id = self._msg_id()
+        msg_id = self.local_id()
         msg = dict(message)
         if call_monitor_timeout:
             msg[MONITOR_KEY] = call_monitor_timeout
@@ -391,9 +393,12 @@ class ZmqDriver(base.BaseDriver):
         finally:
             replies.forget(msg_id)
 
-    def _msg_id(self) -> str:
-        """A new call id: this process's random prefix and a counter (a
-        forked child gets its own prefix in ``_context``)."""
+    def local_id(self) -> str:
+        """A new id, unique among this transport's: its random prefix and
+        a counter (a forked child gets its own prefix in ``_context``).
+        A call's msg_id, and the msg_id oslo.messaging wants of each
+        incoming cast and notification (cheaper than a uuid4, which reads
+        the system's random source each time)."""
         return "%s%x" % (self._ids_prefix, next(self._ids))
 
     #: With ``use_pub_sub``: the sender of fanouts to a publisher proxy

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from oslo_messaging._drivers import base
@@ -39,6 +38,8 @@ LOG = logging.getLogger(__name__)
 #: oslo.messaging's AMQP drivers name it).
 MONITOR_KEY = "_timeout"
 _STOP = object()
+#: Where the caller's ``host:port`` starts in a ``zmq_replies.`` topic.
+_REPLY_TO_START = len(wire.REPLIES_PREFIX) + 1
 #: Whether ``IncomingMessage`` takes the ``msg_id`` (newer oslo.messaging;
 #: with 14.0 the driver sets the attribute itself).
 _TAKES_MSG_ID = "msg_id" in inspect.signature(
@@ -56,12 +57,12 @@ class RpcMessage(base.RpcIncomingMessage):
     reply socket (nothing for a cast). Neither ever raises."""
 
     def __init__(self, driver: "ZmqDriver", ctxt: dict, message: dict,
-                 msg_id: str | None, reply_to: str | None) -> None:
+                 msg_id: str, reply_to: str | None) -> None:
         if _TAKES_MSG_ID:
             super().__init__(ctxt, message, msg_id)
         else:
             super().__init__(ctxt, message)
-            self.msg_id = msg_id if msg_id is not None else str(uuid.uuid4())
+            self.msg_id = msg_id
         self._driver = driver
         self._reply_to = reply_to
         monitor = message.pop(MONITOR_KEY, None)
@@ -91,6 +92,14 @@ class RpcMessage(base.RpcIncomingMessage):
 
 class NotificationMessage(base.IncomingMessage):
     """A notification; ``acknowledge`` and ``requeue`` do nothing."""
+
+    def __init__(self, ctxt: dict, message: dict, msg_id: str) -> None:
+        # oslo.messaging 14.0's IncomingMessage takes no msg_id
+        if _TAKES_MSG_ID:
+            super().__init__(ctxt, message, msg_id)
+        else:
+            super().__init__(ctxt, message)
+            self.msg_id = msg_id
 
     def acknowledge(self) -> None:
         """Nothing to do: notifications are not stored."""
@@ -213,14 +222,16 @@ class QueueListener(Inbox):
 
     def _incoming(self, msg: wire.Message) -> base.IncomingMessage:
         if self._notifications:
-            return NotificationMessage(msg.context, msg.body)
-        body = msg.body
-        if body.get(wire.METHOD_KEY) == wire.REPLY_METHOD:
-            request = wire.parse_call_request(body)
-            reply_to = request.reply_topic[len(wire.REPLIES_PREFIX) + 1:]
+            return NotificationMessage(msg.context, msg.body,
+                                       self._driver.local_id())
+        # decode parsed and checked the call request already (msg.part)
+        request = msg.call
+        if request is not None:
+            reply_to = request.reply_topic[_REPLY_TO_START:]
             return RpcMessage(self._driver, msg.context, request.msg,
                               request.msg_id, reply_to)
-        return RpcMessage(self._driver, msg.context, body, None, None)
+        return RpcMessage(self._driver, msg.context, msg.body,
+                          self._driver.local_id(), None)
 
     def stop(self) -> None:
         """Unregister and wake ``poll``; no message is handed to the

@@ -67,13 +67,19 @@ class ReplyWaiter:
         """The reply in ``parts``, or None (a bad one is logged)."""
         try:
             msg = wire.decode(parts)
-            if not isinstance(msg, wire.Message):
-                return None
-            return wire.parse_reply(msg.body)
         except errors.RemoteProtocolError as exc:
             LOG.warning("reply socket %s: dropped a bad reply (%s): %s",
                         self.member, exc.reason, exc.detail)
             return None
+        if type(msg) is not wire.Message:
+            return None  # a probe: nothing to answer on this path
+        # decode parsed and checked the reply already (msg.part)
+        reply = msg.reply
+        if reply is None:
+            LOG.warning("reply socket %s: dropped a message that is not a "
+                        "reply (%s to %s)", self.member,
+                        msg.body.get(wire.METHOD_KEY), msg.topic)
+        return reply
 
     def _queue_of(self, reply: Any) -> Any:
         waiting = self._waiting.get(reply.msg_id)

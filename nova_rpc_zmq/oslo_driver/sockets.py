@@ -24,6 +24,7 @@ sends to its host raise ``curve.HostRefused`` saying why.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -85,6 +86,15 @@ def member_host(member: str) -> str:
     return member.rpartition(":")[0]
 
 
+def _batch_this_thread() -> None:
+    """Put the calling native thread under SCHED_BATCH (Linux; ignored
+    where refused)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError) as exc:
+        LOG.debug("reader stays under its scheduling policy: %s", exc)
+
+
 class Inbound:
     """A bound PULL socket and its reader.
 
@@ -95,14 +105,22 @@ class Inbound:
 
     With ``reader=False`` no reader is started: the owner calls ``read``
     itself, from one thread at a time (a caller's reply socket, read by
-    whichever waiting caller leads; see ``replies.py``).
+    whichever waiting caller leads; see ``replies.py``). With ``batch``
+    a native reader runs under SCHED_BATCH (``rpc_zmq_io_batch``): woken
+    by the I/O thread, or by a worker that lets the GIL go, it waits for
+    a free core or the tick instead of preempting that thread, which
+    would then have to switch back in.
     """
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
                  bind_address: str, port_range: tuple[int, int, int],
                  on_message: Callable[[list], None], what: str,
-                 curve: Curve | None = None, reader: bool = True) -> None:
+                 curve: Curve | None = None, reader: bool = True,
+                 batch: bool = False) -> None:
         self.handler = handler
+        # a native reader only: a green one runs in the hub's own thread
+        self._batch = batch and not handler.green and \
+            zmqio.batch_policy_allowed()
         self.what = what
         self._on_message = on_message
         self._sock = zmqio.make_socket(
@@ -120,6 +138,8 @@ class Inbound:
         self._rcvtimeo = READ_WAKE_MS
 
     def _read(self) -> None:
+        if self._batch:
+            _batch_this_thread()
         sock, handle = self._sock, self._on_message
         recv = zmqio.recv_function(self.handler)
         while not self._stopped:

@@ -36,14 +36,19 @@ CURVE_DEFAULTS = {
     "rpc_zmq_curve_keys_dir": "/etc/nova/zmq/keys",
 }
 
+#: Other options named as the Nova-era transport names them.
+LEGACY_DEFAULTS = {
+    "rpc_zmq_io_batch": True,
+}
+
 
 def test_options_have_the_guides_names_and_defaults() -> None:
     [(group, opts)] = list_opts()
     assert group == "oslo_messaging_zmq"
     by_name = {opt.name: opt for opt in opts}
     assert set(SEED_DEFAULTS) | {"rpc_zmq_host", "rpc_zmq_matchmaker"} \
-        | set(CURVE_DEFAULTS) == set(by_name)
-    for name, default in CURVE_DEFAULTS.items():
+        | set(CURVE_DEFAULTS) | set(LEGACY_DEFAULTS) == set(by_name)
+    for name, default in {**CURVE_DEFAULTS, **LEGACY_DEFAULTS}.items():
         assert by_name[name].default == default, name
     for name, default in SEED_DEFAULTS.items():
         assert by_name[name].default == default, name
