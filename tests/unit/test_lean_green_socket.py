@@ -225,3 +225,34 @@ def test_a_watch_left_on_a_reused_fd_number_is_replaced(ctx):
     reader.wait()
     assert got == [[b"y"]]
     assert stale.listener is None
+
+
+def test_rcvtimeo_counts_from_each_wait_not_from_the_first(ctx):
+    """One timer serves many waits: a wait that starts late still gets
+    its whole RCVTIMEO, and a wait that gets a message is not cut short."""
+    push, pull = pair(ctx, "timeo-many")
+    pull.setsockopt(zmq.RCVTIMEO, 150)
+    got, outcome = [], []
+
+    def sender():
+        for i in range(6):  # a message every 60 ms: each wait < 150 ms
+            eventlet.sleep(0.06)
+            push.send_multipart([b"%d" % i])
+
+    def reader():
+        try:
+            while True:
+                got.append(pull.recv_multipart()[0])
+                outcome.append(time.monotonic())
+        except zmq.Again:
+            outcome.append(("again", time.monotonic()))
+
+    s = eventlet.spawn(sender)
+    r = eventlet.spawn(reader)
+    s.wait()
+    r.wait()
+    assert got == [b"%d" % i for i in range(6)]
+    last_message, (what, ended) = outcome[-2], outcome[-1]
+    assert what == "again"
+    # the last wait began at the last message and lasted its own 150 ms
+    assert 0.14 <= ended - last_message < scaled(1.0)
