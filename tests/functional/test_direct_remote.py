@@ -312,6 +312,17 @@ def test_calls_spread_over_the_worker_processes_of_a_topic(
              what="direct calls reaching both workers")
 
 
+def hand_made_call(drv: Driver, dtopic: str, value: str) -> tuple:
+    """(msg_id, frames, reply queue) of an echo call to ``dtopic`` that a
+    test sends itself; the caller of ``drv`` waits for its reply."""
+    replies = drv.replies
+    msg_id = replies.new_msg_id()
+    request = wire.call_request(msg_id, replies.reply_topic, {},
+                                m("echo", value=value))
+    frames = wire.encode(replies.caller_mark, dtopic, {}, request, False)
+    return msg_id, frames, replies.register(msg_id, B)
+
+
 def test_a_call_that_reaches_the_wrong_consumer_is_forwarded(
         hosts: Hosts, caller: Driver) -> None:
     """A port whose consumer died may be bound by a consumer of another
@@ -321,12 +332,7 @@ def test_a_call_that_reaches_the_wrong_consumer_is_forwarded(
     warm_up(caller, "pair")
     pool = caller.remote._peers.pools[("pair." + B, B)]
     replies = caller.replies
-    msg_id = replies.new_msg_id()
-    request = wire.call_request(msg_id, replies.reply_topic, {},
-                                m("echo", value="forwarded"))
-    frames = wire.encode(replies.caller_mark, "demo." + B, {}, request,
-                         False)
-    queue = replies.register(msg_id, B)
+    msg_id, frames, queue = hand_made_call(caller, "demo." + B, "forwarded")
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     try:
@@ -358,12 +364,7 @@ def test_a_packed_call_is_answered_and_a_forged_one_dropped(
         forged = frames_io.PACKED_MARK + b"\x04" + b"\xff" * 16 + b"junk"
         for bad in ([forged], [frames_io.PACKED_MARK], [b"\x00" * 64]):
             push.send_multipart(bad)
-        msg_id = replies.new_msg_id()
-        request = wire.call_request(msg_id, replies.reply_topic, {},
-                                    m("echo", value="packed"))
-        frames = wire.encode(replies.caller_mark, "demo." + B, {}, request,
-                             False)
-        queue = replies.register(msg_id, B)
+        msg_id, frames, queue = hand_made_call(caller, "demo." + B, "packed")
         try:
             packed = frames_io.pack(frames)
             assert len(packed) == 1
