@@ -226,6 +226,16 @@ _SCHED_BATCH = 3  # Linux's number for SCHED_BATCH
 _batch_allowed: list[bool] = []
 
 
+def batch_this_thread() -> bool:
+    """Put the calling native thread under SCHED_BATCH; False where the
+    system refuses it (the thread keeps its policy)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def batch_policy_allowed() -> bool:
     """True when a thread of this process may switch itself to SCHED_BATCH.
 
@@ -237,11 +247,7 @@ def batch_policy_allowed() -> bool:
         allowed = [False]
 
         def probe() -> None:
-            try:
-                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-                allowed[0] = True
-            except (AttributeError, OSError):
-                pass
+            allowed[0] = batch_this_thread()
 
         if getattr(os, "SCHED_BATCH", None) == _SCHED_BATCH and \
                 hasattr(zmq, "THREAD_SCHED_POLICY"):

@@ -319,10 +319,9 @@ class RemoteCalls:
         self._ask_at: dict[tuple[str, str], float] = {}
         #: (dtopic, host) that answered at least once
         self._ours: set[tuple[str, str]] = set()
-        #: (dtopic, host) -> {port: monotonic time it was last named}
-        self._ports: dict[tuple[str, str], dict[int, float]] = {}
-        #: (dtopic, host) -> its ports whose consumer unpacks
-        self._unpacks: dict[tuple[str, str], set[int]] = {}
+        #: (dtopic, host) -> {port: (monotonic time it was last named,
+        #: whether its consumer unpacks)}
+        self._ports: dict[tuple[str, str], dict[int, tuple[float, bool]]] = {}
         #: ask number -> (dtopic, host)
         self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
             collections.OrderedDict()
@@ -347,7 +346,6 @@ class RemoteCalls:
             # they answer again, asked at the next call
             self._peers.forget(key, pool)
             self._ports.pop(key, None)
-            self._unpacks.pop(key, None)
             self._ask_at[key] = 0.0
         return False
 
@@ -403,24 +401,18 @@ class RemoteCalls:
             self._ours.clear()
         self._ours.add(key)
         if key not in self._ports and len(self._ports) >= MAX_PEERS:
-            oldest = next(iter(self._ports))
-            self._ports.pop(oldest)
-            self._unpacks.pop(oldest, None)
+            self._ports.pop(next(iter(self._ports)))
         known = self._ports.setdefault(key, {})
-        known[port] = now
-        unpacks = self._unpacks.setdefault(key, set())
-        if match is not None and match.group(4):
-            unpacks.add(port)
-        else:
-            unpacks.discard(port)  # an older version of ours has the port
-        for old in [p for p, seen in known.items() if now - seen > PORT_TTL]:
+        # no ``:p``: an older version of ours has the port
+        known[port] = (now, match is not None and bool(match.group(4)))
+        for old in [p for p, (seen, _u) in known.items()
+                    if now - seen > PORT_TTL]:
             del known[old]
-            unpacks.discard(old)
         ports = sorted(known, key=known.__getitem__)[-MAX_PORTS:]
         base = self.endpoint(key[1])
         # one socket reaches every port: one part only when all unpack
         self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)),
-                        packed=all(p in unpacks for p in ports))
+                        packed=all(known[p][1] for p in ports))
         self.counters.incr("direct.where_answered")
 
     def close(self) -> None:

@@ -52,17 +52,24 @@ def is_remote_failure(value: Any) -> bool:
             and type(value.get(wire.EXC_KEY)) is str)
 
 
+def _init_incoming(msg: Any, cls: Any, ctxt: dict, message: dict,
+                   msg_id: str) -> None:
+    """``cls.__init__`` of ``msg`` with its ``msg_id`` (oslo.messaging
+    14.0's takes none: the attribute is set here)."""
+    if _TAKES_MSG_ID:
+        cls.__init__(msg, ctxt, message, msg_id)
+    else:
+        cls.__init__(msg, ctxt, message)
+        msg.msg_id = msg_id
+
+
 class RpcMessage(base.RpcIncomingMessage):
     """An RPC request; ``reply`` and ``heartbeat`` go back to the caller's
     reply socket (nothing for a cast). Neither ever raises."""
 
     def __init__(self, driver: "ZmqDriver", ctxt: dict, message: dict,
                  msg_id: str, reply_to: str | None) -> None:
-        if _TAKES_MSG_ID:
-            super().__init__(ctxt, message, msg_id)
-        else:
-            super().__init__(ctxt, message)
-            self.msg_id = msg_id
+        _init_incoming(self, base.RpcIncomingMessage, ctxt, message, msg_id)
         self._driver = driver
         self._reply_to = reply_to
         monitor = message.pop(MONITOR_KEY, None)
@@ -94,12 +101,7 @@ class NotificationMessage(base.IncomingMessage):
     """A notification; ``acknowledge`` and ``requeue`` do nothing."""
 
     def __init__(self, ctxt: dict, message: dict, msg_id: str) -> None:
-        # oslo.messaging 14.0's IncomingMessage takes no msg_id
-        if _TAKES_MSG_ID:
-            super().__init__(ctxt, message, msg_id)
-        else:
-            super().__init__(ctxt, message)
-            self.msg_id = msg_id
+        _init_incoming(self, base.IncomingMessage, ctxt, message, msg_id)
 
     def acknowledge(self) -> None:
         """Nothing to do: notifications are not stored."""

@@ -24,7 +24,6 @@ sends to its host raise ``curve.HostRefused`` saying why.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -86,15 +85,6 @@ def member_host(member: str) -> str:
     return member.rpartition(":")[0]
 
 
-def _batch_this_thread() -> None:
-    """Put the calling native thread under SCHED_BATCH (Linux; ignored
-    where refused)."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError) as exc:
-        LOG.debug("reader stays under its scheduling policy: %s", exc)
-
-
 class Inbound:
     """A bound PULL socket and its reader.
 
@@ -138,8 +128,9 @@ class Inbound:
         self._rcvtimeo = READ_WAKE_MS
 
     def _read(self) -> None:
-        if self._batch:
-            _batch_this_thread()
+        if self._batch and not zmqio.batch_this_thread():
+            LOG.debug("%s: reader stays under its scheduling policy",
+                      self.what)
         sock, handle = self._sock, self._on_message
         recv = zmqio.recv_function(self.handler)
         while not self._stopped:
