@@ -99,6 +99,9 @@ MAX_PEERS = 1024
 HWM = 1000
 #: Sockets kept per peer: as many as sends that overlap, at most this.
 MAX_SOCKETS = 32
+#: Seconds over which a pool's sockets that no send needed are closed (a
+#: burst of overlapping sends made them), the last one always kept.
+TRIM_EVERY = 60.0
 
 _REPLIES_DOT = wire.REPLIES_PREFIX + wire.TOPIC_SEPARATOR
 _ASK_RE = re.compile(r"([0-9a-f]{16})where([0-9]{1,9}):([0-9]{1,5}):(.+)\Z",
@@ -179,9 +182,16 @@ def answer_frames(token: str, n: int, port: int, host: str) -> list[bytes]:
 class _Pool:
     """PUSH sockets to one direct peer (the ports of one topic on one
     host, or one caller's reply port); a sender takes one (``list.pop``
-    and ``append`` are atomic, so native threads share no lock)."""
+    and ``append`` are atomic, so native threads share no lock).
 
-    __slots__ = ("endpoints", "packed", "idle", "made", "closed", "born")
+    The idle sockets are a stack: sends take the one last put back, so
+    the bottom ones are those only a rare burst of overlapping sends
+    needed. ``low`` is the fewest idle sockets seen since ``trim_at`` was
+    set; at ``trim_at`` that many from the bottom were not taken over the
+    whole period and are closed (``trim``)."""
+
+    __slots__ = ("endpoints", "packed", "idle", "made", "closed", "born",
+                 "low", "trim_at")
 
     def __init__(self, endpoints: tuple[str, ...], packed: bool) -> None:
         self.endpoints = endpoints
@@ -191,6 +201,24 @@ class _Pool:
         self.made = 0
         self.closed = False
         self.born = time.monotonic()
+        self.low = MAX_SOCKETS
+        self.trim_at = self.born + TRIM_EVERY
+
+    def trim(self, now: float) -> int:
+        """Close the sockets no send took since the last trim, keeping
+        one; how many were closed."""
+        unused, self.low = self.low, MAX_SOCKETS
+        self.trim_at = now + TRIM_EVERY
+        closed = 0
+        while closed < unused and len(self.idle) > 1:
+            try:
+                sock = self.idle.pop(0)
+            except IndexError:
+                break
+            sock.close(0)
+            self.made -= 1
+            closed += 1
+        return closed
 
     def drain(self) -> None:
         self.closed = True
@@ -247,14 +275,18 @@ class _Peers:
         pool = self.pools.get(key)
         if pool is None:
             return False
+        idle = pool.idle
         try:
-            sock = pool.idle.pop()
+            sock = idle.pop()
         except IndexError:
             if pool.made >= MAX_SOCKETS:
                 self.counters.incr(self.prefix + ".no_socket")
                 return False
             pool.made += 1
+            self.counters.incr(self.prefix + ".sockets_made")
             sock = self._socket(pool.endpoints)
+        if len(idle) < pool.low:
+            pool.low = len(idle)
         try:
             frames_io.send(sock, frames_io.pack(frames) if pool.packed
                            else frames, frames_io.NOBLOCK)
@@ -263,11 +295,22 @@ class _Peers:
             self.counters.incr(self.prefix + ".unready")
             return False
         finally:
-            pool.idle.append(sock)
+            idle.append(sock)
             if pool.closed:
                 pool.drain()  # closed while we sent
         self.counters.incr(self.prefix)
+        if pool.trim_at <= time.monotonic():
+            self._trim(pool)
         return True
+
+    def _trim(self, pool: _Pool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if pool.closed or pool.trim_at > now:
+                return  # another sender trimmed it
+            closed = pool.trim(now)
+        if closed:
+            self.counters.incr(self.prefix + ".sockets_trimmed", closed)
 
     def _socket(self, endpoints: tuple[str, ...]) -> Any:
         sock = zmqio.make_socket(

@@ -4,6 +4,7 @@ ask and answer, and what a caller does with an answer."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -167,4 +168,55 @@ def test_a_service_packs_replies_only_for_a_caller_that_asked_so() -> None:
             ["whereis5:9530", "whereis%d:9530:p" % (remote.PACKED_ASKS + 5)]
     finally:
         replies.close()
+        ctx.term()
+
+
+def test_sockets_only_a_burst_needed_are_closed_after_a_quiet_period(
+        monkeypatch: Any) -> None:
+    """A burst of overlapping sends leaves extra sockets on a peer's
+    stack; once a whole TRIM_EVERY went by without a send taking them,
+    they are closed, the one the sends use kept, nothing lost."""
+    import zmq
+
+    from nova_rpc_zmq import frames
+    monkeypatch.setattr(remote, "TRIM_EVERY", 0.3)
+    handler = get_handler("threading")
+    ctx = zmqio.context(handler, 1)
+    pull = zmqio.make_socket(ctx, zmq.PULL, linger=0, rcvtimeo=5000)
+    pull.bind("inproc://direct-trim")
+    counters = Counters()
+    peers = remote._Peers(handler, ctx, counters, "direct.calls")
+    key = ("compute.b", "b")
+    message = wire.encode(b"stream." + TOKEN.encode(), "compute.b", {},
+                          {"method": "echo", "args": {}})
+    try:
+        peers.set(key, ("inproc://direct-trim",))
+        pool = peers.pools[key]
+        # four sends in flight at once: three more sockets, connected
+        burst = [peers._socket(pool.endpoints) for _ in range(3)]
+        pool.made += len(burst)
+        pool.idle[:0] = burst
+        sent = 0
+        end = time.monotonic() + 5.0
+        # one send at a time, past two trims (each ~0.3 s apart)
+        while time.monotonic() < end and \
+                counters.get("direct.calls.sockets_trimmed") < 3:
+            if peers.send(key, message):
+                sent += 1
+            handler.sleep(0.005)
+        assert counters.get("direct.calls.sockets_trimmed") == 3
+        assert len(pool.idle) == 1 and pool.made == 1
+        assert all(sock.closed for sock in burst)
+        # the kept socket is the one the sends were using
+        assert peers.send(key, message)
+        sent += 1
+        got = 0
+        while got < sent:
+            frames.recv(pull)
+            got += 1
+        with pytest.raises(zmq.Again):
+            frames.recv(pull, zmq.NOBLOCK)
+    finally:
+        peers.close()
+        pull.close(0)
         ctx.term()
