@@ -386,8 +386,12 @@ class _GreenMailbox:
     A ``LightQueue`` serves many getters: each wait makes a waiter object
     and a ``Timeout``, each put a timer that finds the waiter. A caller's
     replies have one reader, so this keeps the reader itself and one
-    timer for its timeout; a put schedules one wake-up, which does
-    nothing if the reader has gone (timed out) or already took the item.
+    timer for its timeout. A put from another green thread (the reply
+    listener) switches to the waiting reader at once and comes back at the
+    hub's next turn, as ``sleep(0)`` would: the reply reaches its caller
+    before the listener goes back to its socket. A put from the hub or a
+    native thread schedules the wake-up instead, which does nothing if the
+    reader has gone (timed out) or already took the item.
     """
 
     __slots__ = ("_items", "_waiter", "_hub", "_current", "_empty")
@@ -403,8 +407,17 @@ class _GreenMailbox:
 
     def put(self, item: Any) -> None:
         self._items.append(item)
-        if self._waiter is not None:
-            self._hub.schedule_call_global(0, self._wake, self._waiter)
+        waiter = self._waiter
+        if waiter is None:
+            return
+        hub = self._hub
+        current = self._current()
+        if current.parent is not hub.greenlet or current is hub.greenlet:
+            hub.schedule_call_global(0, self._wake, waiter)
+            return
+        self._waiter = None
+        hub.schedule_call_global(0, current.switch)
+        waiter.switch()
 
     def _wake(self, waiter: Any) -> None:
         if self._waiter is waiter and self._items:

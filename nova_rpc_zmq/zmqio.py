@@ -303,12 +303,27 @@ def _make_lean_green_classes(handler: concurrency.Handler) -> Any:
         """
 
         def _deadline(self, option: int) -> float | None:
-            ms = getsockopt(self, option)
+            # RCVTIMEO and SNDTIMEO are kept (a getsockopt per wait is a
+            # Python enum lookup in pyzmq); ``set`` forgets them
+            timeouts = self.__dict__.get("_lean_timeouts")
+            if timeouts is None:
+                timeouts = self.__dict__["_lean_timeouts"] = {}
+            ms = timeouts.get(option)
+            if ms is None:
+                ms = timeouts[option] = getsockopt(self, option)
             return None if ms < 0 else monotonic() + ms / 1000.0
 
+        def set(self, option: int, optval: Any) -> None:
+            self.__dict__.pop("_lean_timeouts", None)
+            plain.set(self, option, optval)
+
+        setsockopt = set
+
         def _wait_readable(self, deadline: float | None) -> None:
-            if getsockopt(self, events) & pollin:
-                return  # processing commands found a message
+            """Wait for the socket's FD after a non-blocking receive found
+            nothing. That receive processed the socket's commands, so the
+            FD turns readable at the next message, unless another reader
+            of the socket ran since: then EVENTS is asked first."""
             timeout = None
             if deadline is not None:
                 timeout = deadline - monotonic()
@@ -319,6 +334,12 @@ def _make_lean_green_classes(handler: concurrency.Handler) -> Any:
                 lock = self.__dict__["_lean_readers"] = new_lock()
                 self.__dict__["_lean_watch"] = fd_watch(
                     getsockopt(self, fd_opt))
+            if lock.acquire(False):
+                try:
+                    self.__dict__["_lean_watch"].wait(timeout, again)
+                finally:
+                    lock.release()
+                return
             with lock:
                 if getsockopt(self, events) & pollin:
                     return

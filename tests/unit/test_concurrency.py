@@ -287,6 +287,31 @@ def test_mailbox_is_fifo_wakes_its_reader_and_times_out_with_empty(handler):
     assert got == ["late"]
 
 
+def test_a_put_from_a_green_thread_hands_the_item_over_at_once():
+    """The reply listener's put runs the waiting caller before the
+    listener goes on; the listener then resumes by itself."""
+    handler = concurrency.get_handler("eventlet")
+    box = handler.Mailbox()
+    order: list = []
+
+    def reader():
+        order.append(("got", box.get(timeout=scaled(5))))
+
+    def putter():
+        box.put("reply")
+        order.append("putter goes on")
+        box.put("second")  # no one waits: queued
+        order.append("putter done")
+
+    waiting = handler.spawn(reader)
+    handler.sleep(0.02)  # the reader waits now
+    feeding = handler.spawn(putter)
+    handler.join(feeding, scaled(5))
+    handler.join(waiting, scaled(5))
+    assert order == [("got", "reply"), "putter goes on", "putter done"]
+    assert box.get(timeout=0) == "second"
+
+
 def test_a_put_after_a_timeout_does_not_wake_the_reader_elsewhere(handler):
     """The reader timed out and went to wait on something else: an item
     put then must not end that other wait early."""

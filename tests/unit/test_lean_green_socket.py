@@ -256,3 +256,47 @@ def test_rcvtimeo_counts_from_each_wait_not_from_the_first(ctx):
     assert what == "again"
     # the last wait began at the last message and lasted its own 150 ms
     assert 0.14 <= ended - last_message < scaled(1.0)
+
+
+def test_a_new_rcvtimeo_holds_from_the_next_wait(ctx):
+    """The socket keeps its RCVTIMEO between waits; setting it, as an
+    attribute or with setsockopt, takes effect at the next wait."""
+    _push, pull = pair(ctx, "timeo-change")
+
+    def waited() -> float:
+        started = time.monotonic()
+        with pytest.raises(zmq.Again):
+            pull.recv_multipart()
+        return time.monotonic() - started
+
+    pull.setsockopt(zmq.RCVTIMEO, 50)
+    assert 0.04 <= waited() < scaled(1.0)
+    pull.rcvtimeo = 400
+    assert 0.38 <= waited() < scaled(2.0)
+    pull.setsockopt(zmq.RCVTIMEO, 60)
+    assert 0.05 <= waited() < 0.35
+
+
+def test_two_green_readers_of_one_socket_share_its_messages(ctx):
+    """Readers take turns at the socket's FD: the one that waits behind
+    another asks EVENTS first, and neither misses a message."""
+    push, pull = pair(ctx, "two-readers")
+    pull.setsockopt(zmq.RCVTIMEO, int(scaled(2) * 1000))
+    got: list = []
+
+    def reader():
+        try:
+            while True:
+                got.append(pull.recv_multipart()[0])
+        except zmq.Again:
+            pass
+
+    readers = [eventlet.spawn(reader), eventlet.spawn(reader)]
+    eventlet.sleep(0.01)  # both wait: one at the FD, one for its turn
+    for i in range(50):
+        push.send_multipart([b"%d" % i])
+        if i % 10 == 0:
+            eventlet.sleep(0.005)
+    for r in readers:
+        r.wait()
+    assert sorted(got, key=int) == [b"%d" % i for i in range(50)]
