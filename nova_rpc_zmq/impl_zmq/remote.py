@@ -99,8 +99,9 @@ MAX_PEERS = 1024
 HWM = 1000
 #: Sockets kept per peer: as many as sends that overlap, at most this.
 MAX_SOCKETS = 32
-#: Seconds over which a pool's sockets that no send needed are closed (a
-#: burst of overlapping sends made them), the last one always kept.
+#: Seconds between two trims of a pool: of the sockets no send took over
+#: that time (a burst of overlapping sends made them), half are closed (at
+#: least one), the last one always kept.
 TRIM_EVERY = 60.0
 
 _REPLIES_DOT = wire.REPLIES_PREFIX + wire.TOPIC_SEPARATOR
@@ -188,7 +189,10 @@ class _Pool:
     the bottom ones are those only a rare burst of overlapping sends
     needed. ``low`` is the fewest idle sockets seen since ``trim_at`` was
     set; at ``trim_at`` that many from the bottom were not taken over the
-    whole period and are closed (``trim``)."""
+    whole period, and half of them (at least one) are closed (``trim``):
+    a pool shrinks fast after a rare big burst, and one that bursts now
+    and then keeps about the sockets its bursts need instead of closing
+    and making them again."""
 
     __slots__ = ("endpoints", "packed", "idle", "made", "closed", "born",
                  "low", "trim_at")
@@ -205,12 +209,12 @@ class _Pool:
         self.trim_at = self.born + TRIM_EVERY
 
     def trim(self, now: float) -> int:
-        """Close the sockets no send took since the last trim, keeping
-        one; how many were closed."""
+        """Close half (at least one) of the sockets no send took since the
+        last trim, keeping one; how many were closed."""
         unused, self.low = self.low, MAX_SOCKETS
         self.trim_at = now + TRIM_EVERY
         closed = 0
-        while closed < unused and len(self.idle) > 1:
+        while closed < (unused + 1) // 2 and len(self.idle) > 1:
             try:
                 sock = self.idle.pop(0)
             except IndexError:
