@@ -25,6 +25,7 @@ import zmq
 from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import wire
 from nova_rpc_zmq.errors import RemoteProtocolError
+from nova_rpc_zmq.receiver import heap
 from nova_rpc_zmq.receiver.connections import READ_EVERY, ConnectionCount
 from nova_rpc_zmq.receiver.topics import FANOUT_STALL, TopicTable
 
@@ -182,6 +183,7 @@ class RoutingLoop(TopicTable):
         connections = self.connections
         connections_due = 0.0
         monotonic = time.monotonic
+        release_due = monotonic() + heap.RELEASE_EVERY
         try:
             while not self._stopping:
                 now = self.turned = monotonic()
@@ -189,6 +191,10 @@ class RoutingLoop(TopicTable):
                     break
                 if now >= droplog.due:
                     droplog.flush(now)
+                if now >= release_due:
+                    # the pages of a drained backlog back to the system
+                    heap.release()
+                    release_due = now + heap.RELEASE_EVERY
                 if now >= connections_due and connections is not None:
                     connections.read()
                     connections_due = now + READ_EVERY

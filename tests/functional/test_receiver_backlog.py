@@ -177,6 +177,39 @@ def test_backlog_is_bounded_in_bytes(host: Host) -> None:
 
 
 @pytest.mark.timeout(180)
+def test_memory_of_a_drained_backlog_goes_back_to_the_system(
+        host: Host) -> None:
+    """8,000 casts of 3 KiB wait for a topic's first consumer, calls
+    passing meanwhile; once the consumer has taken them all, the
+    receiver's RSS comes back to within 8 MiB of where it was."""
+    topic = "latecomer"
+    before = host.counters()
+    rss_before = host.rss()
+    pad = "m" * 3000
+    sent = 8000
+    for i in range(sent):
+        rpc.cast({}, topic, {"method": "record",
+                             "args": {"value": i, "pad": pad}})
+        if i % 400 == 0:
+            host.echo()  # other traffic between the held messages
+    host.wait_counter("received",
+                      before["nova_rpc_zmq_receiver_received_total"] + sent)
+    held = host.rss() - rss_before
+    print("receiver RSS with the backlog: +%.1f MiB" % (held / 2**20))
+    assert held > 8 * 2**20
+    host.local.start_service("late", topic=topic, timeout=scaled(30))
+    wait_for(lambda: host.stats(topic)["record"] >= sent, scaled(60),
+             interval=0.5, what="the backlog taken")
+    deadline = time.monotonic() + scaled(30)
+    while host.rss() - rss_before >= 8 * 2**20 and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    kept = host.rss() - rss_before
+    print("receiver RSS after the drain: +%.1f MiB" % (kept / 2**20))
+    assert kept < 8 * 2**20
+
+
+@pytest.mark.timeout(180)
 def test_stopped_fanout_subscriber_does_not_block_the_others(host: Host) -> None:
     """Subscriber fa is SIGSTOPped: fb still gets every one of 20,000
     fanouts (sent in steps that fb keeps up with), fa's cut-off is counted
