@@ -8,6 +8,12 @@ sends the message in the project's wire format (``wire.encode``: v2 style,
 oslo envelope). A call is a curried ``-reply`` request naming the caller's
 own reply socket (``zmq_replies.<host>:<port>``); the server pushes the
 ``-process_reply`` answer there. One TCP hop each way, no broker, no proxy.
+
+On static direct connections messages between two processes of this
+version travel as one ZeroMQ part (``sockets.py``, "One-part messages"):
+call ids say that the caller unpacks, a server packs its replies to such
+callers, and a caller packs toward a server once a packed reply showed
+that it unpacks.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from nova_rpc_zmq.oslo_driver.proxied import (PROXY_SETTLE, ProxyInbound,
 from nova_rpc_zmq.oslo_driver.pubsub import (FanoutSender, Subscriber,
                                              parse_subscribe_on, publishers)
 from nova_rpc_zmq.oslo_driver.replies import ReplyWaiter
-from nova_rpc_zmq.oslo_driver.sockets import Inbound, Outbound
+from nova_rpc_zmq.oslo_driver.sockets import (UNPACKS_MARK, Inbound,
+                                              Outbound, caller_unpacks)
 
 LOG = logging.getLogger(__name__)
 
@@ -163,11 +170,16 @@ class ZmqDriver(base.BaseDriver):
         self._refresher: Any = None
         self._stop_refresh = self.handler.Event()
         self._pid = os.getpid()
-        self._ids_prefix = uuid.uuid4().hex[:20]
+        # one-part messages: on static direct connections only (a proxy
+        # routes by the parts; a dynamic connection carries one message)
+        self._packing = not self.proxied and not self.dynamic
+        self._ids_prefix = self._new_ids_prefix()
         self._ids = itertools.count()
         self._ctx: Any = None
         self._outbound: Outbound | ProxyOutbound | DynamicOutbound | None \
             = None
+        #: the outbound sockets when they may send one-part messages
+        self._direct: Outbound | None = None
         self._replies: ReplyWaiter | None = None
         self._closed = False
 
@@ -179,8 +191,8 @@ class ZmqDriver(base.BaseDriver):
             # starts afresh (the parent's are left alone, not closed).
             LOG.info("fork detected: this process gets its own sockets")
             self._pid = os.getpid()
-            self._ids_prefix = uuid.uuid4().hex[:20]
-            self._ctx = self._outbound = self._replies = None
+            self._ids_prefix = self._new_ids_prefix()
+            self._ctx = self._outbound = self._replies = self._direct = None
             self._listeners = []
             self._refresher = None
         if self._ctx is None:
@@ -198,9 +210,9 @@ class ZmqDriver(base.BaseDriver):
                             self.handler, ctx, self._linger_ms,
                             curve=self._curve)
                     else:
-                        self._outbound = Outbound(self.handler, ctx,
-                                                  self._linger_ms,
-                                                  curve=self._curve)
+                        self._outbound = self._direct = Outbound(
+                            self.handler, ctx, self._linger_ms,
+                            curve=self._curve)
                     self._ctx = ctx
         return self._ctx
 
@@ -209,9 +221,10 @@ class ZmqDriver(base.BaseDriver):
         assert self._outbound is not None
         return self._outbound
 
-    def inbound(self, on_message: Any, what: str,
-                reader: bool = True) -> Inbound | ProxyInbound:
-        """A bound PULL socket in the configured port range; with
+    def inbound(self, on_message: Any, what: str, reader: bool = True,
+                unpack: bool = True) -> Inbound | ProxyInbound:
+        """A bound PULL socket in the configured port range, which opens
+        one-part messages unless ``unpack`` is False (``Inbound``); with
         ``use_router_proxy`` a DEALER connected to every proxy."""
         z = self.zconf
         if self._proxies is not None:
@@ -228,7 +241,7 @@ class ZmqDriver(base.BaseDriver):
                            (z.rpc_zmq_min_port, z.rpc_zmq_max_port,
                             z.rpc_zmq_bind_port_retries), on_message, what,
                            curve=self._curve, reader=reader,
-                           batch=z.rpc_zmq_io_batch)
+                           batch=z.rpc_zmq_io_batch, unpack=unpack)
         except (RuntimeError, ValueError) as exc:
             raise ZmqConfigurationError(str(exc)) from exc
 
@@ -286,12 +299,13 @@ class ZmqDriver(base.BaseDriver):
     # -- sending -----------------------------------------------------------
 
     def _deliver(self, key: str, parts: list, deadline: float | None,
-                 retry: int | None, what: str, wait_for_servers: bool) -> bool:
+                 retry: int | None, what: str, wait_for_servers: bool
+                 ) -> str | None:
         """Hand ``parts`` to one member of ``key`` (round robin; with
         dynamic connections at most ``zmq_failover_connections + 1``
-        members per round).
+        members per round); returns the member that took them.
 
-        Without ``wait_for_servers``, returns False when a fresh look finds
+        Without ``wait_for_servers``, returns None when a fresh look finds
         no member. Raises MessagingTimeout at ``deadline`` and
         MessageDeliveryFailure once ``retry`` rounds in which every member
         refused are used up; a message is never handed over twice.
@@ -307,7 +321,7 @@ class ZmqDriver(base.BaseDriver):
                     0.0, min(ATTEMPT_WAIT, deadline - time.monotonic()))
                 try:
                     if out.send(member, parts, wait):
-                        return True
+                        return member
                 except CURVE_REFUSALS as refused_by:
                     # this member will not talk to us: try the next one
                     rejected.append(refused_by)
@@ -324,7 +338,7 @@ class ZmqDriver(base.BaseDriver):
             if members:
                 refused += 1
             elif fresh and not wait_for_servers:
-                return False
+                return None
             if deadline is not None and time.monotonic() >= deadline:
                 raise oslo_messaging.MessagingTimeout(
                     "%s: no server took the message in time" % what)
@@ -374,8 +388,9 @@ class ZmqDriver(base.BaseDriver):
             parts = self._encode(None, wire_topic, ctxt, message)
             if target.fanout:
                 self._fanout(key, parts, what)
-            elif not self._deliver(key, parts, deadline or (
-                    time.monotonic() + CAST_GIVE_UP), retry, what, False):
+            elif self._deliver(key, parts, deadline or (
+                    time.monotonic() + CAST_GIVE_UP), retry, what,
+                    False) is None:
                 LOG.warning("%s: no server registered; dropped", what)
             return None
         replies = self._reply_waiter()
@@ -386,12 +401,28 @@ class ZmqDriver(base.BaseDriver):
         body = wire.call_request(msg_id, replies.reply_topic, {}, msg)
         parts = self._encode(msg_id, wire_topic, ctxt, body)
         waiting = replies.expect(msg_id)
+        member = None
         try:
-            self._deliver(key, parts, deadline, retry, what, True)
-            return replies.wait(msg_id, waiting, deadline,
-                                call_monitor_timeout, what)
+            member = self._deliver(key, parts, deadline, retry, what, True)
+            value, packed = replies.wait(msg_id, waiting, deadline,
+                                         call_monitor_timeout, what)
+        except oslo_messaging.MessagingTimeout:
+            if member is not None and self._direct is not None:
+                # it may be an earlier version now, which drops one part
+                self._direct.learned(member, False)
+            raise
         finally:
             replies.forget(msg_id)
+        if self._direct is not None and member is not None:
+            self._direct.learned(member, packed)
+        return value
+
+    def _new_ids_prefix(self) -> str:
+        """The random start of this transport's ids; with one-part
+        messages it says that our reply socket unpacks."""
+        if self._packing:
+            return UNPACKS_MARK + uuid.uuid4().hex[:19]
+        return uuid.uuid4().hex[:20]
 
     def local_id(self) -> str:
         """A new id, unique among this transport's: its random prefix and
@@ -461,11 +492,18 @@ class ZmqDriver(base.BaseDriver):
 
     def send_reply(self, reply_to: str, msg_id: str, response: list,
                    more: bool | None) -> None:
-        """Push one ``-process_reply`` to a caller; never raises (logs)."""
+        """Push one ``-process_reply`` to a caller, as one part when its
+        call id says that it unpacks; never raises (logs)."""
         try:
             body = wire.reply_body(msg_id, response, more)
             parts = self._encode(msg_id, wire.reply_topic(reply_to), {}, body)
-            if not self._out().send(reply_to, parts, ATTEMPT_WAIT * 5):
+            out = self._out()
+            direct = self._direct
+            if direct is not None and caller_unpacks(msg_id):
+                taken = direct.send(reply_to, parts, ATTEMPT_WAIT * 5, True)
+            else:
+                taken = out.send(reply_to, parts, ATTEMPT_WAIT * 5)
+            if not taken:
                 LOG.warning("reply to %s for %s dropped: the caller did not "
                             "take it", reply_to, msg_id)
         except Exception:

@@ -4,7 +4,9 @@ A listener owns one ``Inbound`` socket (its own port) and the registry
 keys that lead there; with ``use_pub_sub`` an RPC server's listener also
 owns a ``pubsub.Subscriber`` whose reader feeds fanouts into the same
 callback. Its reader decodes each message with ``wire.decode``
-(hostile input: a bad message is logged and dropped) and queues it;
+(hostile input: a bad message is logged, counted in ``dropped`` and
+dropped) and queues it; the socket takes messages of parts and one-part
+messages alike (``sockets.Inbound`` opens the latter);
 ``poll`` takes from the queue. ``stop`` unregisters at once (no new
 callers find it) and wakes ``poll``, which then returns what is queued and
 nothing more; ``cleanup`` closes the socket.
@@ -159,6 +161,9 @@ class QueueListener(Inbox):
         self._topics = frozenset(topics)
         self._notifications = notifications
         self.what = what
+        #: messages dropped, by reason (``wire.REASONS``, ``wrong topic``);
+        #: plain counts: a lost increment under a race costs nothing
+        self.dropped: dict[str, int] = {}
         self.inbound = driver.inbound(self._on_frames, what)
         self.member = driver.member(self.inbound.port)
         if pool is not None:
@@ -191,12 +196,14 @@ class QueueListener(Inbox):
         try:
             msg = wire.decode(parts)
         except errors.RemoteProtocolError as exc:
+            self._drop(exc.reason)
             LOG.warning("%s: dropped a bad message (%s): %s", self.what,
                         exc.reason, exc.detail)
             return
         if not isinstance(msg, wire.Message):
             return  # a probe: nothing to answer on this path
         if msg.topic not in self._topics:
+            self._drop("wrong topic")
             LOG.warning("%s: dropped a message for topic %s (this listener "
                         "serves %s; a stale registration?)", self.what,
                         msg.topic, ", ".join(sorted(self._topics)))
@@ -208,6 +215,9 @@ class QueueListener(Inbox):
                 self.put(message)
                 return
             callback([message])
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def start_direct(self, callback: Any) -> None:
         """Hand every message to ``callback([message])`` from now on, the

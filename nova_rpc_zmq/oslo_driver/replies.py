@@ -9,6 +9,11 @@ nobody waits for (its call timed out) is logged and dropped.
 A reply with ``more`` set and no values is a heartbeat: the server's
 method still runs (``call_monitor_timeout``).
 
+A reply comes as parts or as one part (``frames.pack``; ``sockets.py``,
+"One-part messages"); which form came is kept with it, so that the caller
+learns whether the server that answered takes one-part messages. A bad
+reply is logged, counted in ``dropped`` by reason and dropped.
+
 With native threads there is no reader thread: the waiting callers read
 the socket themselves, one at a time (leader and followers). The leader
 reads until its own reply comes, putting the others' replies in their
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import oslo_messaging
 from oslo_messaging._drivers import common as om_common
 
-from nova_rpc_zmq import errors, wire
+from nova_rpc_zmq import errors, frames, wire
 from nova_rpc_zmq.oslo_driver.listener import is_remote_failure
 
 if TYPE_CHECKING:
@@ -53,8 +58,9 @@ class ReplyWaiter:
         self._handler = driver.handler
         self._waiting: dict[str, Any] = {}
         native = not driver.handler.green
+        # unpacked here, where which form came is wanted
         self._inbound = driver.inbound(self._on_frames, "reply socket",
-                                       reader=not native)
+                                       reader=not native, unpack=False)
         # a socket that has its own reader (behind proxies) is not read here
         self._lead = native and not getattr(self._inbound, "reading", True)
         self._leader = threading.Lock()
@@ -62,12 +68,24 @@ class ReplyWaiter:
         self._closing = False
         self.member = driver.member(self._inbound.port)
         self.reply_topic = wire.reply_topic(self.member)
+        #: replies dropped, by reason (``wire.REASONS``, ``not a reply``);
+        #: plain counts: a lost increment under a race costs nothing
+        self.dropped: dict[str, int] = {}
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def _parse(self, parts: list) -> Any:
-        """The reply in ``parts``, or None (a bad one is logged)."""
+        """``(reply, came as one part)`` of ``parts``, or None (a bad one is
+        logged and counted)."""
+        packed = False
+        if len(parts) == 1:
+            parts = frames.unpack(parts)
+            packed = len(parts) > 1
         try:
             msg = wire.decode(parts)
         except errors.RemoteProtocolError as exc:
+            self._drop(exc.reason)
             LOG.warning("reply socket %s: dropped a bad reply (%s): %s",
                         self.member, exc.reason, exc.detail)
             return None
@@ -76,12 +94,15 @@ class ReplyWaiter:
         # decode parsed and checked the reply already (msg.part)
         reply = msg.reply
         if reply is None:
+            self._drop("not a reply")
             LOG.warning("reply socket %s: dropped a message that is not a "
                         "reply (%s to %s)", self.member,
                         msg.body.get(wire.METHOD_KEY), msg.topic)
-        return reply
+            return None
+        return reply, packed
 
-    def _queue_of(self, reply: Any) -> Any:
+    def _queue_of(self, item: Any) -> Any:
+        reply = item[0]
         waiting = self._waiting.get(reply.msg_id)
         if waiting is None:
             LOG.info("reply socket %s: a reply for %s came after its call "
@@ -89,17 +110,17 @@ class ReplyWaiter:
         return waiting
 
     def _on_frames(self, parts: list) -> None:
-        reply = self._parse(parts)
-        if reply is not None:
-            waiting = self._queue_of(reply)
+        item = self._parse(parts)
+        if item is not None:
+            waiting = self._queue_of(item)
             if waiting is not None:
-                waiting.put(reply)
+                waiting.put(item)
 
     # -- leader and followers (native threads) ------------------------------
 
     def _take(self, waiting: Any, timeout: float | None) -> Any:
-        """The next item for the call of ``waiting``; raises the handler's
-        Empty after ``timeout`` seconds."""
+        """The next ``(reply, came as one part)`` for the call of
+        ``waiting``; raises the handler's Empty after ``timeout`` seconds."""
         if not self._lead:
             return waiting.get(timeout=timeout)
         end = None if timeout is None else time.monotonic() + timeout
@@ -167,14 +188,14 @@ class ReplyWaiter:
             parts = self._inbound.read(wait)
             if parts is None:
                 continue
-            reply = self._parse(parts)
-            if reply is None:
+            got = self._parse(parts)
+            if got is None:
                 continue
-            target = self._queue_of(reply)
+            target = self._queue_of(got)
             if target is waiting:
-                return reply
+                return got
             if target is not None:
-                target.put(reply)
+                target.put(got)
         return None
 
     def _pass_lead(self) -> None:
@@ -194,10 +215,11 @@ class ReplyWaiter:
         self._waiting.pop(msg_id, None)
 
     def wait(self, msg_id: str, waiting: Any, deadline: float | None,
-             monitor: float | None, what: str) -> Any:
-        """The call's result; raises the rebuilt remote exception, or
-        MessagingTimeout at ``deadline`` or when no heartbeat came within
-        ``monitor`` seconds."""
+             monitor: float | None, what: str) -> tuple[Any, bool]:
+        """The call's result and whether its reply came as one part;
+        raises the rebuilt remote exception, or MessagingTimeout at
+        ``deadline`` or when no heartbeat came within ``monitor``
+        seconds."""
         heard = time.monotonic()
         while True:
             now = time.monotonic()
@@ -208,7 +230,7 @@ class ReplyWaiter:
                 limits.append(heard + monitor - now)
             wait = max(0.0, min(limits)) if limits else None
             try:
-                reply = self._take(waiting, wait)
+                reply, packed = self._take(waiting, wait)
             except self._handler.Empty:
                 if self._closing:
                     raise oslo_messaging.MessagingTimeout(
@@ -230,7 +252,7 @@ class ReplyWaiter:
             if is_remote_failure(value):
                 raise om_common.deserialize_remote_exception(
                     value[wire.EXC_KEY], self._driver._allowed_remote_exmods)
-            return value
+            return value, packed
 
     def close(self) -> None:
         """Close the reply socket; calls still waiting time out."""

@@ -14,6 +14,18 @@ Each socket is used by one thread at a time: a reader owns its PULL; sends
 on a PUSH take its lock. Sends never block in libzmq (``NOBLOCK``); a full
 or unconnected peer is waited for with the handler's sleep.
 
+One-part messages (static direct connections only): every libzmq call
+lets the GIL go, so a message of eight parts costs eight hand-offs at each
+end, and libzmq's I/O threads carry eight messages. A message may instead
+travel as one part (``frames.pack``). An ``Inbound`` takes both forms
+always (``unpack``); an ``Outbound`` packs only toward a peer known to
+unpack: a caller whose reply socket unpacks makes call ids that start
+with ``UNPACKS_MARK`` (``caller_unpacks``), and a server of this version
+packs its replies to those; a caller that got a packed reply from a
+server marks that server's socket (``learned``) and packs what it sends
+there from then on. Earlier versions of this driver make hex ids, never
+packed replies, and so get and send messages of parts, as before.
+
 With ``rpc_zmq_curve`` both take a ``curve.Curve``: PULLs become CURVE
 servers behind its ZAP authenticator, PUSHes CURVE clients of their host's
 key (see ``curve.py``). A peer that refuses our handshake never gets a pipe
@@ -44,6 +56,20 @@ HWM = 10000
 #: Seconds an outbound socket may stay unused before it is closed (the
 #: reply sockets of callers long gone would otherwise pile up).
 OUTBOUND_IDLE = 600.0
+#: First letter of the call ids of a caller whose reply socket takes
+#: one-part messages. Not a hex digit: earlier versions of this driver make
+#: hex ids (a uuid4's and a counter's), so they never carry it.
+UNPACKS_MARK = "p"
+
+
+def caller_unpacks(msg_id: str) -> bool:
+    """True when the call ``msg_id`` comes from a caller whose reply
+    socket takes one-part messages (its id starts with ``UNPACKS_MARK``)."""
+    return msg_id[:1] == UNPACKS_MARK
+
+
+def _same(parts: list) -> list:
+    return parts
 
 
 class PortRangeExceeded(RuntimeError):
@@ -95,7 +121,12 @@ class Inbound:
 
     With ``reader=False`` no reader is started: the owner calls ``read``
     itself, from one thread at a time (a caller's reply socket, read by
-    whichever waiting caller leads; see ``replies.py``). With ``batch``
+    whichever waiting caller leads; see ``replies.py``). With ``unpack``
+    (the default) a one-part message is opened into its parts
+    (``frames.unpack``) before ``on_message`` or ``read`` gives it; an
+    owner that wants to know which form came passes False and unpacks
+    itself. A one-part message that does not open is given as it is (one
+    part), which ``wire.decode`` refuses. With ``batch``
     a native reader runs under SCHED_BATCH (``rpc_zmq_io_batch``): woken
     by the I/O thread, or by a worker that lets the GIL go, it waits for
     a free core or the tick instead of preempting that thread, which
@@ -106,8 +137,10 @@ class Inbound:
                  bind_address: str, port_range: tuple[int, int, int],
                  on_message: Callable[[list], None], what: str,
                  curve: Curve | None = None, reader: bool = True,
-                 batch: bool = False) -> None:
+                 batch: bool = False, unpack: bool = True) -> None:
         self.handler = handler
+        self._unpack: Callable[[list], list] = frames.unpack if unpack \
+            else _same
         # a native reader only: a green one runs in the hub's own thread
         self._batch = batch and not handler.green and \
             zmqio.batch_policy_allowed()
@@ -131,7 +164,7 @@ class Inbound:
         if self._batch and not zmqio.batch_this_thread():
             LOG.debug("%s: reader stays under its scheduling policy",
                       self.what)
-        sock, handle = self._sock, self._on_message
+        sock, handle, unpack = self._sock, self._on_message, self._unpack
         recv = zmqio.recv_function(self.handler)
         while not self._stopped:
             try:
@@ -144,7 +177,7 @@ class Inbound:
                               "are read: %s", self.what, self.port, exc)
                 return
             try:
-                handle(parts)
+                handle(unpack(parts))
             except Exception:
                 LOG.exception("%s: a message from port %d was dropped",
                               self.what, self.port)
@@ -169,7 +202,7 @@ class Inbound:
             if ms != self._rcvtimeo:
                 self._sock.setsockopt(zmq.RCVTIMEO, ms)
                 self._rcvtimeo = ms
-            return frames.recv(self._sock, 0)
+            return self._unpack(frames.recv(self._sock, 0))
         except zmq.Again:
             return None
         except zmq.ZMQError as exc:
@@ -193,7 +226,8 @@ class Outbound:
     """PUSH sockets to peers, one per ``host:port``, shared by threads.
 
     With ``curve`` each is a CURVE client of its host's key; see ``send``
-    for what a refusal does.
+    for what a refusal does. A peer marked with ``learned`` gets one-part
+    messages (see the module docstring).
     """
 
     def __init__(self, handler: concurrency.Handler, ctx: Any,
@@ -205,7 +239,7 @@ class Outbound:
         self._linger_ms = linger_ms
         self._idle = idle
         self._lock = handler.Lock()
-        # member -> [socket, lock, last use]
+        # member -> [socket, lock, last use, peer unpacks]
         self._peers: dict[str, list] = {}
         self._swept = time.monotonic()
         self._closed = False
@@ -230,7 +264,7 @@ class Outbound:
                 except BaseException:
                     sock.close(0)
                     raise
-                peer = [sock, self.handler.Lock(), time.monotonic()]
+                peer = [sock, self.handler.Lock(), time.monotonic(), False]
                 self._peers[member] = peer
             return peer
 
@@ -258,9 +292,27 @@ class Outbound:
                     peer[0].close()
                     peer[2] = None  # closed: a sender holding it looks again
 
-    def send(self, member: str, parts: list, wait: float | None) -> bool:
+    def learned(self, member: str, unpacks: bool) -> None:
+        """Whether ``member`` takes one-part messages, as its last reply
+        showed (or False after a call to it timed out). Kept with its
+        socket: a socket closed when idle forgets it. Thread-safe."""
+        peer = self._peers.get(member)
+        if peer is not None and peer[3] != unpacks:
+            peer[3] = unpacks
+            LOG.debug("%s: one-part messages %s", member,
+                      "from now on" if unpacks else "no more")
+
+    def unpacks(self, member: str) -> bool:
+        """True when ``member`` is marked to get one-part messages."""
+        peer = self._peers.get(member)
+        return peer is not None and peer[3]
+
+    def send(self, member: str, parts: list, wait: float | None,
+             pack: bool = False) -> bool:
         """Queue ``parts`` to ``member`` (``host:port``), waiting at most
-        ``wait`` seconds (None: for ever) for its connection or room.
+        ``wait`` seconds (None: for ever) for its connection or room; as
+        one part (``frames.pack``) with ``pack`` or when the member is
+        marked (``learned``).
 
         Returns False when it did not go (nothing was queued: a message is
         never sent twice). Raises ``zmq.ZMQError`` after cleanup. With
@@ -279,6 +331,8 @@ class Outbound:
                 if refused is not None:
                     raise refused
             peer = self._peer(member)
+            if (pack or peer[3]) and len(parts) > 1:
+                parts = frames.pack(parts)
             with peer[1]:
                 if peer[2] is not None:
                     peer[2] = time.monotonic()
