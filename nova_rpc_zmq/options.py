@@ -110,10 +110,11 @@ DEFAULT_OPTS = [
     _I("rpc_zmq_contexts", default=1, min=1,
        help="ZeroMQ I/O threads per process; raise it only when one core is saturated."),
     _B("rpc_zmq_io_batch", default=True,
-       help="Run ZeroMQ's I/O threads under SCHED_BATCH (Linux): handing them a message "
-            "no longer preempts the sender, so under load each wake-up moves several "
-            "messages (more calls per second for the CPU); a lone call may take a little "
-            "longer. Skipped where the system refuses the policy."),
+       help="Run ZeroMQ's I/O threads, and a threaded caller's reply listener threads, "
+            "under SCHED_BATCH (Linux): handing them a message no longer preempts the "
+            "sender, so under load each wake-up moves several messages (more calls per "
+            "second for the CPU); a lone call may take a little longer. Skipped where "
+            "the system refuses the policy."),
     _B("rpc_zmq_local_calls", default=True,
        help="A call to a service on this host goes straight to the service (each "
             "consumer also binds a socket under rpc_zmq_ipc_dir/zmq_local.<topic>), "

@@ -224,6 +224,13 @@ class ReplyWaiter:
                     q.put((REFUSED, error, None))
 
     def _loop(self, sock: Any) -> None:
+        if not self.handler.green and self.settings.rpc_zmq_io_batch:
+            # woken by the I/O thread (or a caller letting the GIL go), a
+            # native reader waits for a free core or the tick instead of
+            # preempting that thread: with 16 threaded callers on two
+            # hosts 7% more calls per second, 59 instead of 65 us of the
+            # caller's CPU per call; a lone call is not slower
+            zmqio.batch_this_thread()
         recv = zmqio.recv_function(self.handler)
         try:
             while not self._closing:

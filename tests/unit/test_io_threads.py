@@ -99,3 +99,50 @@ def test_the_probe_leaves_a_monkey_patched_process_alone_too() -> None:
             os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip()) == os.SCHED_OTHER
+
+
+def _reply_reader_policies(batch: bool) -> list[int]:
+    """Policies of the native reader threads of a caller's reply listener
+    (``impl_zmq.replies.ReplyWaiter``) started under ``rpc_zmq_io_batch``."""
+    import dataclasses
+    import tempfile
+
+    from nova_rpc_zmq import config
+    from nova_rpc_zmq.impl_zmq.replies import ReplyWaiter
+    from nova_rpc_zmq.metrics import Counters
+
+    config.reset()
+    config.CONF([], project="nova")
+    with tempfile.TemporaryDirectory(prefix="nrzb-") as ipc_dir:
+        settings = dataclasses.replace(config.load_settings(config.CONF),
+                                       rpc_zmq_ipc_dir=ipc_dir,
+                                       rpc_zmq_io_batch=batch)
+        handler = get_handler("threading")
+        ctx = zmqio.context(handler, 1)
+        waiter = ReplyWaiter(handler, ctx, settings,
+                             lambda *args: None, Counters("t"))
+        try:
+            waiter._start()
+            deadline = time.monotonic() + scaled(5)
+            policies: list[int] = []
+            while time.monotonic() < deadline:
+                policies = [os.sched_getscheduler(t.native_id)
+                            for t in waiter._threads]
+                if len(set(policies)) == 1 and \
+                        (not batch or policies[0] == os.SCHED_BATCH):
+                    break
+                time.sleep(0.01)
+            return policies
+        finally:
+            waiter.close()
+            ctx.term()
+
+
+@needs_batch
+def test_a_threaded_callers_reply_readers_run_under_sched_batch() -> None:
+    assert _reply_reader_policies(batch=True) == [os.SCHED_BATCH] * 2
+
+
+@needs_batch
+def test_reply_readers_keep_the_normal_policy_with_the_option_off() -> None:
+    assert _reply_reader_policies(batch=False) == [os.SCHED_OTHER] * 2
