@@ -125,7 +125,8 @@ DEFAULT_OPTS = [
             "between the caller and the service over TCP (ports of "
             "rpc_zmq_direct_ports, learnt through the receivers) once the first call "
             "found them; old-driver nodes, and every cast, notification and fanout, "
-            "keep the receivers' path. Off with rpc_zmq_curve (not yet encrypted)."),
+            "keep the receivers' path. With rpc_zmq_curve its sockets are CURVE "
+            "sockets that take the keys of rpc_zmq_curve_keys_dir, as a receiver does."),
     _S("rpc_zmq_direct_ports", default="9504:9549",
        help="First:last port of the reserved range where consumers and callers bind "
             "their direct TCP sockets (one port per consumer of a directed topic and "

@@ -109,8 +109,10 @@ class _Consumer:
         self.direct_port: int | None = None
         self.topics = frozenset(local_topics)
         if local_topics and not fanout and conn.direct_ports is not None:
+            # last: with CURVE only this endpoint is a CURVE server
             self.direct_port = bind_direct(self.sock, settings,
-                                           conn.direct_ports, ipc_topic)
+                                           conn.direct_ports, ipc_topic,
+                                           serve=conn.direct_serve)
         self.probe_prefix = uuid.uuid4().hex[:16] + wire.PROBE_MARK
         self.ready = conn.handler.Event()
         self.thread: Any = None
@@ -361,7 +363,8 @@ class Connection:
     ``on_join(bare_topic)`` when a consumer starts, ``on_close(conn)``
     once closed; ``direct_ports`` (``remote.port_range``) and ``remote``
     (``remote.RemoteReplies``) when callers on other hosts may come
-    straight to the consumers.
+    straight to the consumers, and with CURVE ``direct_serve(sock)``
+    (``curve.DirectSecurity.serve``) before a consumer binds its port.
     """
 
     def __init__(self, handler: Handler, ctx: Any, settings: Settings,
@@ -371,7 +374,8 @@ class Connection:
                  on_join: Callable[[str], None] = lambda topic: None,
                  on_close: Callable[["Connection"], None] = lambda conn: None,
                  direct_ports: range | None = None,
-                 remote: Any = None) -> None:
+                 remote: Any = None,
+                 direct_serve: Callable[[Any], None] | None = None) -> None:
         self.handler = handler
         self.ctx = ctx
         self.settings = settings
@@ -382,6 +386,7 @@ class Connection:
         self.on_close = on_close
         self.direct_ports = direct_ports
         self.remote = remote
+        self.direct_serve = direct_serve
         self.consumers: dict[str, _Consumer] = {}
         self.closed = False
         self._done = handler.Event()

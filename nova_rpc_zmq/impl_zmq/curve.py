@@ -126,6 +126,81 @@ class ClientSecurity:
         self.watcher.stop()
 
 
+class DirectSecurity:
+    """CURVE on the direct path (``remote.py``): its TCP sockets bypass
+    the receivers, so they carry the receivers' protection themselves.
+
+    * The direct PULL of a consumer and a caller's direct reply PULL are
+      CURVE servers with this host's key pair (``serve``, before their TCP
+      bind), checked by one ZAP handler in this process (started with the
+      first, a real OS thread also in a green process) that admits the
+      keys of ``rpc_zmq_curve_keys_dir``, as the receiver does. libzmq
+      takes a socket's options when it binds or connects an endpoint, so
+      a consumer socket's IPC endpoints, made before, stay as they were.
+    * Each PUSH to a direct peer is a CURVE client with our key pair and
+      the peer host's certificate as server key (``client``), the file a
+      receiver of that host is reached with.
+
+    A peer that refuses our handshake, or one we have no certificate of,
+    never gets a pipe (``ZMQ_IMMEDIATE``): its messages take the
+    receivers' path, where a refusal is reported as ever.
+    """
+
+    def __init__(self, settings: Settings, handler: Handler, ctx: Any,
+                 client: ClientSecurity) -> None:
+        from nova_rpc_zmq.security import AllowList
+        if client.keypair is None:
+            raise ValueError("DirectSecurity needs rpc_zmq_curve on")
+        self.handler = handler
+        self.ctx = ctx
+        self.keypair = client.keypair
+        self.keys_dir = client.keys_dir
+        self.cert_name = client.cert_name
+        # raises ConfigurationError naming rpc_zmq_curve_keys_dir
+        self.allow_list = AllowList.from_settings(settings)
+        self._lock = handler.Lock()
+        self._auth: Any = None
+
+    def serve(self, sock: Any) -> None:
+        """Make ``sock`` a CURVE server for the endpoints it binds from
+        now on. Call from the thread that owns ``sock``."""
+        from nova_rpc_zmq.security import (NativeZapAuthenticator,
+                                           configure_server)
+        with self._lock:
+            if self._auth is None:
+                self._auth = NativeZapAuthenticator(self.ctx, self.allow_list,
+                                                    self.handler)
+                self._auth.start()
+            auth = self._auth
+        # a consumer's socket has its IPC endpoints already: they stay
+        configure_server(sock, self.keypair, later_endpoints=True)
+        # counts and logs what ZAP never sees (a stale copy of our key)
+        auth.watch_server(sock)
+
+    def client(self, sock: Any, host: str) -> None:
+        """Make ``sock``, an unconnected PUSH, a CURVE client of ``host``.
+
+        Raises ConfigurationError when the keys dir has no usable
+        certificate of ``host``.
+        """
+        from nova_rpc_zmq.security import configure_client, server_key_for
+        configure_client(sock, self.keypair,
+                         server_key_for(self.cert_name(host), self.keys_dir))
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Handshakes our direct sockets refused so far, by reason."""
+        auth = self._auth
+        return auth.refused if auth is not None else {}
+
+    def close(self) -> None:
+        """Stop the ZAP handler (after the sockets it serves are closed)."""
+        with self._lock:
+            auth, self._auth = self._auth, None
+        if auth is not None:
+            auth.stop()
+
+
 def _fresh(failure: AuthenticationError) -> AuthenticationError:
     """A new exception like ``failure``: raising one stored instance again
     and again would grow its traceback with every send."""

@@ -106,19 +106,28 @@ class Driver:
         self.remote: RemoteCalls | None = None
         self.remote_replies: RemoteReplies | None = None
         self.direct_ports = ports = port_range(settings)
+        #: CURVE on the direct path's sockets (``curve.DirectSecurity``)
+        self.direct_security: Any = None
         if ports is not None:
+            secure = None
+            if security is not None and security.keypair is not None:
+                from nova_rpc_zmq.impl_zmq.curve import DirectSecurity
+                self.direct_security = DirectSecurity(settings, handler, ctx,
+                                                      security)
+                secure = self.direct_security.client
+                self.replies.direct_serve = self.direct_security.serve
             self.routes.remote_calls = True
             self.replies.direct_ports = ports
             self.remote = RemoteCalls(
                 handler, ctx, settings, counters, ports,
                 send_receiver=self._send, endpoint=self.outbound.endpoint,
                 token=self.replies.token,
-                reply_port=self.replies.tcp_port)
+                reply_port=self.replies.tcp_port, secure=secure)
             self.replies.on_where = self.remote.answered
             self.remote_replies = RemoteReplies(
                 handler, ctx, settings, counters, ports,
                 endpoint=self.outbound.endpoint,
-                allows=self.reply_policy.allows)
+                allows=self.reply_policy.allows, secure=secure)
         self.connections: list[Any] = []
         self._allowed_modules = list(settings.allowed_rpc_exception_modules)
         # opt-in GET /metrics of this process (rpc_zmq_metrics_port)
@@ -315,7 +324,9 @@ class Driver:
                           on_join=self.joined_topic,
                           on_close=self.left_connection,
                           direct_ports=self.direct_ports,
-                          remote=self.remote_replies)
+                          remote=self.remote_replies,
+                          direct_serve=self.direct_security.serve
+                          if self.direct_security is not None else None)
         self.connections.append(conn)
         return conn
 
@@ -450,6 +461,8 @@ class Driver:
             self.remote_replies.close()
         if self.security is not None:
             self.security.close()
+        if self.direct_security is not None:
+            self.direct_security.close()  # its sockets are closed
         self.outbound.close()
         if self.liveness is not None:
             self.liveness.close()

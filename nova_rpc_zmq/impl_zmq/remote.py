@@ -48,8 +48,14 @@ its peer is not connected (not started, dead) or full, and the message
 then goes through the receivers. A peer that dies with calls queued loses
 them, as a service dying mid-call does on any path: the caller times out.
 Streamed replies are numbered, so parts that took different paths are put
-back in order by the caller. With ``rpc_zmq_curve`` the direct path is off
-(its sockets would bypass the receivers' CURVE servers).
+back in order by the caller.
+
+With ``rpc_zmq_curve`` the direct sockets are CURVE sockets
+(``curve.DirectSecurity``): a consumer's or caller's TCP port admits the
+keys of the keys dir only, as a receiver does, and each PUSH expects the
+peer host's certificate. A peer that refuses us or that we have no
+certificate of is never connected, so its messages take the receivers'
+path (``direct.no_server_key`` counts the missing certificates).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ import zmq
 from nova_rpc_zmq import frames as frames_io
 from nova_rpc_zmq import wire, zmqio
 from nova_rpc_zmq.concurrency import Handler
+from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.metrics import Counters
 
 if TYPE_CHECKING:
@@ -119,14 +126,13 @@ PACKED_ASKS = 100000000
 
 def port_range(settings: Settings) -> range | None:
     """The ports of ``rpc_zmq_direct_ports``, or None when the direct path
-    is off (the option empty, ``rpc_zmq_direct_calls`` off, or CURVE on).
+    is off (the option empty or ``rpc_zmq_direct_calls`` off).
 
     Raises ValueError naming the option for a value that is not
     ``first:last``.
     """
     text = (settings.rpc_zmq_direct_ports or "").strip()
-    if not settings.rpc_zmq_direct_calls or not text or \
-            settings.rpc_zmq_curve:
+    if not settings.rpc_zmq_direct_calls or not text:
         return None
     first, sep, last = text.partition(":")
     try:
@@ -140,14 +146,20 @@ def port_range(settings: Settings) -> range | None:
 
 
 _NO_PORT_SAID: set[str] = set()
+#: Hosts whose missing certificate was logged (``_Peers._socket``).
+_NO_KEY_SAID: set[str] = set()
 
 
 def bind_direct(sock: Any, settings: Settings, ports: range,
-                what: str) -> int | None:
+                what: str, serve: Callable[[Any], None] | None = None
+                ) -> int | None:
     """Bind ``sock`` at the first free port of ``ports`` on
     ``rpc_zmq_bind_address``; its port, or None (said once per ``what``)
-    when none is free: that socket then has only the receivers' path."""
+    when none is free: that socket then has only the receivers' path.
+    ``serve(sock)`` first (CURVE: ``curve.DirectSecurity.serve``)."""
     address = settings.rpc_zmq_bind_address
+    if serve is not None:
+        serve(sock)
     for port in ports:
         try:
             sock.bind("tcp://%s:%d" % (address, port))
@@ -194,11 +206,14 @@ class _Pool:
     and then keeps about the sockets its bursts need instead of closing
     and making them again."""
 
-    __slots__ = ("endpoints", "packed", "idle", "made", "closed", "born",
-                 "low", "trim_at")
+    __slots__ = ("endpoints", "host", "packed", "idle", "made", "closed",
+                 "born", "low", "trim_at")
 
-    def __init__(self, endpoints: tuple[str, ...], packed: bool) -> None:
+    def __init__(self, endpoints: tuple[str, ...], host: str,
+                 packed: bool) -> None:
         self.endpoints = endpoints
+        #: the host of every endpoint (whose certificate CURVE expects)
+        self.host = host
         #: every peer unpacks: send one part (``frames.pack``)
         self.packed = packed
         self.idle: list[Any] = []
@@ -235,23 +250,27 @@ class _Pool:
 
 
 class _Peers:
-    """Pools by key, the oldest closed past ``MAX_PEERS``."""
+    """Pools by key, the oldest closed past ``MAX_PEERS``; with
+    ``secure(sock, host)`` (CURVE: ``curve.DirectSecurity.client``) each
+    new socket is made a client of its pool's host first."""
 
     def __init__(self, handler: Handler, ctx: Any, counters: Counters,
-                 prefix: str) -> None:
+                 prefix: str,
+                 secure: Callable[[Any, str], None] | None = None) -> None:
         self.ctx = ctx
         self.counters = counters
         self.prefix = prefix
+        self.secure = secure
         self.pools: "collections.OrderedDict[Any, _Pool]" = \
             collections.OrderedDict()
         self._lock = handler.Lock()
         self.closed = False
 
-    def set(self, key: Any, endpoints: tuple[str, ...],
+    def set(self, key: Any, endpoints: tuple[str, ...], host: str,
             packed: bool = False) -> None:
-        """Send to ``endpoints`` (each socket connects to all; ZeroMQ
-        hands each message to the next connected one) from now on, as
-        one part when ``packed`` (all of them unpack)."""
+        """Send to ``endpoints`` of ``host`` (each socket connects to all;
+        ZeroMQ hands each message to the next connected one) from now on,
+        as one part when ``packed`` (all of them unpack)."""
         with self._lock:
             if self.closed:
                 return
@@ -259,10 +278,14 @@ class _Peers:
             if old is not None and old.endpoints == endpoints:
                 old.packed = packed
                 return
-            pool = self.pools[key] = _Pool(endpoints, packed)
+            pool = _Pool(endpoints, host, packed)
             # connecting now: the next send finds the connection made
+            sock = self._socket(pool)
+            if sock is None:
+                return  # the receivers' path
+            self.pools[key] = pool
             pool.made = 1
-            pool.idle.append(self._socket(endpoints))
+            pool.idle.append(sock)
             if old is not None:
                 old.drain()
             while len(self.pools) > MAX_PEERS:
@@ -286,9 +309,11 @@ class _Peers:
             if pool.made >= MAX_SOCKETS:
                 self.counters.incr(self.prefix + ".no_socket")
                 return False
+            sock = self._socket(pool)
+            if sock is None:
+                return False
             pool.made += 1
             self.counters.incr(self.prefix + ".sockets_made")
-            sock = self._socket(pool.endpoints)
         if len(idle) < pool.low:
             pool.low = len(idle)
         try:
@@ -316,11 +341,26 @@ class _Peers:
         if closed:
             self.counters.incr(self.prefix + ".sockets_trimmed", closed)
 
-    def _socket(self, endpoints: tuple[str, ...]) -> Any:
+    def _socket(self, pool: _Pool) -> Any:
+        """A PUSH connected to the pool's endpoints; None (logged now and
+        then, counted) when CURVE has no certificate of its host."""
         sock = zmqio.make_socket(
             self.ctx, zmq.PUSH, linger=0, immediate=True, sndhwm=HWM,
             options={zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 1000})
-        for endpoint in endpoints:
+        if self.secure is not None:
+            try:
+                self.secure(sock, pool.host)
+            except ConfigurationError as exc:
+                sock.close(0)
+                self.counters.incr("direct.no_server_key")
+                if pool.host not in _NO_KEY_SAID:
+                    if len(_NO_KEY_SAID) >= MAX_PEERS:
+                        _NO_KEY_SAID.clear()
+                    _NO_KEY_SAID.add(pool.host)
+                    LOG.warning("no direct path to %s, its messages take "
+                                "the receivers: %s", pool.host, exc)
+                return None
+        for endpoint in pool.endpoints:
             sock.connect(endpoint)
         return sock
 
@@ -345,14 +385,15 @@ class RemoteCalls:
     ``send_receiver(host, frames, topic)`` reaches a host's receiver (the
     asks go there), ``endpoint(host)`` is that receiver's ``tcp://``
     address, ``token`` the caller's reply token and ``reply_port()`` the
-    port of its direct reply socket (0: none).
+    port of its direct reply socket (0: none); ``secure`` as ``_Peers``'.
     """
 
     def __init__(self, handler: Handler, ctx: Any, settings: Settings,
                  counters: Counters, ports: range, *,
                  send_receiver: Callable[[str, list, str], None],
                  endpoint: Callable[[str], str], token: str,
-                 reply_port: Callable[[], int]) -> None:
+                 reply_port: Callable[[], int],
+                 secure: Callable[[Any, str], None] | None = None) -> None:
         self.settings = settings
         self.counters = counters
         self.ports = ports
@@ -361,7 +402,7 @@ class RemoteCalls:
         self.token = token
         self.reply_port = reply_port
         self.own_host = settings.rpc_zmq_host
-        self._peers = _Peers(handler, ctx, counters, "direct.calls")
+        self._peers = _Peers(handler, ctx, counters, "direct.calls", secure)
         #: (dtopic, host) -> monotonic time of the next ask
         self._ask_at: dict[tuple[str, str], float] = {}
         #: (dtopic, host) that answered at least once
@@ -459,7 +500,7 @@ class RemoteCalls:
         base = self.endpoint(key[1])
         # one socket reaches every port: one part only when all unpack
         self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)),
-                        packed=all(known[p][1] for p in ports))
+                        key[1], packed=all(known[p][1] for p in ports))
         self.counters.incr("direct.where_answered")
 
     def close(self) -> None:
@@ -468,18 +509,20 @@ class RemoteCalls:
 
 class RemoteReplies:
     """The service's side: the reply ports of callers on other hosts, as
-    their ``where`` asks named them, and ``send`` to them."""
+    their ``where`` asks named them, and ``send`` to them; ``secure`` as
+    ``_Peers``'."""
 
     def __init__(self, handler: Handler, ctx: Any, settings: Settings,
                  counters: Counters, ports: range, *,
                  endpoint: Callable[[str], str],
-                 allows: Callable[[str], bool]) -> None:
+                 allows: Callable[[str], bool],
+                 secure: Callable[[Any, str], None] | None = None) -> None:
         self.settings = settings
         self.counters = counters
         self.ports = ports
         self.endpoint = endpoint
         self.allows = allows
-        self._peers = _Peers(handler, ctx, counters, "direct.replies")
+        self._peers = _Peers(handler, ctx, counters, "direct.replies", secure)
 
     def asked(self, probe_id: str, port: int | None,
               send_receiver: Callable[[str, list, str], None]) -> bool:
@@ -504,7 +547,7 @@ class RemoteReplies:
             # a caller that numbers its asks from PACKED_ASKS unpacks
             self._peers.set((host, token),
                             (_with_port(self.endpoint(host), reply_port),),
-                            packed=n >= PACKED_ASKS)
+                            host, packed=n >= PACKED_ASKS)
         if port is None:
             return True  # no port of ours: the caller keeps the receivers
         try:

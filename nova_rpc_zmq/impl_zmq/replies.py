@@ -95,6 +95,8 @@ class ReplyWaiter:
         self.direct_ports: range | None = None
         #: the TCP port it got (0: none; ``tcp_port`` binds it)
         self.direct_port = 0
+        #: with CURVE, makes that socket a CURVE server before it binds
+        self.direct_serve: Callable[[Any], None] | None = None
         self._tcp_tried = False
         #: takes the ``whereis`` probes that answer our asks
         self.on_where: Callable[[str], None] | None = None
@@ -155,7 +157,7 @@ class ReplyWaiter:
                 rcvtimeo=None if self.handler.green else POLL_MS,
                 rcvhwm=REPLY_RCVHWM, maxmsgsize=settings.limits.max_msg_size)
             port = bind_direct(sock, settings, self.direct_ports,
-                               "the reply socket")
+                               "the reply socket", serve=self.direct_serve)
             if port is None:
                 sock.close(0)
                 return 0

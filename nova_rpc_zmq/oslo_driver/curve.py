@@ -52,7 +52,7 @@ import zmq.utils.monitor
 from nova_rpc_zmq import concurrency
 from nova_rpc_zmq.errors import ConfigurationError
 from nova_rpc_zmq.security import (AllowList, HandshakeWatcher, KeyPair,
-                                   ZapAuthenticator, configure_client,
+                                   NativeZapAuthenticator, configure_client,
                                    configure_server, curve_keypair,
                                    server_key_for)
 
@@ -72,25 +72,6 @@ class NoServerKey(oslo_messaging.MessageDeliveryFailure):
 class HostRefused(oslo_messaging.MessageDeliveryFailure):
     """The host we send to refused our CURVE handshake; the message says
     why and which file to fix (the handshake watcher's words)."""
-
-
-class NativeZapAuthenticator(ZapAuthenticator):
-    """A ``ZapAuthenticator`` whose loop is a real OS thread, also in a
-    monkey-patched process: it blocks in ``zmq_poll``, which would stop
-    every green thread if it ran on the hub. Its lock and stop flag are
-    the unpatched ones, since the loop thread uses them."""
-
-    def __init__(self, context: Any, allow_list: AllowList,
-                 handler: concurrency.Handler) -> None:
-        super().__init__(context, allow_list)
-        real = concurrency.original("threading")
-        self._lock = real.Lock()
-        self._stop = real.Event()
-        self._handler = handler
-
-    def _start_thread(self) -> Any:
-        """The loop's thread: a real OS thread, also when monkey-patched."""
-        return self._handler.spawn_native(self._run)
 
 
 class Curve:

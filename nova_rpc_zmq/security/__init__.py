@@ -30,12 +30,14 @@ from nova_rpc_zmq.security.keys import (KeyPair, curve_keypair, generate,
                                         write_public)
 from nova_rpc_zmq.security.monitor import HandshakeFailure, HandshakeWatcher
 from nova_rpc_zmq.security.policy import AllowList, Decision
-from nova_rpc_zmq.security.zap import (DEFAULT_DOMAIN, ZapAuthenticator,
-                                       configure_client, configure_server)
+from nova_rpc_zmq.security.zap import (DEFAULT_DOMAIN, NativeZapAuthenticator,
+                                       ZapAuthenticator, configure_client,
+                                       configure_server)
 
 __all__ = [
     "AllowList", "DEFAULT_DOMAIN", "Decision", "HandshakeFailure",
-    "HandshakeWatcher", "KeyPair", "ZapAuthenticator", "configure_client",
+    "HandshakeWatcher", "KeyPair", "NativeZapAuthenticator",
+    "ZapAuthenticator", "configure_client",
     "configure_server", "curve_keypair", "generate", "load_keypair",
     "load_public", "server_key_for", "write_keypair", "write_public",
 ]

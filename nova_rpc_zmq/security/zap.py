@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from nova_rpc_zmq import zmqio
+from nova_rpc_zmq import concurrency, zmqio
 from nova_rpc_zmq.errors import ConfigurationError, LocalError
 from nova_rpc_zmq.security.keys import KeyPair
 from nova_rpc_zmq.security.policy import (MECHANISM_MISMATCH, AllowList,
@@ -129,26 +129,33 @@ def _unbound(sock: Any, what: str) -> None:
                          % (what, endpoint.decode("ascii", "replace")))
 
 
-def _set_keys(sock: Any, keypair: KeyPair, role: str) -> None:
-    """This host's key pair on an unbound, unconnected ``sock``."""
+def _set_keys(sock: Any, keypair: KeyPair, role: str,
+              fresh: bool = True) -> None:
+    """This host's key pair on ``sock``, unbound and unconnected unless
+    not ``fresh``."""
     if keypair.secret is None:
         raise ConfigurationError("a CURVE %s needs this host's secret "
                                  "key: load rpc_zmq_curve_key_file with "
                                  "load_keypair()" % role)
-    _unbound(sock, "configure_" + role)
+    if fresh:
+        _unbound(sock, "configure_" + role)
     sock.curve_secretkey = keypair.secret
     sock.curve_publickey = keypair.public
 
 
 def configure_server(sock: Any, keypair: KeyPair,
-                     domain: str = DEFAULT_DOMAIN) -> None:
+                     domain: str = DEFAULT_DOMAIN,
+                     later_endpoints: bool = False) -> None:
     """Make ``sock`` (ROUTER or PULL) a CURVE server checked by ZAP.
 
     Call before ``bind`` and after ``ZapAuthenticator.start``.  Sets
     CURVE_SERVER, the key pair, ZAP_DOMAIN and, where libzmq has it,
     ZAP_ENFORCE_DOMAIN.  Raises ConfigurationError without a secret key.
+    ``later_endpoints``: the socket may be bound or connected already;
+    only the endpoints made from now on are CURVE (libzmq copies a
+    socket's options into each endpoint as it is made).
     """
-    _set_keys(sock, keypair, "server")
+    _set_keys(sock, keypair, "server", fresh=not later_endpoints)
     sock.curve_server = True
     sock.zap_domain = domain.encode("utf-8")
     try:
@@ -473,3 +480,24 @@ class ZapAuthenticator:
                           value)
         return True
 
+
+
+class NativeZapAuthenticator(ZapAuthenticator):
+    """A ``ZapAuthenticator`` whose loop is a real OS thread, also in a
+    monkey-patched process: it blocks in ``zmq_poll``, which would stop
+    every green thread if it ran on the hub. Its lock and stop flag are
+    the unpatched ones, since the loop thread uses them. For the CURVE
+    servers of service and caller processes (the oslo.messaging driver's
+    sockets, the legacy driver's direct path)."""
+
+    def __init__(self, context: zmq.Context, allow_list: AllowList,
+                 handler: concurrency.Handler) -> None:
+        super().__init__(context, allow_list)
+        real = concurrency.original("threading")
+        self._lock = real.Lock()
+        self._stop = real.Event()
+        self._handler = handler
+
+    def _start_thread(self) -> Any:
+        """The loop's thread: a real OS thread, also when monkey-patched."""
+        return self._handler.spawn_native(self._run)

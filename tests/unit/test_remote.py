@@ -33,10 +33,14 @@ def test_the_default_range_is_inside_the_reserved_ports() -> None:
 @pytest.mark.parametrize("overrides", [
     {"rpc_zmq_direct_ports": ""},
     {"rpc_zmq_direct_calls": False},
-    {"rpc_zmq_curve": True},
 ])
 def test_the_direct_path_can_be_off(overrides: dict) -> None:
     assert remote.port_range(settings(**overrides)) is None
+
+
+def test_curve_keeps_the_direct_path() -> None:
+    # its sockets are CURVE sockets (tests/functional/test_curve_direct.py)
+    assert remote.port_range(settings(rpc_zmq_curve=True)) == range(9504, 9550)
 
 
 @pytest.mark.parametrize("text", ["x", "9549:9504", "0:10", "9504:70000"])
@@ -102,7 +106,7 @@ def test_the_direct_path_sends_one_part_that_unpacks_to_the_message() -> None:
     message = wire.encode(b"stream." + TOKEN.encode(), "compute.b", {},
                           {"method": "echo", "args": {"value": 1}})
     try:
-        peers.set(("compute.b", "b"), ("inproc://direct-one-part",),
+        peers.set(("compute.b", "b"), ("inproc://direct-one-part",), "b",
                   packed=True)
         sent = False
         for _ in range(200):  # the IMMEDIATE socket connects first
@@ -190,10 +194,10 @@ def test_sockets_only_a_burst_needed_are_closed_after_a_quiet_period(
     message = wire.encode(b"stream." + TOKEN.encode(), "compute.b", {},
                           {"method": "echo", "args": {}})
     try:
-        peers.set(key, ("inproc://direct-trim",))
+        peers.set(key, ("inproc://direct-trim",), "b")
         pool = peers.pools[key]
         # four sends in flight at once: three more sockets, connected
-        burst = [peers._socket(pool.endpoints) for _ in range(3)]
+        burst = [peers._socket(pool) for _ in range(3)]
         pool.made += len(burst)
         pool.idle[:0] = burst
         sent = 0

@@ -1,0 +1,143 @@
+"""With CURVE on, calls between two of our hosts still skip both receivers
+(``impl_zmq/remote.py``), on CURVE sockets: a consumer's direct port takes
+only the keys of its host's keys dir, as its receiver does.
+
+Host A (127.0.0.1) runs a receiver and the caller (a ``Driver`` in this
+process); host B (127.0.0.2) a receiver and a service. Each host has its
+own key pair, and each keys dir holds both hosts' certificates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+import zmq
+
+from nova_rpc_zmq import wire
+from nova_rpc_zmq.impl_zmq.driver import Driver
+from nova_rpc_zmq.security import (KeyPair, configure_client, generate,
+                                   load_public, write_public)
+from tests.functional.test_direct_remote import (A, ASK_ROUND, B, Hosts, m,
+                                                 warm_up)
+from tests.support import scaled, wait_for
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Hosts]:
+    base = tempfile.mkdtemp(prefix="nrzc-")  # short: ipc paths are limited
+    h = Hosts(base)
+    try:
+        pairs = {a: h.hosts[a].enable_curve() for a in (A, B)}
+        for address, host in h.hosts.items():
+            for other, pair in pairs.items():
+                if other != address:
+                    write_public(os.path.join(
+                        host.options["rpc_zmq_curve_keys_dir"],
+                        "%s.key" % other), pair.public)
+        h.start()
+        h.hosts[B].start_service("svc", topic="demo", timeout=scaled(30))
+        yield h
+    finally:
+        h.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def caller(hosts: Hosts) -> Iterator[Driver]:
+    drv = Driver(hosts.hosts[A].settings())
+    try:
+        yield drv
+    finally:
+        drv.cleanup()
+
+
+def test_calls_skip_both_receivers_on_curve_sockets(
+        hosts: Hosts, caller: Driver) -> None:
+    assert caller.direct_security is not None
+    warm_up(caller, "demo")
+    before = {a: hosts.received(a) for a in (A, B)}
+    for i in range(30):
+        assert caller.call({}, "demo", m("echo", value=i),
+                           timeout=scaled(10)) == i
+    values = list(caller.multicall({}, "demo", m("count", n=50),
+                                   timeout=scaled(10)))
+    assert values == list(range(50))
+    # 30 calls, 30 replies and 50 streamed parts would cross the receivers
+    # on their path; a round of where asks may
+    after = {a: hosts.received(a) for a in (A, B)}
+    assert all(after[a] - before[a] <= ASK_ROUND for a in (A, B)), \
+        (before, after)
+    assert caller.counters.get("direct.no_server_key") == 0
+    assert caller.direct_security.refused == {}
+
+
+def _direct_port(caller: Driver) -> int:
+    assert caller.remote is not None
+    known = caller.remote._ports.get(("demo." + B, B))
+    assert known, "the caller learnt no port of demo on B"
+    return min(known)
+
+
+def _records(caller: Driver) -> int:
+    return caller.call({}, "demo", m("stats"), timeout=scaled(10))["record"]
+
+
+def _push_record(port: int, keys: tuple[bytes, bytes, bytes] | None) -> None:
+    """A ``record`` cast straight to B's direct ``port``, plaintext or with
+    ``(public, secret, server public)``; the socket lingers a second."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        if keys is not None:
+            configure_client(sock, KeyPair(public=keys[0], secret=keys[1]),
+                             keys[2])
+        sock.connect("tcp://%s:%d" % (B, port))
+        sock.send_multipart(wire.encode(None, "demo." + B, {},
+                                        m("record", value=uuid.uuid4().hex)))
+        sock.close()
+    finally:
+        ctx.term()
+
+
+def test_the_direct_port_takes_only_known_keys(
+        hosts: Hosts, caller: Driver) -> None:
+    warm_up(caller, "demo")
+    port = _direct_port(caller)
+    b_public = load_public(os.path.join(
+        hosts.hosts[A].options["rpc_zmq_curve_keys_dir"], "%s.key" % B))
+    stranger = generate()
+    before = _records(caller)
+    _push_record(port, None)                       # no CURVE
+    _push_record(port, (stranger.public, stranger.secret, b_public))
+    time.sleep(scaled(1.5))  # what would have come has come
+    assert _records(caller) == before
+    # the same cast with host A's own key pair arrives: the refusals
+    # above were the keys, not the message
+    a = caller.direct_security.keypair
+    _push_record(port, (a.public, a.secret, b_public))
+    wait_for(lambda: _records(caller) == before + 1, scaled(10),
+             what="the cast sent with a known key")
+    log = open(os.path.join(hosts.hosts[B].dir, "service-svc.log")).read()
+    assert "no matching key" in log
+
+
+def test_a_green_service_serves_direct_calls_with_curve(
+        hosts: Hosts, caller: Driver) -> None:
+    # its ZAP handler runs in a real OS thread, off the hub
+    hosts.hosts[B].start_service("green", topic="pair", eventlet=True,
+                                 timeout=scaled(30))
+    warm_up(caller, "pair")
+    before = {a: hosts.received(a) for a in (A, B)}
+    for i in range(20):
+        assert caller.call({}, "pair", m("echo", value=i),
+                           timeout=scaled(10)) == i
+    after = {a: hosts.received(a) for a in (A, B)}
+    assert all(after[a] - before[a] <= ASK_ROUND for a in (A, B)), \
+        (before, after)
