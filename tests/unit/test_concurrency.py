@@ -4,6 +4,7 @@ monkey-patching needed for these)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -273,7 +274,9 @@ def test_mailbox_is_fifo_wakes_its_reader_and_times_out_with_empty(handler):
     box = handler.Mailbox()
     box.put(1)
     box.put(2)
+    assert box.qsize() == 2
     assert [box.get(timeout=1), box.get(timeout=1)] == [1, 2]
+    assert box.qsize() == 0
     started = time.monotonic()
     with pytest.raises(handler.Empty):
         box.get(timeout=0.05)
@@ -335,3 +338,86 @@ def test_a_put_after_a_timeout_does_not_wake_the_reader_elsewhere(handler):
     handler.join(thread, scaled(5))
     assert seen == ["empty", True]
     assert box.get(timeout=0) == "stray"
+
+
+native_mailbox = pytest.mark.skipif(
+    not concurrency._ThreadFd.available,
+    reason="the eventfd mailbox needs os.eventfd (Linux, Python 3.10+)")
+
+
+@native_mailbox
+def test_native_mailbox_wakes_by_eventfd_only_while_its_reader_waits():
+    handler = concurrency.get_handler("threading")
+    box = handler.Mailbox()
+    assert isinstance(box, concurrency._FdMailbox)
+    own = concurrency._ThreadFd.mine()
+    box.put("nobody waits")
+    # no reader named: the put made no system call, the eventfd is quiet
+    assert own.poll.poll(0) == []
+    assert box.get(timeout=0) == "nobody waits"
+    # a wake-up left over from an earlier wait: the next wait looks, finds
+    # nothing and goes on waiting until its own timeout
+    os.eventfd_write(own.fd, 1)
+    started = time.monotonic()
+    with pytest.raises(handler.Empty):
+        box.get(timeout=0.05)
+    assert time.monotonic() - started >= 0.04
+
+
+@native_mailbox
+def test_native_mailboxes_lose_no_wake_up_between_many_threads():
+    """16 readers, each waiting on its own mailboxes in turn, one putter:
+    every item arrives, none at its wait's timeout (a lost wake-up)."""
+    handler = concurrency.get_handler("threading")
+    rounds, readers = 300, 16
+    boxes = [[handler.Mailbox() for _ in range(rounds)]
+             for _ in range(readers)]
+    got: list[list] = [[] for _ in range(readers)]
+    longest = [0.0]
+
+    def read(i):
+        for box in boxes[i]:
+            started = time.monotonic()
+            # a lost wake-up would still end at the timeout, with the item
+            got[i].append(box.get(timeout=scaled(10)))
+            longest[0] = max(longest[0], time.monotonic() - started)
+
+    threads = [handler.spawn(read, i) for i in range(readers)]
+    for n in range(rounds):
+        for i in range(readers):
+            boxes[i][n].put((i, n))
+        if n % 50 == 0:
+            time.sleep(0.001)  # let readers reach their waits now and then
+    for t in threads:
+        handler.join(t, scaled(30))
+    assert got == [[(i, n) for n in range(rounds)] for i in range(readers)]
+    assert longest[0] < scaled(5), "a wait lasted to its timeout"
+
+
+@native_mailbox
+def test_a_forked_child_waits_on_an_eventfd_of_its_own():
+    parent = concurrency._ThreadFd.mine()
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only when all holds
+        code = 1
+        try:
+            mine = concurrency._ThreadFd.mine()
+            box = concurrency.get_handler("threading").Mailbox()
+            t = threading.Thread(target=lambda: (time.sleep(0.02),
+                                                 box.put("child")))
+            t.start()
+            ok = mine is not parent and mine.pid == os.getpid() \
+                and box.get(timeout=5) == "child"
+            t.join(5)
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's is untouched: its waits still work
+    assert concurrency._ThreadFd.mine() is parent
+    box = concurrency.get_handler("threading").Mailbox()
+    t = threading.Thread(target=lambda: (time.sleep(0.02), box.put("parent")))
+    t.start()
+    assert box.get(timeout=scaled(5)) == "parent"
+    t.join(scaled(5))
