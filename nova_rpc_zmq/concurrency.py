@@ -578,6 +578,8 @@ class _FdMailbox:
         items = self._items
         if items:
             return items.popleft()
+        if timeout is not None and timeout <= 0:
+            raise _queue.Empty
         own = _ThreadFd.mine()
         end = None if timeout is None else time.monotonic() + timeout
         # named before the check below: a put after it writes to us

@@ -169,7 +169,7 @@ class ReplyWaiter:
 
     def _poll_queue(self, waiting: Any) -> Any:
         try:
-            return waiting.get(block=False)
+            return waiting.get(timeout=0)
         except self._handler.Empty:
             return None
 
@@ -206,7 +206,8 @@ class ReplyWaiter:
 
     def expect(self, msg_id: str) -> Any:
         """Make the queue for call ``msg_id`` (before its request goes)."""
-        waiting = self._handler.Queue()
+        # native: woken through an eventfd, the GIL let go meanwhile
+        waiting = self._handler.Mailbox()
         self._waiting[msg_id] = waiting
         return waiting
 
