@@ -207,7 +207,7 @@ class ReplyWaiter:
     def register(self, msg_id: str, host: str | None = None) -> Any:
         """A queue that receives ``(response, more)`` for ``msg_id``, or
         ``(REFUSED, error)`` when ``host`` refuses our connection."""
-        q = self.handler.Mailbox()
+        q = self.handler.Mailbox(len(self._waiters))
         self._waiters[msg_id] = q
         if host is not None:
             self._hosts[msg_id] = host

@@ -207,7 +207,7 @@ class ReplyWaiter:
     def expect(self, msg_id: str) -> Any:
         """Make the queue for call ``msg_id`` (before its request goes)."""
         # native: woken through an eventfd, the GIL let go meanwhile
-        waiting = self._handler.Mailbox()
+        waiting = self._handler.Mailbox(len(self._waiting))
         self._waiting[msg_id] = waiting
         return waiting
 

@@ -350,6 +350,11 @@ def test_native_mailbox_wakes_by_eventfd_only_while_its_reader_waits():
     handler = concurrency.get_handler("threading")
     box = handler.Mailbox()
     assert isinstance(box, concurrency._FdMailbox)
+    # many calls waiting already: the GIL-holding kind, same contract
+    crowded = handler.Mailbox(others=concurrency.FD_WAKE_BELOW)
+    assert not isinstance(crowded, concurrency._FdMailbox)
+    crowded.put(1)
+    assert crowded.qsize() == 1 and crowded.get(timeout=1) == 1
     own = concurrency._ThreadFd.mine()
     box.put("nobody waits")
     # no reader named: the put made no system call, the eventfd is quiet
