@@ -106,6 +106,9 @@ MAX_PEERS = 1024
 HWM = 1000
 #: Sockets kept per peer: as many as sends that overlap, at most this.
 MAX_SOCKETS = 32
+#: Milliseconds a closed pool socket keeps trying to hand over what is
+#: queued on it (a peer still connected takes it; a gone one has none).
+CLOSE_LINGER_MS = 1000
 #: Seconds between two trims of a pool: of the sockets no send took over
 #: that time (a burst of overlapping sends made them), half are closed (at
 #: least one), the last one always kept.
@@ -234,7 +237,7 @@ class _Pool:
                 sock = self.idle.pop(0)
             except IndexError:
                 break
-            sock.close(0)
+            sock.close(CLOSE_LINGER_MS)
             self.made -= 1
             closed += 1
         return closed
@@ -246,7 +249,8 @@ class _Pool:
                 sock = self.idle.pop()
             except IndexError:
                 return
-            sock.close(0)
+            # what a connected peer has not taken yet still goes
+            sock.close(CLOSE_LINGER_MS)
 
 
 class _Peers:
@@ -298,20 +302,26 @@ class _Peers:
                 del self.pools[key]
         pool.drain()
 
-    def send(self, key: Any, frames: list) -> bool:
+    def send(self, key: Any, frames: list) -> bool | None:
+        """True when ``frames`` went; False when the pool's sockets refused
+        them (no peer connected, or all full); None when they did not go
+        for a reason that says nothing of the peer (no pool, no socket
+        left, or a socket made for this send and not connected yet)."""
         pool = self.pools.get(key)
         if pool is None:
-            return False
+            return None
         idle = pool.idle
+        new = False
         try:
             sock = idle.pop()
         except IndexError:
             if pool.made >= MAX_SOCKETS:
                 self.counters.incr(self.prefix + ".no_socket")
-                return False
+                return None
             sock = self._socket(pool)
             if sock is None:
-                return False
+                return None
+            new = True
             pool.made += 1
             self.counters.incr(self.prefix + ".sockets_made")
         if len(idle) < pool.low:
@@ -322,7 +332,7 @@ class _Peers:
         except zmq.Again:
             # not connected (yet, or any more) or full: the receivers' path
             self.counters.incr(self.prefix + ".unready")
-            return False
+            return None if new else False
         finally:
             idle.append(sock)
             if pool.closed:
@@ -426,9 +436,13 @@ class RemoteCalls:
         pool = self._peers.pools.get(key)
         if pool is None:
             return False
-        if self._peers.send(key, frames):
+        sent = self._peers.send(key, frames)
+        if sent:
             return True
-        if time.monotonic() - pool.born > STALE_AFTER:
+        # None: a socket made for this send of a burst, not connected yet;
+        # the others are (forgetting the pool would close them, their
+        # queued calls with them)
+        if sent is False and time.monotonic() - pool.born > STALE_AFTER:
             # refused (none connected, or all full): the services may be
             # gone or restarted on other ports; the receivers' path until
             # they answer again, asked at the next call
@@ -563,7 +577,7 @@ class RemoteReplies:
         if not reply_topic.startswith(_REPLIES_DOT):
             return False
         host = reply_topic[len(_REPLIES_DOT):]
-        return self._peers.send((host, token), frames)
+        return bool(self._peers.send((host, token), frames))
 
     def close(self) -> None:
         self._peers.close()
