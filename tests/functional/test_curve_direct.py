@@ -10,8 +10,6 @@ own key pair, and each keys dir holds both hosts' certificates.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from typing import Iterator
@@ -23,38 +21,32 @@ from nova_rpc_zmq import wire
 from nova_rpc_zmq.impl_zmq.driver import Driver
 from nova_rpc_zmq.security import (KeyPair, configure_client, generate,
                                    load_public, write_public)
-from tests.functional.test_direct_remote import (A, ASK_ROUND, B, Hosts, m,
+from tests.functional.test_direct_remote import (A, ASK_ROUND, B, Hosts,
+                                                 a_caller, m, two_hosts,
                                                  warm_up)
 from tests.support import scaled, wait_for
 
 
+def _cross_keys(h: Hosts) -> None:
+    """A key pair per host; each keys dir holds both certificates."""
+    pairs = {a: h.hosts[a].enable_curve() for a in (A, B)}
+    for address, host in h.hosts.items():
+        for other, pair in pairs.items():
+            if other != address:
+                write_public(os.path.join(
+                    host.options["rpc_zmq_curve_keys_dir"],
+                    "%s.key" % other), pair.public)
+
+
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[Hosts]:
-    base = tempfile.mkdtemp(prefix="nrzc-")  # short: ipc paths are limited
-    h = Hosts(base)
-    try:
-        pairs = {a: h.hosts[a].enable_curve() for a in (A, B)}
-        for address, host in h.hosts.items():
-            for other, pair in pairs.items():
-                if other != address:
-                    write_public(os.path.join(
-                        host.options["rpc_zmq_curve_keys_dir"],
-                        "%s.key" % other), pair.public)
-        h.start()
-        h.hosts[B].start_service("svc", topic="demo", timeout=scaled(30))
+    with two_hosts("nrzc-", _cross_keys) as h:
         yield h
-    finally:
-        h.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def caller(hosts: Hosts) -> Iterator[Driver]:
-    drv = Driver(hosts.hosts[A].settings())
-    try:
-        yield drv
-    finally:
-        drv.cleanup()
+    yield from a_caller(hosts)
 
 
 def test_calls_skip_both_receivers_on_curve_sockets(

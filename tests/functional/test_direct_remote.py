@@ -9,6 +9,7 @@ process); host B (127.0.0.2) a receiver and the services. The receivers'
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -94,11 +95,15 @@ class Hosts:
             h.stop()
 
 
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[Hosts]:
-    base = tempfile.mkdtemp(prefix="nrzd-")  # short: ipc paths are limited
+@contextlib.contextmanager
+def two_hosts(prefix: str, prepare: Callable[[Hosts], None] = lambda h: None
+              ) -> Iterator[Hosts]:
+    """Hosts A and B running, service ``svc`` of ``demo`` on B;
+    ``prepare(hosts)`` runs before they start."""
+    base = tempfile.mkdtemp(prefix=prefix)  # short: ipc paths are limited
     h = Hosts(base)
     try:
+        prepare(h)
         h.start()
         h.hosts[B].start_service("svc", topic="demo", timeout=scaled(30))
         yield h
@@ -107,13 +112,24 @@ def hosts() -> Iterator[Hosts]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def caller(hosts: Hosts) -> Iterator[Driver]:
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[Hosts]:
+    with two_hosts("nrzd-") as h:
+        yield h
+
+
+def a_caller(hosts: Hosts) -> Iterator[Driver]:
+    """A ``Driver`` of host A, cleaned up after."""
     drv = Driver(hosts.hosts[A].settings())
     try:
         yield drv
     finally:
         drv.cleanup()
+
+
+@pytest.fixture
+def caller(hosts: Hosts) -> Iterator[Driver]:
+    yield from a_caller(hosts)
 
 
 def warm_up(drv: Driver, topic: str) -> None:
