@@ -630,11 +630,22 @@ class _ThreadFd:
 
     @classmethod
     def mine(cls) -> "_ThreadFd":
-        """The calling thread's (in this process)."""
+        """The calling thread's (in this process: ``_forget_after_fork``
+        drops the one a forked child inherits, so no wait asks the pid)."""
         own = getattr(cls._local, "fd", None)
-        if own is None or own.pid != os.getpid():
+        if own is None:
             own = cls._local.fd = cls()
         return own
 
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        # the child's only thread is the one that forked: its eventfd is
+        # shared with the parent, so the child makes its own
+        cls._local.fd = None
+
     def __del__(self) -> None:
         os.close(self.fd)
+
+
+if _ThreadFd.available:
+    os.register_at_fork(after_in_child=_ThreadFd._forget_after_fork)
