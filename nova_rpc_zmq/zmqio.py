@@ -236,6 +236,27 @@ def batch_this_thread() -> bool:
     return True
 
 
+def hand_over() -> None:
+    """Let this thread's core go to a thread that waits for it, as a
+    native thread does after queueing a lone message in libzmq.
+
+    The send woke the context's I/O thread, which under SCHED_BATCH does
+    not preempt the sender: it waits for a free core or for the sender to
+    block. An oslo.messaging caller still has 20-40 µs of Python to run
+    before it blocks for the reply (the call context, our wait), and a
+    server's executor worker as long after the reply (oslo.messaging's
+    futures and statistics), so the message left the host only after
+    them. Giving the core up (``sched_yield``) lets the I/O thread write
+    it first. Used only when the message is the only one in flight (one
+    call waiting, one request being served): under load the I/O thread
+    finds a core anyway, and a yield is a syscall and a context switch.
+    """
+    _sched_yield()
+
+
+_sched_yield = getattr(os, "sched_yield", lambda: None)
+
+
 def batch_policy_allowed() -> bool:
     """True when a thread of this process may switch itself to SCHED_BATCH.
 

@@ -182,6 +182,13 @@ class ZmqDriver(base.BaseDriver):
         self._direct: Outbound | None = None
         self._replies: ReplyWaiter | None = None
         self._closed = False
+        #: let the core go after queueing a lone message (``_context``)
+        self._hand_over = False
+        #: requests handed to oslo.messaging and not yet answered, and the
+        #: number of the last one handed
+        self._serving = 0
+        self._taken = 0
+        self._serving_lock = self.handler.Lock()
 
     # -- sockets -----------------------------------------------------------
 
@@ -198,8 +205,10 @@ class ZmqDriver(base.BaseDriver):
         if self._ctx is None:
             with self._lock:
                 if self._ctx is None:
-                    ctx = zmqio.context(self.handler,
-                                        batch=self.zconf.rpc_zmq_io_batch)
+                    batch = self.zconf.rpc_zmq_io_batch
+                    ctx = zmqio.context(self.handler, batch=batch)
+                    self._hand_over = batch and not self.handler.green \
+                        and zmqio.batch_policy_allowed()
                     if self._proxies is not None:
                         self._outbound = ProxyOutbound(
                             self.handler, ctx, self._linger_ms,
@@ -404,6 +413,8 @@ class ZmqDriver(base.BaseDriver):
         member = None
         try:
             member = self._deliver(key, parts, deadline, retry, what, True)
+            if self._hand_over and replies.calls_waiting() == 1:
+                zmqio.hand_over()
             value, packed = replies.wait(msg_id, waiting, deadline,
                                          call_monitor_timeout, what)
         except oslo_messaging.MessagingTimeout:
@@ -508,6 +519,32 @@ class ZmqDriver(base.BaseDriver):
                             "take it", reply_to, msg_id)
         except Exception:
             LOG.exception("reply to %s for %s dropped", reply_to, msg_id)
+
+    def request_taken(self) -> int:
+        """A request goes to oslo.messaging's executor: its number, to give
+        ``request_done`` once it is answered (negative when others were
+        being served as it came); 0 when not counted."""
+        if not self._hand_over:
+            return 0
+        with self._serving_lock:
+            self._serving += 1
+            self._taken += 1
+            return self._taken if self._serving == 1 else -self._taken
+
+    def request_done(self, number: int) -> bool:
+        """Request ``number`` (of ``request_taken``) was answered; True
+        when it was served alone: no other request of this transport was
+        being served when it came, or came while it ran (see
+        ``zmqio.hand_over``)."""
+        with self._serving_lock:
+            self._serving = max(0, self._serving - 1)
+            return self._serving == 0 and self._taken == number > 0
+
+    @property
+    def serving(self) -> int:
+        """Requests handed to oslo.messaging and not yet answered (counted
+        only where ``zmqio.hand_over`` is used)."""
+        return self._serving
 
     def send_notification(self, target: Any, ctxt: Any, message: dict,
                           version: float, retry: int | None = None) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from oslo_messaging._drivers import base
 from oslo_messaging._drivers import common as om_common
 
-from nova_rpc_zmq import errors, wire
+from nova_rpc_zmq import errors, wire, zmqio
 from nova_rpc_zmq.oslo_driver.registry import POOL_SEPARATOR
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ class RpcMessage(base.RpcIncomingMessage):
         _init_incoming(self, base.RpcIncomingMessage, ctxt, message, msg_id)
         self._driver = driver
         self._reply_to = reply_to
+        #: its number from ``driver.request_taken`` (``reply`` ends it)
+        self.counted = 0
         monitor = message.pop(MONITOR_KEY, None)
         if type(monitor) in (int, float) and monitor > 0:
             self.client_timeout = monitor
@@ -85,6 +87,10 @@ class RpcMessage(base.RpcIncomingMessage):
         """Not supported (``require_features(requeue=True)`` says so)."""
 
     def reply(self, reply: Any = None, failure: Any = None) -> None:
+        # oslo.messaging's server calls this once per message it ran, casts
+        # too, when the method has returned or raised
+        counted, self.counted = self.counted, 0
+        alone = counted and self._driver.request_done(counted)
         if not self._reply_to:
             return
         if failure is not None:
@@ -93,6 +99,8 @@ class RpcMessage(base.RpcIncomingMessage):
         else:
             response = [reply]
         self._driver.send_reply(self._reply_to, self.msg_id, response, None)
+        if alone:
+            zmqio.hand_over()
 
     def heartbeat(self) -> None:
         if self._reply_to:
@@ -214,6 +222,8 @@ class QueueListener(Inbox):
             if callback is None:
                 self.put(message)
                 return
+            if type(message) is RpcMessage:
+                message.counted = self._driver.request_taken()
             callback([message])
 
     def _drop(self, reason: str) -> None:

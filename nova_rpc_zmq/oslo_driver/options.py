@@ -120,8 +120,11 @@ OPTS = [
                      "switched out for one that must wait for it (less "
                      "CPU per call, more calls per second). Threads of the "
                      "application (callers, executor workers) keep their "
-                     "policy. Skipped where the system refuses it; set "
-                     "false to keep every thread under the normal policy."),
+                     "policy; a lone call's caller and the worker that "
+                     "answers it yield their core after the send, so that "
+                     "the I/O thread sends first. Skipped where the system "
+                     "refuses it; set false to keep every thread under the "
+                     "normal policy."),
     cfg.ListOpt("subscribe_on", default=[],
                 help="host:port,... of the publishers RPC servers subscribe "
                      "to for fanout (use_pub_sub), e.g. a local publisher "

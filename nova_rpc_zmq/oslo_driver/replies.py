@@ -211,6 +211,10 @@ class ReplyWaiter:
         self._waiting[msg_id] = waiting
         return waiting
 
+    def calls_waiting(self) -> int:
+        """Calls that wait for their reply now."""
+        return len(self._waiting)
+
     def forget(self, msg_id: str) -> None:
         """The call ended: later replies are dropped."""
         self._waiting.pop(msg_id, None)

@@ -6,6 +6,8 @@ kernel reports for this process."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 import oslo_messaging
@@ -71,3 +73,88 @@ def test_io_batch_false_keeps_the_normal_policy(
     assert found == {"io": [os.SCHED_OTHER], "reader": os.SCHED_OTHER,
                      "caller": os.SCHED_OTHER}
 
+
+
+class _Held:
+    """An endpoint whose ``hold`` returns once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def hold(self, ctxt: dict) -> str:
+        self.release.wait(scaled(30))
+        return "released"
+
+
+def _wait_for(check: Any, what: str) -> None:
+    deadline = time.monotonic() + scaled(10)
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_server_counts_the_requests_it_is_serving(
+        transport_factory: Any) -> None:
+    """What ``zmqio.hand_over`` is decided on: the requests handed to
+    oslo.messaging and not yet answered, counted on real calls."""
+    transport = transport_factory("zmq://")
+    held = _Held()
+    server = oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic="held", server="s1"),
+        [held, Endpoint("s1")], executor="threading")
+    server.start()
+    callers: list[threading.Thread] = []
+    try:
+        rpc = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic="held"),
+            timeout=scaled(30))
+        assert rpc.call({}, "whoami") == "s1"
+        driver = transport._driver
+        assert driver.serving == 0
+        answers: list[str] = []
+        for _ in range(2):
+            thread = threading.Thread(
+                target=lambda: answers.append(rpc.call({}, "hold")))
+            thread.start()
+            callers.append(thread)
+        _wait_for(lambda: driver.serving == 2, "two requests being served")
+        assert driver._replies.calls_waiting() == 2
+        held.release.set()
+        for thread in callers:
+            thread.join(scaled(10))
+        assert answers == ["released", "released"]
+        _wait_for(lambda: driver.serving == 0, "both answered")
+        assert driver._replies.calls_waiting() == 0
+    finally:
+        held.release.set()
+        for thread in callers:
+            thread.join(scaled(10))
+        server.stop()
+        server.wait()
+
+
+def test_only_a_request_served_alone_hands_the_core_over(
+        transport_factory: Any) -> None:
+    driver = transport_factory("zmq://")._driver
+    driver._context()
+    lone = driver.request_taken()
+    assert lone > 0
+    assert driver.request_done(lone) is True
+    # two at once: neither was served alone
+    first = driver.request_taken()
+    second = driver.request_taken()
+    assert second < 0  # it came while the first was served
+    assert driver.request_done(first) is False
+    assert driver.request_done(second) is False
+    # one that ran while another came and went is not alone either
+    first = driver.request_taken()
+    assert driver.request_done(driver.request_taken()) is False
+    assert driver.request_done(first) is False
+    assert driver.serving == 0
+
+
+def test_without_io_batch_nothing_is_counted(transport_factory: Any) -> None:
+    driver = transport_factory("zmq://", rpc_zmq_io_batch=False)._driver
+    driver._context()
+    assert driver.request_taken() == 0
+    assert driver.serving == 0
