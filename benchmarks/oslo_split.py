@@ -50,10 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -220,33 +217,16 @@ def split(client: dict[str, list[float]], server: dict[str, list[float]],
 
 # -- processes ------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str], env: dict[str, str], log: str) -> Any:
-    proc = subprocess.Popen([sys.executable, "-m"] + args,
-                            stdout=subprocess.PIPE, stderr=open(log, "w"),
-                            env=env, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("READY"):
-        proc.kill()
-        proc.wait()
-        with open(log) as f:
-            raise RuntimeError("%s did not start: %r\n%s"
-                               % (" ".join(args[:2]), line, f.read()[-2000:]))
-    return proc
-
-
-def _stop(proc: Any) -> None:
-    proc.send_signal(signal.SIGTERM)
+    """``python -m <args>`` as a ``Proc`` once it printed READY."""
+    from nova_rpc_zmq.testing import Proc
+    proc = Proc(args[0], [sys.executable, "-m"] + args, log, env=env)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
+        proc.wait_for_line("READY", START_TIMEOUT)
+    except BaseException:
         proc.kill()
-        proc.wait()
+        raise
+    return proc
 
 
 def _client() -> tuple[Any, Any]:
@@ -272,7 +252,8 @@ def _client() -> tuple[Any, Any]:
 def _raw(tmp: str, env: dict[str, str]) -> Any:
     """A raw pyzmq peer on 127.0.0.1 and our client of it."""
     from benchmarks.rawzmq import RawClient
-    eps = ["tcp://127.0.0.1:%d" % _free_port() for _ in range(3)]
+    from nova_rpc_zmq.testing import free_port
+    eps = ["tcp://127.0.0.1:%d" % free_port() for _ in range(3)]
     peer = _start(["benchmarks.rawzmq", "peer", "--flavor", "plain",
                    "--echo", eps[0], "--sink", eps[1], "--control", eps[2]],
                   env, os.path.join(tmp, "rawzmq.log"))
@@ -289,10 +270,11 @@ def _value(figures: list[dict], metric: str) -> float:
 def run(calls: int, pools: list[int], window: float) -> dict:
     """Both measures; returns the figures (see ``report``)."""
     tmp = tempfile.mkdtemp(prefix="oslo-split-")
-    env = dict(os.environ)
-    env[REGISTRY_ENV] = os.path.join(tmp, "registry")
-    os.makedirs(env[REGISTRY_ENV], mode=0o700)
-    os.environ[REGISTRY_ENV] = env[REGISTRY_ENV]
+    from nova_rpc_zmq.testing import child_env
+    registry = os.path.join(tmp, "registry")
+    os.makedirs(registry, mode=0o700)
+    os.environ[REGISTRY_ENV] = registry
+    env = child_env()
     out: dict[str, Any] = {"calls": calls, "window": window}
     stamps_file = os.path.join(tmp, "server-stamps.json")
     client_stamps = install_client_stamps()
@@ -319,7 +301,7 @@ def run(calls: int, pools: list[int], window: float) -> dict:
             transport.cleanup()
     finally:
         client_stamps.remove()
-        _stop(server)
+        server.stop(timeout=30)
     with open(stamps_file) as f:
         server_stamps = json.load(f)
     segments = split(client_stamps.calls, server_stamps, totals)
@@ -334,7 +316,7 @@ def run(calls: int, pools: list[int], window: float) -> dict:
                                      "rate")
     finally:
         raw.close()
-        _stop(peer)
+        peer.stop(timeout=30)
     out["pools"] = [_sixteen(pool, window, tmp, env) for pool in pools]
     return out
 
@@ -360,7 +342,7 @@ def _sixteen(pool: int, window: float, tmp: str, env: dict[str, str]) -> dict:
         finally:
             transport.cleanup()
     finally:
-        _stop(server)
+        server.stop(timeout=30)
     return {"executor_thread_pool_size": pool,
             "calls_per_s": len(samples) / elapsed,
             "p50_us": median(samples), "cpu_client_us": cpu["cpu_caller"],

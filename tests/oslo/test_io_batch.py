@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any
 
 import oslo_messaging
 import pytest
 
-from nova_rpc_zmq.testing import scaled
+from nova_rpc_zmq.testing import scaled, wait_for
 from nova_rpc_zmq.zmqio import batch_policy_allowed
 from tests.oslo.omsupport import Endpoint
 
@@ -86,13 +85,6 @@ class _Held:
         return "released"
 
 
-def _wait_for(check: Any, what: str) -> None:
-    deadline = time.monotonic() + scaled(10)
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_a_server_counts_the_requests_it_is_serving(
         transport_factory: Any) -> None:
     """What ``zmqio.hand_over`` is decided on: the requests handed to
@@ -117,13 +109,13 @@ def test_a_server_counts_the_requests_it_is_serving(
                 target=lambda: answers.append(rpc.call({}, "hold")))
             thread.start()
             callers.append(thread)
-        _wait_for(lambda: driver.serving == 2, "two requests being served")
+        wait_for(lambda: driver.serving == 2, what="two requests being served")
         assert driver._replies.calls_waiting() == 2
         held.release.set()
         for thread in callers:
             thread.join(scaled(10))
         assert answers == ["released", "released"]
-        _wait_for(lambda: driver.serving == 0, "both answered")
+        wait_for(lambda: driver.serving == 0, what="both answered")
         assert driver._replies.calls_waiting() == 0
     finally:
         held.release.set()
