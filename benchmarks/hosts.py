@@ -27,15 +27,46 @@ __all__ = ["START_TIMEOUT", "BenchHost", "ChildFailed", "HostsBench",
 START_TIMEOUT = 60.0
 
 
+#: CPUs of the callers' host and of the service hosts with ``--pin-hosts``
+CALLERS_CPU = "0"
+SERVICES_CPU = "1"
+
+
+def pin_problem() -> str | None:
+    """Why ``--pin-hosts`` cannot run here, or None."""
+    import shutil
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return "this system cannot set a process's CPU affinity"
+    if not {0, 1} <= allowed:
+        return ("it needs CPUs 0 and 1 and this process may use %s"
+                % ",".join(str(c) for c in sorted(allowed)))
+    if shutil.which("taskset") is None:
+        return "taskset (util-linux) is not installed"
+    return None
+
+
+def pin_prefix(cpus: str | None) -> list[str]:
+    """The command prefix holding a process (and every thread it makes) on
+    ``cpus``; nothing for None."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 class BenchHost(LocalHost):
     """A host of bench services: ``<topic>_<name>`` reaches one of them, the
-    fanout of ``<topic>`` reaches all."""
+    fanout of ``<topic>`` reaches all. ``cpus`` (``taskset -c`` syntax)
+    holds every process of the host on those CPUs."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, cpus: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("host", "localhost")
         super().__init__(**kwargs)
+        self.cpus = cpus
         self.receiver: Proc | None = None
         self.services: dict[str, Proc] = {}
+
+    def _prefix(self) -> list[str]:
+        return super()._prefix() + pin_prefix(self.cpus)
 
     def start_receiver(self, timeout: float = START_TIMEOUT, *extra: str) -> Proc:
         """Start the receiver and wait until it listens."""
@@ -90,9 +121,12 @@ class HostsBench:
     CALLERS_TOPIC = "bench_callers"
 
     def __init__(self, base_dir: str, topics: dict[str, list[str]],
-                 service_hosts: int = 3) -> None:
+                 service_hosts: int = 3, pin: bool = False) -> None:
         import json
         self.topics = topics
+        #: with ``pin``: host A's processes (callers included) on
+        #: CALLERS_CPU, the service hosts' on SERVICES_CPU
+        self.callers_cpus = CALLERS_CPU if pin else None
         self.addresses = [loopback_address(n)
                           for n in range(1, 2 + service_hosts)]
         self.port = common_port(self.addresses)
@@ -107,8 +141,10 @@ class HostsBench:
             json.dump(ring, f, indent=1)
         self.hosts = [BenchHost(host=address, address=address, port=self.port,
                                 matchmaker="ring", ringfile=self.ringfile,
-                                base_dir=base_dir)
-                      for address in self.addresses]
+                                base_dir=base_dir,
+                                cpus=(None if not pin else CALLERS_CPU
+                                      if i == 0 else SERVICES_CPU))
+                      for i, address in enumerate(self.addresses)]
 
     @property
     def callers(self) -> BenchHost:
@@ -165,7 +201,8 @@ def run_python(module: str, plan: dict, log_dir: str, name: str,
                timeout: float, role: str | None = None,
                tick: Callable[[], None] | None = None,
                python: str | None = None,
-               env: dict[str, str] | None = None) -> Any:
+               env: dict[str, str] | None = None,
+               cpus: str | None = None) -> Any:
     """Run ``python -m module [role] --plan P --out O``; return O's JSON.
 
     Blocks until the process exits.  It is killed after ``timeout`` seconds,
@@ -174,7 +211,8 @@ def run_python(module: str, plan: dict, log_dir: str, name: str,
     naming the workload (or ChildFailed raised when there is none).
     ``tick`` is called about every 0.1 s while it runs (sampling).
     ``python`` (default: this interpreter) and ``env`` (default:
-    ``child_env()``) run it in another venv or environment.
+    ``child_env()``) run it in another venv or environment; ``cpus``
+    holds it on those CPUs (``taskset -c`` syntax).
     Raises ChildFailed with the tail of its log when it fails.
     """
     fd, plan_path = tempfile.mkstemp(prefix=name + "-", suffix=".plan.json",
@@ -186,7 +224,8 @@ def run_python(module: str, plan: dict, log_dir: str, name: str,
     argv = [python or sys.executable, "-m", module] + ([role] if role else []) + [
         "--plan", plan_path, "--out", out_path]
     proc = Proc(name, argv, base + ".log",
-                env=child_env() if env is None else env)
+                env=child_env() if env is None else env,
+                prefix=pin_prefix(cpus))
     deadline = time.monotonic() + timeout
     overstayed: dict | None = None
     try:

@@ -206,7 +206,9 @@ def render(doc: dict) -> str:
         "127.0.0.2, a receiver each (casts and fanout cross both; calls go "
         "direct once the service named its port); same-host rows = "
         "caller and service on one host. cpu = µs of CPU per message: "
-        "cl caller, rcv receivers (all hosts'), svc service (raw: its peer).",
+        "cl caller, rcv receivers (all hosts'), svc service (raw: its peer)."
+        + ("\npinned (--pin-hosts): " + doc["pinned"] if doc.get("pinned")
+           else ""),
         "",
         headline_table(doc.get("medians", [])),
         "",

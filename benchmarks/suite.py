@@ -28,7 +28,8 @@ import time
 from typing import Any, Callable
 
 from benchmarks import measure, rawzmq, ringscale
-from benchmarks.hosts import BenchHost, ChildFailed, HostsBench, child_env, run_python
+from benchmarks.hosts import (CALLERS_CPU, SERVICES_CPU, BenchHost, ChildFailed,
+                              HostsBench, child_env, pin_prefix, run_python)
 from benchmarks.measure import (MIB, OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT, SAME_HOST,
                                 TWO_HOST)
 
@@ -39,6 +40,11 @@ RABBIT_TOPIC = "bench_rabbit"
 RABBIT_SERVERS = ["r1", "r2", "r3"]
 #: the peers ``--peer`` takes
 PEERS = ("rabbit", "om8zmq")
+#: what ``--pin-hosts`` did, for the report
+PINNED = ("two-host rows: the callers' host (callers, its receiver, the raw "
+          "client) held on CPU %s, the service hosts (receivers, services, "
+          "the raw peer) on CPU %s; same-host rows free"
+          % (CALLERS_CPU, SERVICES_CPU))
 #: our oslo.messaging driver on one host: the registry dir (a private temp
 #: dir of the run) is how its servers find each other
 OSLO_ZMQ_URL = "zmq://127.0.0.1"
@@ -98,6 +104,10 @@ class Options:
     peers: tuple[str, ...] = ()
     #: ``--driver oslo``: our oslo.messaging driver too (system oslo-zmq)
     oslo_driver: bool = False
+    #: ``--pin-hosts``: each two-host row's callers' host (caller, its
+    #: receiver, the raw client) on CPU 0, its service hosts (receivers,
+    #: services, the raw peer) on CPU 1; the same-host rows stay free
+    pin_hosts: bool = False
     smoke: bool = False
     log: Callable[[str], None] = print
 
@@ -323,7 +333,7 @@ class Suite:
         """The two-host bench: callers' host and three service hosts."""
         topics = {SERVICES[mode][0]: SERVICES[mode][1]
                   for mode in self.opt.modes}
-        self.hosts = HostsBench(self.dir, topics)
+        self.hosts = HostsBench(self.dir, topics, pin=self.opt.pin_hosts)
         self.hosts.start({SERVICES[mode][0]: mode == "eventlet"
                           for mode in self.opt.modes})
 
@@ -343,7 +353,8 @@ class Suite:
                              eps[1], "--control", eps[2]],
                             os.path.join(self.dir, "rawzmq-peer-%s-%s.log"
                                          % (flavor, shape)),
-                            env=child_env())
+                            env=child_env(),
+                            prefix=pin_prefix(self._cpus(shape, False)))
                 self.peers[(shape, flavor)] = (proc, eps)
         for proc, _eps in self.peers.values():
             proc.wait_for_line("READY", 60)
@@ -461,15 +472,23 @@ class Suite:
         import shutil
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _cpus(self, shape: str, callers: bool) -> str | None:
+        """The CPUs of a two-host process with ``--pin-hosts`` (the
+        callers' host or a service host), else None."""
+        if not self.opt.pin_hosts or shape != TWO_HOST:
+            return None
+        return CALLERS_CPU if callers else SERVICES_CPU
+
     # -- one repeat
     def _child(self, module: str, plan: dict, name: str, run: dict,
-               role: str | None = None, peer: OsloPeer | None = None) -> None:
+               role: str | None = None, peer: OsloPeer | None = None,
+               cpus: str | None = None) -> None:
         t = time.monotonic()
         try:
             result = run_python(module, plan, self.dir, name,
                                 _plan_timeout(plan), role=role,
                                 python=peer.python if peer else None,
-                                env=peer.env if peer else None)
+                                env=peer.env if peer else None, cpus=cpus)
         except ChildFailed as exc:
             run["errors"].append({"workload": name, "mode": plan.get("mode"),
                                   "error": str(exc)[:4000]})
@@ -517,12 +536,14 @@ class Suite:
             self._child("benchmarks.rawzmq",
                         raw_plan(flavor, eps, prof, {"service": proc.pid},
                                  shape),
-                        "pyzmq-%s-%s" % (flavor, shape), run, role="client")
+                        "pyzmq-%s-%s" % (flavor, shape), run, role="client",
+                        cpus=self._cpus(shape, True))
         if self.hosts is not None:
             for mode in self.opt.modes:
                 self._child("benchmarks.client",
                             two_host_plan(mode, self.hosts, prof),
-                            "ours-%s-two-host" % mode, run)
+                            "ours-%s-two-host" % mode, run,
+                            cpus=self.hosts.callers_cpus)
         host = self.host
         assert host is not None and host.receiver is not None
         for mode in self.opt.modes:
@@ -590,6 +611,7 @@ class Suite:
             "modes": list(self.opt.modes),
             "profile": dataclasses.asdict(self.prof),
             "peers": self.peer_status,
+            "pinned": (PINNED if self.opt.pin_hosts else ""),
             "runs": self.runs,
             "medians": medians,
             "targets": targets.evaluate(medians, self.peer_status),

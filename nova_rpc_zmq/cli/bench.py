@@ -83,6 +83,12 @@ def add_parser(sub: Any) -> None:
                    help="where --soak runs: two-host (default: callers on "
                         "127.0.0.1, services on 127.0.0.2-4, a receiver "
                         "each, as the headline rows) or same-host")
+    p.add_argument("--pin-hosts", action="store_true",
+                   help="two-host rows: hold the callers' host (callers, its "
+                        "receiver, the raw client) on CPU 0 and the service "
+                        "hosts (receivers, services, the raw peer) on CPU 1, "
+                        "as two machines would be; same-host rows stay "
+                        "free (needs CPUs 0 and 1 and taskset)")
     p.add_argument("--no-png", action="store_true", help="skip the chart")
     p.add_argument("--check-targets", action="store_true",
                    help="exit 3 when a target is NOT MET")
@@ -111,6 +117,16 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         sys.stderr.write("nova-rpc-zmq bench: --repeat must be at least 1\n")
         return 2
+    if args.pin_hosts:
+        from benchmarks.hosts import pin_problem
+        problem = pin_problem()
+        if problem is not None:
+            sys.stderr.write("nova-rpc-zmq bench: --pin-hosts: %s\n" % problem)
+            return 2
+        if args.soak:
+            sys.stderr.write("nova-rpc-zmq bench: --pin-hosts applies to the "
+                             "suite, not to --soak\n")
+            return 2
     from benchmarks import report
     output = args.output or os.path.join(root, "benchmarks", "results")
     signal.signal(signal.SIGTERM, _on_term)
@@ -133,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             log("--smoke: the %s peer is not run" % " and ".join(args.peer))
         opts = Options(repeat=1 if args.smoke else args.repeat, modes=modes,
                        peers=peers, oslo_driver="oslo" in args.driver,
+                       pin_hosts=args.pin_hosts,
                        smoke=args.smoke, log=log)
         doc = Suite(opts).run()
     doc["command"] = "nova-rpc-zmq bench " + " ".join(sys.argv[2:]) \
