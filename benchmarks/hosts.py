@@ -47,6 +47,14 @@ def pin_problem() -> str | None:
     return None
 
 
+def host_cpus(pin: bool, callers: bool) -> str | None:
+    """The CPUs of a two-host process with ``--pin-hosts`` (the callers'
+    host or a service host), None when not pinned."""
+    if not pin:
+        return None
+    return CALLERS_CPU if callers else SERVICES_CPU
+
+
 def pin_prefix(cpus: str | None) -> list[str]:
     """The command prefix holding a process (and every thread it makes) on
     ``cpus``; nothing for None."""
@@ -126,7 +134,7 @@ class HostsBench:
         self.topics = topics
         #: with ``pin``: host A's processes (callers included) on
         #: CALLERS_CPU, the service hosts' on SERVICES_CPU
-        self.callers_cpus = CALLERS_CPU if pin else None
+        self.callers_cpus = host_cpus(pin, True)
         self.addresses = [loopback_address(n)
                           for n in range(1, 2 + service_hosts)]
         self.port = common_port(self.addresses)
@@ -142,8 +150,7 @@ class HostsBench:
         self.hosts = [BenchHost(host=address, address=address, port=self.port,
                                 matchmaker="ring", ringfile=self.ringfile,
                                 base_dir=base_dir,
-                                cpus=(None if not pin else CALLERS_CPU
-                                      if i == 0 else SERVICES_CPU))
+                                cpus=host_cpus(pin, i == 0))
                       for i, address in enumerate(self.addresses)]
 
     @property

@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 from benchmarks import measure, rawzmq, ringscale
 from benchmarks.hosts import (CALLERS_CPU, SERVICES_CPU, BenchHost, ChildFailed,
-                              HostsBench, child_env, pin_prefix, run_python)
+                              HostsBench, child_env, host_cpus, pin_prefix,
+                              run_python)
 from benchmarks.measure import (MIB, OM8ZMQ, OSLO_ZMQ, OURS, PYZMQ, RABBIT, SAME_HOST,
                                 TWO_HOST)
 
@@ -475,9 +476,7 @@ class Suite:
     def _cpus(self, shape: str, callers: bool) -> str | None:
         """The CPUs of a two-host process with ``--pin-hosts`` (the
         callers' host or a service host), else None."""
-        if not self.opt.pin_hosts or shape != TWO_HOST:
-            return None
-        return CALLERS_CPU if callers else SERVICES_CPU
+        return host_cpus(self.opt.pin_hosts and shape == TWO_HOST, callers)
 
     # -- one repeat
     def _child(self, module: str, plan: dict, name: str, run: dict,
