@@ -125,6 +125,11 @@ _ANSWER_RE = re.compile(
 #: number their asks from 1, parse these asks as any other and answer
 #: without ``:p``: they get and send messages of parts, as before.
 PACKED_ASKS = 100000000
+#: Asks numbered from here on come from a caller that also takes direct
+#: replies (``wire.encode_direct_reply``: the reply alone, without the
+#: context and the nesting a receiver needs); a service sends those to it
+#: and the parts of ``wire.encode`` to any other caller.
+DIRECT_REPLY_ASKS = 200000000
 
 
 def port_range(settings: Settings) -> range | None:
@@ -209,16 +214,18 @@ class _Pool:
     and then keeps about the sockets its bursts need instead of closing
     and making them again."""
 
-    __slots__ = ("endpoints", "host", "packed", "idle", "made", "closed",
-                 "born", "low", "trim_at")
+    __slots__ = ("endpoints", "host", "packed", "direct_replies", "idle",
+                 "made", "closed", "born", "low", "trim_at")
 
     def __init__(self, endpoints: tuple[str, ...], host: str,
-                 packed: bool) -> None:
+                 packed: bool, direct_replies: bool = False) -> None:
         self.endpoints = endpoints
         #: the host of every endpoint (whose certificate CURVE expects)
         self.host = host
         #: every peer unpacks: send one part (``frames.pack``)
         self.packed = packed
+        #: the caller takes direct replies (``DIRECT_REPLY_ASKS``)
+        self.direct_replies = direct_replies
         self.idle: list[Any] = []
         self.made = 0
         self.closed = False
@@ -271,18 +278,20 @@ class _Peers:
         self.closed = False
 
     def set(self, key: Any, endpoints: tuple[str, ...], host: str,
-            packed: bool = False) -> None:
+            packed: bool = False, direct_replies: bool = False) -> None:
         """Send to ``endpoints`` of ``host`` (each socket connects to all;
         ZeroMQ hands each message to the next connected one) from now on,
-        as one part when ``packed`` (all of them unpack)."""
+        as one part when ``packed`` (all of them unpack); a caller's pool
+        notes whether it takes ``direct_replies``."""
         with self._lock:
             if self.closed:
                 return
             old = self.pools.get(key)
             if old is not None and old.endpoints == endpoints:
                 old.packed = packed
+                old.direct_replies = direct_replies
                 return
-            pool = _Pool(endpoints, host, packed)
+            pool = _Pool(endpoints, host, packed, direct_replies)
             # connecting now: the next send finds the connection made
             sock = self._socket(pool)
             if sock is None:
@@ -327,8 +336,9 @@ class _Peers:
         if len(idle) < pool.low:
             pool.low = len(idle)
         try:
-            frames_io.send(sock, frames_io.pack(frames) if pool.packed
-                           else frames, frames_io.NOBLOCK)
+            frames_io.send(sock, frames_io.pack(frames)
+                           if pool.packed and len(frames) > 1 else frames,
+                           frames_io.NOBLOCK)
         except zmq.Again:
             # not connected (yet, or any more) or full: the receivers' path
             self.counters.incr(self.prefix + ".unready")
@@ -423,7 +433,7 @@ class RemoteCalls:
         #: ask number -> (dtopic, host)
         self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
             collections.OrderedDict()
-        self._ids = itertools.count(PACKED_ASKS)
+        self._ids = itertools.count(DIRECT_REPLY_ASKS)
         # answers come from the reply listener's threads (SUB and TCP)
         self._answer_lock = handler.Lock()
 
@@ -558,10 +568,12 @@ class RemoteReplies:
                       host)
             return True
         if reply_port in self.ports:
-            # a caller that numbers its asks from PACKED_ASKS unpacks
+            # a caller that numbers its asks from PACKED_ASKS unpacks, one
+            # that numbers them from DIRECT_REPLY_ASKS takes direct replies
             self._peers.set((host, token),
                             (_with_port(self.endpoint(host), reply_port),),
-                            host, packed=n >= PACKED_ASKS)
+                            host, packed=n >= PACKED_ASKS,
+                            direct_replies=n >= DIRECT_REPLY_ASKS)
         if port is None:
             return True  # no port of ours: the caller keeps the receivers
         try:
@@ -570,6 +582,14 @@ class RemoteReplies:
         except Exception as exc:  # noqa: BLE001
             LOG.debug("could not answer a where ask of %s: %s", host, exc)
         return True
+
+    def takes_direct_replies(self, reply_topic: str, token: str) -> bool:
+        """True when the caller ``token`` on the host of ``reply_topic``
+        has a port here and takes ``wire.encode_direct_reply``."""
+        if not reply_topic.startswith(_REPLIES_DOT):
+            return False
+        pool = self._peers.pools.get((reply_topic[len(_REPLIES_DOT):], token))
+        return pool is not None and pool.direct_replies
 
     def send(self, reply_topic: str, token: str, frames: list) -> bool:
         """Send a reply straight to the caller ``token`` on the host of

@@ -48,6 +48,8 @@ LOG = logging.getLogger(__name__)
 #: no more replies than it has calls waiting, so this bounds little.
 REPLY_RCVHWM = 100000
 
+_DIRECT_REPLY_MARK = wire.DIRECT_REPLY_MARK
+
 #: Seconds between probe resends while waiting for the reply path.
 PROBE_INTERVAL = 0.1
 #: RCVTIMEO of the listener, so it notices close() promptly.
@@ -250,6 +252,13 @@ class ReplyWaiter:
 
     def _handle(self, frames: list) -> None:
         try:
+            if len(frames) == 1 and frames[0].startswith(_DIRECT_REPLY_MARK):
+                # a service of ours on another host, straight to us
+                reply = wire.decode_direct_reply(frames[0],
+                                                 self.settings.limits)
+                self.counters.incr("replies.direct_style")
+                self._deliver_reply(reply)
+                return
             # the direct path sends one part (``frames.pack``)
             msg = wire.decode(frames_io.unpack(frames), self.settings.limits)
         except RemoteProtocolError as exc:
@@ -272,6 +281,9 @@ class ReplyWaiter:
             LOG.warning("dropped a message on the reply topic that is not a "
                         "reply (method %r)", msg.body.get(wire.METHOD_KEY))
             return
+        self._deliver_reply(reply)
+
+    def _deliver_reply(self, reply: wire.Reply) -> None:
         q = self._waiters.get(reply.msg_id)
         if q is None:
             self.counters.incr("replies.late")

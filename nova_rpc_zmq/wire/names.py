@@ -29,6 +29,11 @@ STYLE_PROBE = b"nova_rpc_zmq_probe"
 NO_MSG_ID = b"0"
 PROBE_MARK = "probe"       # ours: probe ids are <16 hex token>probe<n>
 CALLER_STREAMS = b"stream"
+#: First bytes of a direct reply: one part, ``DIRECT_REPLY_MARK`` then the
+#: JSON list ``[msg_id, response, more, seq]`` (seq -1: unnumbered). Ours
+#: only, on the direct TCP path to a caller that asked for it
+#: (``impl_zmq/remote.py``); distinct from ``frames.PACKED_MARK``.
+DIRECT_REPLY_MARK = b"\x00nrzr1"
 MAX_MSG_ID_LENGTH = 255
 
 # -- topics -------------------------------------------------------------------

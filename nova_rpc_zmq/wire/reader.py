@@ -14,8 +14,9 @@ from nova_rpc_zmq.wire.jsontext import _loads_bytes, _loads_text
 from nova_rpc_zmq.wire.names import (
     _EMPTY_ARGS, _ENVELOPE_MESSAGE_KEY_B, _ENVELOPE_VERSION_B,
     _ENVELOPE_VERSION_KEY_B, _STREAMS, _STREAMS_DOT, _TOPIC_CHARSET, _error,
-    _snippet, ARGS_KEY, DEFAULT_LIMITS, ENVELOPE_MAJOR, ENVELOPE_MESSAGE_KEY,
-    ENVELOPE_VERSION, ENVELOPE_VERSION_KEY, LEGACY_FRAMES, LEGACY_PAYLOAD,
+    _snippet, ARGS_KEY, DEFAULT_LIMITS, DIRECT_REPLY_MARK, ENVELOPE_MAJOR,
+    ENVELOPE_MESSAGE_KEY, ENVELOPE_VERSION, ENVELOPE_VERSION_KEY,
+    LEGACY_FRAMES, LEGACY_PAYLOAD,
     Limits, MAX_MSG_ID_LENGTH, MAX_SEQ, METHOD_KEY, MIN_FRAMES, MORE_KEY,
     MSG_ID, MSG_ID_KEY, NAMESPACE_KEY, PROBE_FRAMES, PROCESS_REPLY_METHOD,
     SEQ_KEY, REPLIES_PREFIX, REPLY_METHOD, REPLY_MSG_KEY, REPLY_TOPIC_KEY,
@@ -422,3 +423,44 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS
         # Only reachable with a limits.max_json_depth larger than the
         # interpreter's own stack allows.
         raise _error("too_deep", "message nests too deeply") from None
+
+
+_DIRECT_START = len(DIRECT_REPLY_MARK)
+
+
+def decode_direct_reply(data: Any, limits: Limits = DEFAULT_LIMITS) -> Reply:
+    """The ``Reply`` of a one-part direct reply (``encode_direct_reply``).
+
+    Checks as ``decode`` does for a ``-process_reply``: the size, the JSON,
+    a msg_id of the safe characters, a response list, ``more`` a bool; a
+    ``seq`` out of range reads as unnumbered. Raises
+    ``errors.RemoteProtocolError`` and nothing else, whatever the input.
+    """
+    raw = _frame_bytes(data)
+    if len(raw) > limits.max_msg_size:
+        raise _error("too_large", "%d bytes, the limit is %d"
+                     % (len(raw), limits.max_msg_size))
+    if not raw.startswith(DIRECT_REPLY_MARK):
+        raise _error("unknown_style", "not a direct reply: %s"
+                     % _snippet(raw[:16]))
+    try:
+        value = _loads_bytes(raw[_DIRECT_START:], limits, "direct reply")
+    except RecursionError:
+        raise _error("too_deep", "direct reply nests too deeply") from None
+    if type(value) is not list or len(value) != 4:
+        raise _error("bad_body", "a direct reply is the JSON list [msg_id, "
+                     "response, more, seq]")
+    msg_id, response, more, seq = value
+    if (type(msg_id) is not str or not 0 < len(msg_id) <= MAX_MSG_ID_LENGTH
+            or _ID_STR_RE.fullmatch(msg_id) is None):
+        raise _error("bad_body", "a direct reply needs a msg_id of %s, got %s"
+                     % (_TOPIC_CHARSET, _snippet(msg_id)))
+    if type(response) is not list:
+        raise _error("bad_body", "a direct reply needs a response list, got "
+                     "%s" % type(response).__name__)
+    if type(more) is not bool:
+        raise _error("bad_body", "'more' must be true or false, got %s"
+                     % _snippet(more))
+    if type(seq) is not int or not 0 <= seq < MAX_SEQ:
+        seq = None  # -1: unnumbered; out of range: read as unnumbered
+    return Reply(msg_id, response, more, seq)

@@ -12,7 +12,8 @@ from nova_rpc_zmq.wire import names as _names
 from nova_rpc_zmq.wire.jsontext import _json_bytes, _json_text
 from nova_rpc_zmq.wire.names import (
     _ENVELOPE_MESSAGE_KEY_B, _ENVELOPE_VERSION_B, _ENVELOPE_VERSION_KEY_B,
-    _TOPIC_CHARSET, _snippet, ARGS_KEY, Limits, MAX_MSG_ID_LENGTH,
+    _TOPIC_CHARSET, _snippet, ARGS_KEY, DIRECT_REPLY_MARK, Limits,
+    MAX_MSG_ID_LENGTH,
     METHOD_KEY, MORE_KEY, MSG_ID_KEY, NOTIFICATION_PRIORITIES, NO_MSG_ID,
     PROCESS_REPLY_METHOD, REPLY_METHOD, REPLY_MSG_KEY, REPLY_TOPIC_KEY,
     RESPONSE_KEY, SEQ_KEY, STYLE_LEGACY, STYLE_PROBE, STYLE_V2)
@@ -142,3 +143,16 @@ def reply_body(msg_id: str, response: Iterable[Any],
     if seq is not None:
         args[SEQ_KEY] = int(seq)
     return {METHOD_KEY: PROCESS_REPLY_METHOD, ARGS_KEY: args}
+
+
+def encode_direct_reply(msg_id: str, response: Iterable[Any],
+                        more: bool | None = None, seq: int | None = None
+                        ) -> list[bytes]:
+    """The one-part message of a reply on the direct path to a caller of
+    ours that takes it (``DIRECT_REPLY_MARK``): what ``reply_body`` says,
+    without the context and the nesting a receiver needs. ``more`` and
+    ``seq`` as there. Raises ``errors.LocalError`` as ``encode`` does."""
+    _local_msg_id(msg_id)
+    return [DIRECT_REPLY_MARK + _json_bytes(
+        [msg_id, list(response), bool(more), -1 if seq is None else int(seq)],
+        "reply")]

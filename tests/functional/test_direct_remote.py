@@ -400,3 +400,73 @@ def test_a_packed_call_is_answered_and_a_forged_one_dropped(
         ctx.term()
     assert caller.call({}, "demo", m("echo", value="after"),
                        timeout=scaled(10)) == "after"
+
+
+def test_replies_between_our_hosts_come_in_the_direct_style(
+        hosts: Hosts, caller: Driver) -> None:
+    """A service of ours answers a caller of this version with the reply
+    alone (``wire.encode_direct_reply``), streamed parts too."""
+    warm_up(caller, "demo")
+    before = caller.counters.get("replies.direct_style")
+    with crossing_no_receiver(hosts):
+        for i in range(20):
+            assert caller.call({}, "demo", m("echo", value=[i, None, "\u00e9"]),
+                               timeout=scaled(10)) == [i, None, "\u00e9"]
+        assert list(caller.multicall({}, "demo", m("count", n=50),
+                                     timeout=scaled(10))) == list(range(50))
+    # 20 replies and 50 parts (and the end of the stream, if it came alone)
+    assert caller.counters.get("replies.direct_style") - before >= 70
+    assert caller.counters.get("replies.dropped.bad_body") == 0
+
+
+def test_a_caller_of_an_earlier_version_gets_replies_of_parts(
+        hosts: Hosts) -> None:
+    """A caller that numbers its asks as the previous version did (from
+    PACKED_ASKS) reads only replies of the wire: it is sent those."""
+    import itertools
+    for drv in a_caller(hosts):
+        drv.remote._ids = itertools.count(remote.PACKED_ASKS)
+        warm_up(drv, "demo")
+        with crossing_no_receiver(hosts):
+            for i in range(10):
+                assert drv.call({}, "demo", m("echo", value=i),
+                                timeout=scaled(10)) == i
+        assert drv.counters.get("direct.calls") >= 10
+        assert drv.counters.get("replies.direct_style") == 0
+
+
+def test_a_forged_direct_reply_is_dropped_and_counted(
+        hosts: Hosts, caller: Driver) -> None:
+    """Anyone who reaches a caller's reply port may send it anything: a
+    malformed direct reply is dropped and counted, a late one for no
+    waiting call too, and calls go on."""
+    warm_up(caller, "demo")
+    port = caller.replies.direct_port
+    assert port
+    mark = wire.DIRECT_REPLY_MARK
+    msg_id, _frames, queue = hand_made_call(caller, "demo." + B, "unused")
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect("tcp://%s:%d" % (A, port))
+        for bad in (mark + b"not json", mark + b'{"a": 1}',
+                    mark + b'["%s", [1], 1, -1]' % msg_id.encode()):
+            push.send(bad)
+        late = wire.encode_direct_reply("0" * 32, ["late"])
+        push.send_multipart(late)
+        push.send_multipart(wire.encode_direct_reply(msg_id, ["forged"]))
+        response, more, seq = queue.get(timeout=scaled(10))
+        # the one well-formed reply for the waiting msg_id is delivered (a
+        # caller's port admits anyone unless CURVE is on: see test_curve)
+        assert (response, more, seq) == (["forged"], False, None)
+    finally:
+        caller.replies.unregister(msg_id)
+        push.close(0)
+        ctx.term()
+    wait_for(lambda: caller.counters.get("replies.late") >= 1, scaled(10),
+             what="the late reply counted")
+    assert caller.counters.get("replies.dropped.bad_json") == 1
+    assert caller.counters.get("replies.dropped.bad_body") == 2
+    assert caller.call({}, "demo", m("echo", value="after"),
+                       timeout=scaled(10)) == "after"

@@ -134,7 +134,8 @@ def test_one_part_only_between_versions_that_unpack() -> None:
     try:
         calls.send("compute.b", "b", [b"x"])
         asks = [remote.parse_ask(frames[0].decode()) for _h, frames, _t in sent]
-        assert all(n >= remote.PACKED_ASKS for _t, n, _p, _h in asks)
+        # ... and that we take direct replies (from DIRECT_REPLY_ASKS)
+        assert all(n >= remote.DIRECT_REPLY_ASKS for _t, n, _p, _h in asks)
         (_t, n1, _p, host), (_t, n2, _p, _h), (_t, n3, _p, _h) = asks
         # a consumer of this version answers the first ask with ``:p``
         ours = remote.answer_frames(TOKEN, n1, 9510, host)[0].decode()
@@ -170,6 +171,17 @@ def test_a_service_packs_replies_only_for_a_caller_that_asked_so() -> None:
         assert pools[("hosta", "1" * 16)].packed
         assert [a[1][0].decode()[16:] for a in answers] == \
             ["whereis5:9530", "whereis%d:9530:p" % (remote.PACKED_ASKS + 5)]
+        # neither of those takes direct replies: they get the wire's parts
+        assert not replies.takes_direct_replies("zmq_replies.hosta", "0" * 16)
+        assert not replies.takes_direct_replies("zmq_replies.hosta", "1" * 16)
+        ask = "%swhere%d:9521:hosta" % ("2" * 16, remote.DIRECT_REPLY_ASKS)
+        assert replies.asked(ask, 9530, lambda *a: answers.append(a))
+        assert pools[("hosta", "2" * 16)].packed
+        assert replies.takes_direct_replies("zmq_replies.hosta", "2" * 16)
+        assert answers[-1][1][0].decode().endswith(":9530:p")
+        # a caller with no port here, or a topic that is not a reply topic
+        assert not replies.takes_direct_replies("zmq_replies.hostb", "2" * 16)
+        assert not replies.takes_direct_replies("compute.hosta", "2" * 16)
     finally:
         replies.close()
         ctx.term()

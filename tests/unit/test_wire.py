@@ -688,3 +688,97 @@ def test_values_are_written_as_the_standard_encoder_writes_them(
 def test_fast_and_standard_encoders_agree(value: object) -> None:
     assert json.loads(wire.dumps(value)) == json.loads(
         wire._stdlib_bytes(value, "value"))
+
+
+# -- direct replies (ours only) -------------------------------------------
+
+@pytest.mark.parametrize("more,seq", [(None, None), (True, 0), (False, 7)])
+def test_direct_reply_says_what_a_reply_body_says(more: object,
+                                                  seq: object) -> None:
+    response = [{"host": "compute-1", "n": [1, 2.5, None]}, "\u00e9"]
+    (part,) = wire.encode_direct_reply(HEX_ID, response, more, seq)
+    assert part.startswith(wire.DIRECT_REPLY_MARK)
+    assert wire.decode_direct_reply(part) == wire.parse_reply(message(
+        wire.encode(HEX_ID, "zmq_replies.c", CTX,
+                    wire.reply_body(HEX_ID, response, more, seq))).body)
+
+
+def test_direct_reply_carries_a_remote_exception_and_big_numbers() -> None:
+    failure = {wire.EXC_KEY: json.dumps({"class": "ValueError"})}
+    (part,) = wire.encode_direct_reply(HEX_ID, [2 ** 70, failure])
+    reply = wire.decode_direct_reply(part)
+    assert reply.response == [2 ** 70, failure]
+    assert reply.more is False and reply.seq is None
+
+
+def test_direct_reply_is_not_a_message_of_the_wire() -> None:
+    """Old nodes never see one; were it read as a message it is refused."""
+    part = wire.encode_direct_reply(HEX_ID, [1])
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        wire.decode(part)
+    assert info.value.reason == "too_few_frames"
+
+
+def test_direct_reply_of_a_value_that_is_not_json_is_our_error() -> None:
+    with pytest.raises(errors.LocalError):
+        wire.encode_direct_reply(HEX_ID, [object()])
+    with pytest.raises(errors.LocalError):
+        wire.encode_direct_reply("bad id!", [1])
+
+
+MARK = wire.DIRECT_REPLY_MARK
+BAD_DIRECT = [
+    ("unknown_style", b"\x00nrz1" + b"[]"),
+    ("bad_json", MARK + b"[\"" + HEX_ID.encode() + b"\",[1],false"),
+    ("bad_json", MARK + b"\xff\xfe"),
+    ("bad_body", MARK + b"{}"),
+    ("bad_body", MARK + b"[\"" + HEX_ID.encode() + b"\",[1],false]"),
+    ("bad_body", MARK + b"[\"" + HEX_ID.encode() + b"\",{},false,-1]"),
+    ("bad_body", MARK + b"[\"" + HEX_ID.encode() + b"\",[1],1,-1]"),
+    ("bad_body", MARK + b"[\"../x\",[1],false,-1]"),
+    ("bad_body", MARK + b"[7,[1],false,-1]"),
+    ("bad_body", MARK + b"[\"\",[1],false,-1]"),
+    ("too_deep", MARK + b"[\"" + HEX_ID.encode() + b"\","
+     + b"[" * 200 + b"]" * 200 + b",false,-1]"),
+    ("bad_frame", 12345),
+]
+
+
+@pytest.mark.parametrize("reason,data", BAD_DIRECT,
+                         ids=["%d-%s" % (i, r) for i, (r, _d) in
+                              enumerate(BAD_DIRECT)])
+def test_each_bad_direct_reply_has_its_reason(reason: str,
+                                              data: object) -> None:
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        wire.decode_direct_reply(data)
+    assert info.value.reason == reason
+
+
+def test_direct_reply_size_is_checked_before_parsing() -> None:
+    limits = wire.Limits(max_msg_size=64)
+    (part,) = wire.encode_direct_reply(HEX_ID, ["x" * 64])
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        wire.decode_direct_reply(part, limits)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("seq", [1 << 31, 2.0, "3", None, -5])
+def test_direct_reply_seq_out_of_range_reads_as_unnumbered(seq: object
+                                                           ) -> None:
+    data = MARK + json.dumps([HEX_ID, [1], True, seq]).encode()
+    assert wire.decode_direct_reply(data).seq is None
+
+
+def test_random_direct_replies_raise_only_protocol_errors() -> None:
+    import random
+    rng = random.Random(1205)
+    (good,) = wire.encode_direct_reply(HEX_ID, [{"a": [1, "b"]}], True, 3)
+    for _ in range(2000):  # bounded
+        data = bytearray(good)
+        for _flip in range(rng.randint(1, 4)):
+            data[rng.randrange(len(MARK), len(data))] = rng.randrange(256)
+        try:
+            reply = wire.decode_direct_reply(bytes(data))
+        except errors.RemoteProtocolError:
+            continue
+        assert type(reply.response) is list and type(reply.more) is bool
