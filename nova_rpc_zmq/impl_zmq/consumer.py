@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
+_DIRECT_CALL_MARK = wire.DIRECT_CALL_MARK
+
 #: RCVTIMEO of consumer sockets, so close() is noticed promptly.
 POLL_MS = 250
 #: Seconds consume_in_thread waits for fanout subscriptions to be proven.
@@ -319,8 +321,21 @@ class _Consumer:
 
     def _decode(self, frames: list) -> Any:
         conn = self.conn
-        frames = frames_io.unpack(frames)  # the direct path's one-part form
         try:
+            if len(frames) == 1 and frames[0].startswith(_DIRECT_CALL_MARK):
+                # a caller of ours on another host, on our TCP port
+                msg = wire.decode_direct_call(frames[0], conn.settings.limits)
+                if msg.topic not in self.topics:
+                    # in the wire's form: the receiver reads only that
+                    call = msg.call
+                    self._forward(wire.encode(
+                        msg.msg_id, msg.topic, msg.context,
+                        wire.call_request(call.msg_id, call.reply_topic,
+                                          msg.context, call.msg)), msg.topic)
+                    return None
+                conn.counters.incr("consumer.received")
+                return msg
+            frames = frames_io.unpack(frames)  # the direct path's one part
             msg = wire.decode(frames, conn.settings.limits)
         except RemoteProtocolError as exc:
             conn.counters.incr("consumer.dropped." + exc.reason)

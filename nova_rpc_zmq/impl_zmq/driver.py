@@ -241,15 +241,25 @@ class Driver:
         replies = self.replies
         replies.ensure_ready(timeout)
         msg_id = replies.new_msg_id()
-        body = wire.call_request(msg_id, replies.reply_topic, ctx, msg)
-        frames = wire.encode(replies.caller_mark, dtopic, ctx, body, envelope)
+        local, remote = self.local, self.remote
+        route = self.routes.for_call(host)
+        alone = route == routes.REMOTE and remote is not None and \
+            not envelope and remote.takes_direct_calls(dtopic, host)
+        if alone:
+            # consumers of this version: the call alone, as the receivers'
+            # form says it with the context twice and nested
+            frames = wire.encode_direct_call(
+                replies.caller_mark, dtopic, msg_id, replies.reply_topic, ctx,
+                msg)
+        else:
+            frames = wire.encode(replies.caller_mark, dtopic, ctx,
+                                 wire.call_request(msg_id, replies.reply_topic,
+                                                   ctx, msg), envelope)
         queue = replies.register(msg_id, host)
         self.counters.incr("calls")
         empty = self.handler.Empty
         method = msg.get(wire.METHOD_KEY) if isinstance(msg, dict) else None
-        local, remote = self.local, self.remote
         try:
-            route = self.routes.for_call(host)
             if route == routes.LOCAL:
                 sent = local is not None and local.send(dtopic, frames)
             elif route == routes.REMOTE:
@@ -257,6 +267,11 @@ class Driver:
             else:
                 sent = False
             if not sent:
+                if alone:
+                    frames = wire.encode(
+                        replies.caller_mark, dtopic, ctx,
+                        wire.call_request(msg_id, replies.reply_topic, ctx,
+                                          msg))
                 self._send(host, frames, dtopic)
             yield None  # sent: multicall() returns the iterator now
             expected = 0  # the next streamed part to hand out

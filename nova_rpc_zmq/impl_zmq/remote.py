@@ -118,7 +118,7 @@ _REPLIES_DOT = wire.REPLIES_PREFIX + wire.TOPIC_SEPARATOR
 _ASK_RE = re.compile(r"([0-9a-f]{16})where([0-9]{1,9}):([0-9]{1,5}):(.+)\Z",
                      re.ASCII)
 _ANSWER_RE = re.compile(
-    r"([0-9a-f]{16})whereis([0-9]{1,9}):([0-9]{1,5})(:p)?\Z", re.ASCII)
+    r"([0-9a-f]{16})whereis([0-9]{1,9}):([0-9]{1,5})(:p|:d)?\Z", re.ASCII)
 #: Asks numbered from here on come from a caller that takes one-part
 #: replies (``frames.pack``); an answer ending ``:p`` comes from a
 #: consumer that takes one-part calls. Earlier versions of this project
@@ -127,9 +127,12 @@ _ANSWER_RE = re.compile(
 PACKED_ASKS = 100000000
 #: Asks numbered from here on come from a caller that also takes direct
 #: replies (``wire.encode_direct_reply``: the reply alone, without the
-#: context and the nesting a receiver needs); a service sends those to it
-#: and the parts of ``wire.encode`` to any other caller.
-DIRECT_REPLY_ASKS = 200000000
+#: context and the nesting a receiver needs) and reads an answer ending
+#: ``:d``: a consumer that takes direct calls (``wire.encode_direct_call``)
+#: answers so. A service sends direct replies to such a caller only, and
+#: the caller direct calls only when every port its socket reaches said
+#: ``:d``; the others get and send the wire's parts, as before.
+DIRECT_ASKS = 200000000
 
 
 def port_range(settings: Settings) -> range | None:
@@ -193,10 +196,12 @@ def parse_ask(probe_id: str) -> tuple[str, int, int, str] | None:
 
 def answer_frames(token: str, n: int, port: int, host: str) -> list[bytes]:
     """The answer to ask ``n`` of ``token``: our ``port``, to ``host``;
-    to an ask of a caller that packs, also that we unpack (``:p``)."""
-    packed = ":p" if n >= PACKED_ASKS else ""
+    to an ask of a caller that packs, also that we unpack (``:p``), and to
+    one that makes direct calls, that we take those (``:d``, which says
+    ``:p`` too)."""
+    style = ":d" if n >= DIRECT_ASKS else ":p" if n >= PACKED_ASKS else ""
     return wire.encode_probe("%s%s%d:%d%s" % (token, ANSWER_MARK, n, port,
-                                              packed),
+                                              style),
                              wire.reply_topic(host))
 
 
@@ -214,18 +219,19 @@ class _Pool:
     and then keeps about the sockets its bursts need instead of closing
     and making them again."""
 
-    __slots__ = ("endpoints", "host", "packed", "direct_replies", "idle",
+    __slots__ = ("endpoints", "host", "packed", "direct_style", "idle",
                  "made", "closed", "born", "low", "trim_at")
 
     def __init__(self, endpoints: tuple[str, ...], host: str,
-                 packed: bool, direct_replies: bool = False) -> None:
+                 packed: bool, direct_style: bool = False) -> None:
         self.endpoints = endpoints
         #: the host of every endpoint (whose certificate CURVE expects)
         self.host = host
         #: every peer unpacks: send one part (``frames.pack``)
         self.packed = packed
-        #: the caller takes direct replies (``DIRECT_REPLY_ASKS``)
-        self.direct_replies = direct_replies
+        #: the peer takes direct replies (a caller) or direct calls (the
+        #: consumers of a topic): ``DIRECT_ASKS``
+        self.direct_style = direct_style
         self.idle: list[Any] = []
         self.made = 0
         self.closed = False
@@ -278,20 +284,20 @@ class _Peers:
         self.closed = False
 
     def set(self, key: Any, endpoints: tuple[str, ...], host: str,
-            packed: bool = False, direct_replies: bool = False) -> None:
+            packed: bool = False, direct_style: bool = False) -> None:
         """Send to ``endpoints`` of ``host`` (each socket connects to all;
         ZeroMQ hands each message to the next connected one) from now on,
-        as one part when ``packed`` (all of them unpack); a caller's pool
-        notes whether it takes ``direct_replies``."""
+        as one part when ``packed`` (all of them unpack); ``direct_style``:
+        all of them take the direct style."""
         with self._lock:
             if self.closed:
                 return
             old = self.pools.get(key)
             if old is not None and old.endpoints == endpoints:
                 old.packed = packed
-                old.direct_replies = direct_replies
+                old.direct_style = direct_style
                 return
-            pool = _Pool(endpoints, host, packed, direct_replies)
+            pool = _Pool(endpoints, host, packed, direct_style)
             # connecting now: the next send finds the connection made
             sock = self._socket(pool)
             if sock is None:
@@ -428,14 +434,21 @@ class RemoteCalls:
         #: (dtopic, host) that answered at least once
         self._ours: set[tuple[str, str]] = set()
         #: (dtopic, host) -> {port: (monotonic time it was last named,
-        #: whether its consumer unpacks)}
-        self._ports: dict[tuple[str, str], dict[int, tuple[float, bool]]] = {}
+        #: what its consumer takes: "" parts, ":p" one part, ":d" direct
+        #: calls too)}
+        self._ports: dict[tuple[str, str], dict[int, tuple[float, str]]] = {}
         #: ask number -> (dtopic, host)
         self._asked: "collections.OrderedDict[int, tuple[str, str]]" = \
             collections.OrderedDict()
-        self._ids = itertools.count(DIRECT_REPLY_ASKS)
+        self._ids = itertools.count(DIRECT_ASKS)
         # answers come from the reply listener's threads (SUB and TCP)
         self._answer_lock = handler.Lock()
+
+    def takes_direct_calls(self, dtopic: str, host: str) -> bool:
+        """True when every consumer of ``dtopic`` on ``host`` we send to
+        takes ``wire.encode_direct_call``."""
+        pool = self._peers.pools.get((dtopic, host))
+        return pool is not None and pool.direct_style
 
     def send(self, dtopic: str, host: str, frames: list) -> bool:
         """Hand ``frames`` straight to a service of ``dtopic`` on ``host``;
@@ -516,15 +529,18 @@ class RemoteCalls:
             self._ports.pop(next(iter(self._ports)))
         known = self._ports.setdefault(key, {})
         # no ``:p``: an older version of ours has the port
-        known[port] = (now, match is not None and bool(match.group(4)))
+        known[port] = (now, (match.group(4) or "") if match is not None
+                       else "")
         for old in [p for p, (seen, _u) in known.items()
                     if now - seen > PORT_TTL]:
             del known[old]
         ports = sorted(known, key=known.__getitem__)[-MAX_PORTS:]
         base = self.endpoint(key[1])
-        # one socket reaches every port: one part only when all unpack
+        # one socket reaches every port: one part only when all unpack,
+        # direct calls only when all take them
         self._peers.set(key, tuple(_with_port(base, p) for p in sorted(ports)),
-                        key[1], packed=all(known[p][1] for p in ports))
+                        key[1], packed=all(known[p][1] for p in ports),
+                        direct_style=all(known[p][1] == ":d" for p in ports))
         self.counters.incr("direct.where_answered")
 
     def close(self) -> None:
@@ -569,11 +585,11 @@ class RemoteReplies:
             return True
         if reply_port in self.ports:
             # a caller that numbers its asks from PACKED_ASKS unpacks, one
-            # that numbers them from DIRECT_REPLY_ASKS takes direct replies
+            # that numbers them from DIRECT_ASKS takes direct replies
             self._peers.set((host, token),
                             (_with_port(self.endpoint(host), reply_port),),
                             host, packed=n >= PACKED_ASKS,
-                            direct_replies=n >= DIRECT_REPLY_ASKS)
+                            direct_style=n >= DIRECT_ASKS)
         if port is None:
             return True  # no port of ours: the caller keeps the receivers
         try:
@@ -589,7 +605,7 @@ class RemoteReplies:
         if not reply_topic.startswith(_REPLIES_DOT):
             return False
         pool = self._peers.pools.get((reply_topic[len(_REPLIES_DOT):], token))
-        return pool is not None and pool.direct_replies
+        return pool is not None and pool.direct_style
 
     def send(self, reply_topic: str, token: str, frames: list) -> bool:
         """Send a reply straight to the caller ``token`` on the host of

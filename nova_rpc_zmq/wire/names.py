@@ -34,6 +34,10 @@ CALLER_STREAMS = b"stream"
 #: only, on the direct TCP path to a caller that asked for it
 #: (``impl_zmq/remote.py``); distinct from ``frames.PACKED_MARK``.
 DIRECT_REPLY_MARK = b"\x00nrzr1"
+#: First bytes of a direct call: one part, ``DIRECT_CALL_MARK`` then the
+#: JSON list ``[frame 0, topic, msg_id, reply topic, context, message]``.
+#: Ours only, on the direct TCP path to consumers that said they take it.
+DIRECT_CALL_MARK = b"\x00nrzc1"
 MAX_MSG_ID_LENGTH = 255
 
 # -- topics -------------------------------------------------------------------

@@ -14,7 +14,8 @@ from nova_rpc_zmq.wire.jsontext import _loads_bytes, _loads_text
 from nova_rpc_zmq.wire.names import (
     _EMPTY_ARGS, _ENVELOPE_MESSAGE_KEY_B, _ENVELOPE_VERSION_B,
     _ENVELOPE_VERSION_KEY_B, _STREAMS, _STREAMS_DOT, _TOPIC_CHARSET, _error,
-    _snippet, ARGS_KEY, DEFAULT_LIMITS, DIRECT_REPLY_MARK, ENVELOPE_MAJOR,
+    _snippet, ARGS_KEY, DEFAULT_LIMITS, DIRECT_CALL_MARK, DIRECT_REPLY_MARK,
+    ENVELOPE_MAJOR,
     ENVELOPE_MESSAGE_KEY, ENVELOPE_VERSION, ENVELOPE_VERSION_KEY,
     LEGACY_FRAMES, LEGACY_PAYLOAD,
     Limits, MAX_MSG_ID_LENGTH, MAX_SEQ, METHOD_KEY, MIN_FRAMES, MORE_KEY,
@@ -464,3 +465,46 @@ def decode_direct_reply(data: Any, limits: Limits = DEFAULT_LIMITS) -> Reply:
     if type(seq) is not int or not 0 <= seq < MAX_SEQ:
         seq = None  # -1: unnumbered; out of range: read as unnumbered
     return Reply(msg_id, response, more, seq)
+
+
+_CALL_START = len(DIRECT_CALL_MARK)
+
+
+def decode_direct_call(data: Any, limits: Limits = DEFAULT_LIMITS
+                       ) -> Message:
+    """The ``Message`` of a one-part direct call (``encode_direct_call``):
+    the one ``decode`` gives for the call in the wire's form (its ``body``
+    the ``-reply`` body without the context copy).
+
+    Checks as ``decode`` does: the size, the JSON, frame 0, the topic,
+    the context, the call request. Raises ``errors.RemoteProtocolError``
+    and nothing else, whatever the input.
+    """
+    raw = _frame_bytes(data)
+    if len(raw) > limits.max_msg_size:
+        raise _error("too_large", "%d bytes, the limit is %d"
+                     % (len(raw), limits.max_msg_size))
+    if not raw.startswith(DIRECT_CALL_MARK):
+        raise _error("unknown_style", "not a direct call: %s"
+                     % _snippet(raw[:16]))
+    try:
+        value = _loads_bytes(raw[_CALL_START:], limits, "direct call")
+        if type(value) is not list or len(value) != 6:
+            raise _error("bad_body", "a direct call is the JSON list [frame "
+                         "0, topic, msg_id, reply topic, context, message]")
+        mark, topic, msg_id, reply_topic, context, msg = value
+        if type(mark) is not str or type(topic) is not str:
+            raise _error("bad_frame", "frame 0 and the topic of a direct "
+                         "call must be strings")
+        mark = _msg_id_of(mark.encode("utf-8", "surrogatepass"))
+        topic = _topic_of(topic.encode("utf-8", "surrogatepass"), limits)
+        args = {MSG_ID_KEY: msg_id, REPLY_TOPIC_KEY: reply_topic,
+                REPLY_MSG_KEY: msg}
+        request = _call_request_of(args)
+        if type(context) is not dict:
+            raise _error("bad_context", "the context of a direct call must "
+                         "be a JSON object, got %s" % type(context).__name__)
+    except RecursionError:
+        raise _error("too_deep", "direct call nests too deeply") from None
+    return Message(mark, topic, STYLE_LEGACY, context,
+                   {METHOD_KEY: REPLY_METHOD, ARGS_KEY: args}, False, request)

@@ -12,8 +12,8 @@ from nova_rpc_zmq.wire import names as _names
 from nova_rpc_zmq.wire.jsontext import _json_bytes, _json_text
 from nova_rpc_zmq.wire.names import (
     _ENVELOPE_MESSAGE_KEY_B, _ENVELOPE_VERSION_B, _ENVELOPE_VERSION_KEY_B,
-    _TOPIC_CHARSET, _snippet, ARGS_KEY, DIRECT_REPLY_MARK, Limits,
-    MAX_MSG_ID_LENGTH,
+    _TOPIC_CHARSET, _snippet, ARGS_KEY, DIRECT_CALL_MARK, DIRECT_REPLY_MARK,
+    Limits, MAX_MSG_ID_LENGTH,
     METHOD_KEY, MORE_KEY, MSG_ID_KEY, NOTIFICATION_PRIORITIES, NO_MSG_ID,
     PROCESS_REPLY_METHOD, REPLY_METHOD, REPLY_MSG_KEY, REPLY_TOPIC_KEY,
     RESPONSE_KEY, SEQ_KEY, STYLE_LEGACY, STYLE_PROBE, STYLE_V2)
@@ -156,3 +156,23 @@ def encode_direct_reply(msg_id: str, response: Iterable[Any],
     return [DIRECT_REPLY_MARK + _json_bytes(
         [msg_id, list(response), bool(more), -1 if seq is None else int(seq)],
         "reply")]
+
+
+def encode_direct_call(caller_mark: bytes, topic: str, msg_id: str,
+                       reply_topic: str, context: dict, msg: dict
+                       ) -> list[bytes]:
+    """The one-part message of a call on the direct path to consumers of
+    ours that take it (``DIRECT_CALL_MARK``): what ``encode`` of
+    ``call_request`` says, with the context once and no nesting.
+    Raises ``errors.LocalError`` as those do."""
+    _local_msg_id(caller_mark)
+    _local_topic(topic)
+    _local_msg_id(msg_id)
+    _local_topic(reply_topic, "reply topic")
+    if type(context) is not dict:
+        raise errors.LocalError("cannot send: the context must be a dict, "
+                                "got %s" % type(context).__name__)
+    _local_body(msg)
+    return [DIRECT_CALL_MARK + _json_bytes(
+        [caller_mark.decode("ascii"), topic, msg_id, reply_topic, context,
+         msg], "message body")]

@@ -433,6 +433,8 @@ def test_a_caller_of_an_earlier_version_gets_replies_of_parts(
                                 timeout=scaled(10)) == i
         assert drv.counters.get("direct.calls") >= 10
         assert drv.counters.get("replies.direct_style") == 0
+        # it read ``:p`` answers, so it sends the wire's form
+        assert not drv.remote.takes_direct_calls("demo." + B, B)
 
 
 def test_a_forged_direct_reply_is_dropped_and_counted(
@@ -468,5 +470,80 @@ def test_a_forged_direct_reply_is_dropped_and_counted(
              what="the late reply counted")
     assert caller.counters.get("replies.dropped.bad_json") == 1
     assert caller.counters.get("replies.dropped.bad_body") == 2
+    assert caller.call({}, "demo", m("echo", value="after"),
+                       timeout=scaled(10)) == "after"
+
+
+def test_calls_between_our_hosts_go_in_the_direct_style(
+        hosts: Hosts, caller: Driver) -> None:
+    """The consumers of this version said ``:d``: the caller sends them
+    the call alone (``wire.encode_direct_call``), and they answer it."""
+    warm_up(caller, "demo")
+    assert caller.remote.takes_direct_calls("demo." + B, B)
+    ctx = {"user_id": "u-\u00e9", "roles": ["a", "b"], "n": None}
+    with crossing_no_receiver(hosts):
+        for i in range(20):
+            assert caller.call(ctx, "demo", m("echo", value={"i": i}),
+                               timeout=scaled(10)) == {"i": i}
+    with pytest.raises(Exception) as info:
+        caller.call(ctx, "demo", m("no_such_method"), timeout=scaled(10))
+    assert "no_such_method" in str(info.value)
+
+
+def hand_made_direct_call(drv: Driver, dtopic: str, value: str) -> tuple:
+    """``hand_made_call`` in the direct style."""
+    replies = drv.replies
+    msg_id = replies.new_msg_id()
+    frames = wire.encode_direct_call(replies.caller_mark, dtopic, msg_id,
+                                     replies.reply_topic, {"u": 1},
+                                     m("echo", value=value))
+    return msg_id, frames, replies.register(msg_id, B)
+
+
+def test_a_direct_call_to_the_wrong_consumer_is_forwarded_in_the_wires_form(
+        hosts: Hosts, caller: Driver) -> None:
+    warm_up(caller, "demo")
+    warm_up(caller, "pair")
+    pool = caller.remote._peers.pools[("pair." + B, B)]
+    msg_id, frames, queue = hand_made_direct_call(caller, "demo." + B,
+                                                  "forwarded")
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(pool.endpoints[0])  # a consumer of "pair", not "demo"
+        push.send_multipart(frames)
+        response, _more, _seq = queue.get(timeout=scaled(10))
+        assert response == ["forwarded"]
+    finally:
+        caller.replies.unregister(msg_id)
+        push.close(0)
+        ctx.term()
+
+
+def test_a_malformed_direct_call_is_dropped_and_the_service_goes_on(
+        hosts: Hosts, caller: Driver) -> None:
+    warm_up(caller, "demo")
+    pool = caller.remote._peers.pools[("demo." + B, B)]
+    mark = wire.DIRECT_CALL_MARK
+    msg_id, good, queue = hand_made_direct_call(caller, "demo." + B, "good")
+    bad_ctx = json.loads(good[0][len(mark):])
+    bad_ctx[4] = "not a dict"
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(pool.endpoints[0])
+        for bad in (mark, mark + b"[1, 2]", mark + b"\xff",
+                    mark + json.dumps(bad_ctx).encode(),
+                    mark + b"[" * 5000 + b"]" * 5000):
+            push.send(bad)
+        push.send_multipart(good)
+        response, _more, _seq = queue.get(timeout=scaled(10))
+        assert response == ["good"]
+    finally:
+        caller.replies.unregister(msg_id)
+        push.close(0)
+        ctx.term()
     assert caller.call({}, "demo", m("echo", value="after"),
                        timeout=scaled(10)) == "after"

@@ -134,21 +134,35 @@ def test_one_part_only_between_versions_that_unpack() -> None:
     try:
         calls.send("compute.b", "b", [b"x"])
         asks = [remote.parse_ask(frames[0].decode()) for _h, frames, _t in sent]
-        # ... and that we take direct replies (from DIRECT_REPLY_ASKS)
-        assert all(n >= remote.DIRECT_REPLY_ASKS for _t, n, _p, _h in asks)
+        # ... and that we take direct replies (from DIRECT_ASKS)
+        assert all(n >= remote.DIRECT_ASKS for _t, n, _p, _h in asks)
         (_t, n1, _p, host), (_t, n2, _p, _h), (_t, n3, _p, _h) = asks
-        # a consumer of this version answers the first ask with ``:p``
+        # a consumer of this version answers the first ask with ``:d``
+        # (one part, and direct calls)
         ours = remote.answer_frames(TOKEN, n1, 9510, host)[0].decode()
-        assert ours.endswith(":9510:p")
+        assert ours.endswith(":9510:d")
         calls.answered(ours)
-        assert calls._peers.pools[("compute.b", "b")].packed
+        pools = calls._peers.pools
+        assert pools[("compute.b", "b")].packed
+        assert pools[("compute.b", "b")].direct_style
+        assert calls.takes_direct_calls("compute.b", "b")
+        # the previous version (``:p``) on another port: one part still,
+        # but the wire's form, which both read
+        calls.answered("%swhereis%d:9512:p" % (TOKEN, n3))
+        assert pools[("compute.b", "b")].packed
+        assert not calls.takes_direct_calls("compute.b", "b")
         # an earlier version answers the next on another port: the socket
-        # reaches both, so messages go as parts
+        # reaches all, so messages go as parts
         calls.answered("%swhereis%d:9511" % (TOKEN, n2))
-        assert not calls._peers.pools[("compute.b", "b")].packed
+        assert not pools[("compute.b", "b")].packed
+        assert not calls.takes_direct_calls("compute.b", "b")
+        assert not calls.takes_direct_calls("compute.c", "b")
         # an ask numbered as an earlier version numbers them gets no ``:p``
         assert remote.answer_frames(TOKEN, 7, 9510, host)[0].decode() \
             .endswith("whereis7:9510")
+        n = remote.PACKED_ASKS + 7
+        assert remote.answer_frames(TOKEN, n, 9510, host)[0].decode() \
+            .endswith("whereis%d:9510:p" % n)
     finally:
         calls.close()
         calls._peers.ctx.term()
@@ -174,11 +188,11 @@ def test_a_service_packs_replies_only_for_a_caller_that_asked_so() -> None:
         # neither of those takes direct replies: they get the wire's parts
         assert not replies.takes_direct_replies("zmq_replies.hosta", "0" * 16)
         assert not replies.takes_direct_replies("zmq_replies.hosta", "1" * 16)
-        ask = "%swhere%d:9521:hosta" % ("2" * 16, remote.DIRECT_REPLY_ASKS)
+        ask = "%swhere%d:9521:hosta" % ("2" * 16, remote.DIRECT_ASKS)
         assert replies.asked(ask, 9530, lambda *a: answers.append(a))
         assert pools[("hosta", "2" * 16)].packed
         assert replies.takes_direct_replies("zmq_replies.hosta", "2" * 16)
-        assert answers[-1][1][0].decode().endswith(":9530:p")
+        assert answers[-1][1][0].decode().endswith(":9530:d")
         # a caller with no port here, or a topic that is not a reply topic
         assert not replies.takes_direct_replies("zmq_replies.hostb", "2" * 16)
         assert not replies.takes_direct_replies("compute.hosta", "2" * 16)

@@ -782,3 +782,111 @@ def test_random_direct_replies_raise_only_protocol_errors() -> None:
         except errors.RemoteProtocolError:
             continue
         assert type(reply.response) is list and type(reply.more) is bool
+
+
+# -- direct calls (ours only) ---------------------------------------------
+
+CALLER = b"stream.0123456789abcdef"
+
+
+def direct_call(**change: object) -> bytes:
+    """A direct call's part, with fields of its list replaced."""
+    fields = [CALLER.decode(), "compute.h1", HEX_ID, "zmq_replies.c", CTX,
+              {"method": "echo", "args": {"v": 1}}]
+    for index, value in change.items():
+        fields[int(index[1:])] = value
+    return wire.DIRECT_CALL_MARK + json.dumps(fields).encode()
+
+
+def test_direct_call_decodes_as_the_wires_form_does() -> None:
+    msg = {"method": "echo", "args": {"v": [1, None, "\u00e9"]},
+           "version": "1.1"}
+    (part,) = wire.encode_direct_call(CALLER, "compute.h1", HEX_ID,
+                                      "zmq_replies.c", CTX, msg)
+    assert part.startswith(wire.DIRECT_CALL_MARK)
+    direct = wire.decode_direct_call(part)
+    legacy = message(wire.encode(CALLER, "compute.h1", CTX, wire.call_request(
+        HEX_ID, "zmq_replies.c", CTX, msg)))
+    for field in ("msg_id", "topic", "style", "context", "envelope", "call",
+                  "method", "caller_streams", "is_notification"):
+        assert getattr(direct, field) == getattr(legacy, field), field
+    assert direct.reply is None
+
+
+def test_direct_call_is_not_a_message_of_the_wire() -> None:
+    part = wire.encode_direct_call(CALLER, "compute.h1", HEX_ID,
+                                   "zmq_replies.c", {}, {"method": "m"})
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        wire.decode(part)
+    assert info.value.reason == "too_few_frames"
+
+
+@pytest.mark.parametrize("args", [
+    (b"bad mark!", "compute.h1", HEX_ID, "zmq_replies.c", {}, {"method": "m"}),
+    (CALLER, "../x", HEX_ID, "zmq_replies.c", {}, {"method": "m"}),
+    (CALLER, "compute.h1", "bad id!", "zmq_replies.c", {}, {"method": "m"}),
+    (CALLER, "compute.h1", HEX_ID, "zmq replies", {}, {"method": "m"}),
+    (CALLER, "compute.h1", HEX_ID, "zmq_replies.c", [], {"method": "m"}),
+    (CALLER, "compute.h1", HEX_ID, "zmq_replies.c", {}, {"args": {}}),
+    (CALLER, "compute.h1", HEX_ID, "zmq_replies.c", {"v": object()},
+     {"method": "m"}),
+])
+def test_direct_call_of_a_bad_value_is_our_error(args: tuple) -> None:
+    with pytest.raises(errors.LocalError):
+        wire.encode_direct_call(*args)
+
+
+BAD_DIRECT_CALLS = [
+    ("unknown_style", wire.DIRECT_REPLY_MARK + b"[]"),
+    ("bad_json", wire.DIRECT_CALL_MARK + b"[1,"),
+    ("bad_json", wire.DIRECT_CALL_MARK + b"\xff"),
+    ("bad_body", wire.DIRECT_CALL_MARK + b"[1, 2, 3]"),
+    ("bad_body", wire.DIRECT_CALL_MARK + b"{}"),
+    ("bad_frame", direct_call(f0=7)),
+    ("bad_frame", direct_call(f1=["compute"])),
+    ("bad_msg_id", direct_call(f0="stream.\u00e9")),
+    ("bad_topic", direct_call(f1="compute..h1")),
+    ("bad_topic", direct_call(f1="x" * 300)),
+    ("bad_body", direct_call(f2="id with spaces")),
+    ("bad_body", direct_call(f3="compute.c")),
+    ("bad_body", direct_call(f5={"args": {}})),
+    ("bad_body", direct_call(f5={"method": "m", "args": []})),
+    ("bad_context", direct_call(f4="text")),
+    ("bad_context", direct_call(f4=["a"])),
+    ("too_deep", wire.DIRECT_CALL_MARK + b"[" * 300 + b"]" * 300),
+    ("bad_frame", None),
+]
+
+
+@pytest.mark.parametrize("reason,data", BAD_DIRECT_CALLS,
+                         ids=["%d-%s" % (i, r) for i, (r, _d) in
+                              enumerate(BAD_DIRECT_CALLS)])
+def test_each_bad_direct_call_has_its_reason(reason: str,
+                                             data: object) -> None:
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        wire.decode_direct_call(data)
+    assert info.value.reason == reason
+
+
+def test_direct_call_size_is_checked_before_parsing() -> None:
+    with pytest.raises(errors.RemoteProtocolError) as info:
+        wire.decode_direct_call(direct_call(f5={"method": "m",
+                                                "args": {"v": "x" * 200}}),
+                                wire.Limits(max_msg_size=128))
+    assert info.value.reason == "too_large"
+
+
+def test_random_direct_calls_raise_only_protocol_errors() -> None:
+    import random
+    rng = random.Random(1206)
+    good = direct_call()
+    for _ in range(2000):  # bounded
+        data = bytearray(good)
+        for _flip in range(rng.randint(1, 4)):
+            data[rng.randrange(len(wire.DIRECT_CALL_MARK), len(data))] = \
+                rng.randrange(256)
+        try:
+            msg = wire.decode_direct_call(bytes(data))
+        except errors.RemoteProtocolError:
+            continue
+        assert type(msg.context) is dict and msg.call is not None
