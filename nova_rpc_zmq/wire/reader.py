@@ -426,7 +426,20 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS
         raise _error("too_deep", "message nests too deeply") from None
 
 
-_DIRECT_START = len(DIRECT_REPLY_MARK)
+def _direct_json(data: Any, limits: Limits, mark: bytes, what: str) -> Any:
+    """The JSON after ``mark`` of a one-part direct message, its size
+    checked first."""
+    raw = _frame_bytes(data)
+    if len(raw) > limits.max_msg_size:
+        raise _error("too_large", "%d bytes, the limit is %d"
+                     % (len(raw), limits.max_msg_size))
+    if not raw.startswith(mark):
+        raise _error("unknown_style", "not a %s: %s" % (what,
+                                                      _snippet(raw[:16])))
+    try:
+        return _loads_bytes(raw[len(mark):], limits, what)
+    except RecursionError:
+        raise _error("too_deep", "%s nests too deeply" % what) from None
 
 
 def decode_direct_reply(data: Any, limits: Limits = DEFAULT_LIMITS) -> Reply:
@@ -437,17 +450,7 @@ def decode_direct_reply(data: Any, limits: Limits = DEFAULT_LIMITS) -> Reply:
     ``seq`` out of range reads as unnumbered. Raises
     ``errors.RemoteProtocolError`` and nothing else, whatever the input.
     """
-    raw = _frame_bytes(data)
-    if len(raw) > limits.max_msg_size:
-        raise _error("too_large", "%d bytes, the limit is %d"
-                     % (len(raw), limits.max_msg_size))
-    if not raw.startswith(DIRECT_REPLY_MARK):
-        raise _error("unknown_style", "not a direct reply: %s"
-                     % _snippet(raw[:16]))
-    try:
-        value = _loads_bytes(raw[_DIRECT_START:], limits, "direct reply")
-    except RecursionError:
-        raise _error("too_deep", "direct reply nests too deeply") from None
+    value = _direct_json(data, limits, DIRECT_REPLY_MARK, "direct reply")
     if type(value) is not list or len(value) != 4:
         raise _error("bad_body", "a direct reply is the JSON list [msg_id, "
                      "response, more, seq]")
@@ -467,9 +470,6 @@ def decode_direct_reply(data: Any, limits: Limits = DEFAULT_LIMITS) -> Reply:
     return Reply(msg_id, response, more, seq)
 
 
-_CALL_START = len(DIRECT_CALL_MARK)
-
-
 def decode_direct_call(data: Any, limits: Limits = DEFAULT_LIMITS
                        ) -> Message:
     """The ``Message`` of a one-part direct call (``encode_direct_call``):
@@ -480,15 +480,8 @@ def decode_direct_call(data: Any, limits: Limits = DEFAULT_LIMITS
     the context, the call request. Raises ``errors.RemoteProtocolError``
     and nothing else, whatever the input.
     """
-    raw = _frame_bytes(data)
-    if len(raw) > limits.max_msg_size:
-        raise _error("too_large", "%d bytes, the limit is %d"
-                     % (len(raw), limits.max_msg_size))
-    if not raw.startswith(DIRECT_CALL_MARK):
-        raise _error("unknown_style", "not a direct call: %s"
-                     % _snippet(raw[:16]))
+    value = _direct_json(data, limits, DIRECT_CALL_MARK, "direct call")
     try:
-        value = _loads_bytes(raw[_CALL_START:], limits, "direct call")
         if type(value) is not list or len(value) != 6:
             raise _error("bad_body", "a direct call is the JSON list [frame "
                          "0, topic, msg_id, reply topic, context, message]")
