@@ -38,6 +38,8 @@ HELPS = {
                    "the receiver.",
     "consumer.dropped": "Requests this process dropped unrun, by reason.",
     "replies.dropped": "Replies dropped as malformed, by reason.",
+    "replies.direct_style": "Replies read in the direct style (the reply "
+                            "alone, from a service of ours on another host).",
 }
 #: The driver's gauges, name -> help, in the order shown; the driver hands
 #: ``start`` a reader of each (``Gauges``).
