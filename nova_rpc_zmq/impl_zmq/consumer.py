@@ -324,17 +324,19 @@ class _Consumer:
         try:
             if len(frames) == 1 and frames[0].startswith(_DIRECT_CALL_MARK):
                 # a caller of ours on another host, on our TCP port
-                msg = wire.decode_direct_call(frames[0], conn.settings.limits)
-                if msg.topic not in self.topics:
+                direct = wire.decode_direct_call(frames[0],
+                                                 conn.settings.limits)
+                call = direct.call
+                if call is not None and direct.topic not in self.topics:
                     # in the wire's form: the receiver reads only that
-                    call = msg.call
                     self._forward(wire.encode(
-                        msg.msg_id, msg.topic, msg.context,
+                        direct.msg_id, direct.topic, direct.context,
                         wire.call_request(call.msg_id, call.reply_topic,
-                                          msg.context, call.msg)), msg.topic)
+                                          direct.context, call.msg)),
+                        direct.topic)
                     return None
                 conn.counters.incr("consumer.received")
-                return msg
+                return direct
             frames = frames_io.unpack(frames)  # the direct path's one part
             msg = wire.decode(frames, conn.settings.limits)
         except RemoteProtocolError as exc:
