@@ -329,11 +329,10 @@ class _Consumer:
                 call = direct.call
                 if call is not None and direct.topic not in self.topics:
                     # in the wire's form: the receiver reads only that
-                    self._forward(wire.encode(
-                        direct.msg_id, direct.topic, direct.context,
-                        wire.call_request(call.msg_id, call.reply_topic,
-                                          direct.context, call.msg)),
-                        direct.topic)
+                    self._forward(wire.encode_call(
+                        direct.msg_id, direct.topic,
+                        call.msg_id, call.reply_topic, direct.context,
+                        call.msg), direct.topic)
                     return None
                 conn.counters.incr("consumer.received")
                 return direct

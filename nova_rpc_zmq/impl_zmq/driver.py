@@ -252,9 +252,8 @@ class Driver:
                 replies.caller_mark, dtopic, msg_id, replies.reply_topic, ctx,
                 msg)
         else:
-            frames = wire.encode(replies.caller_mark, dtopic, ctx,
-                                 wire.call_request(msg_id, replies.reply_topic,
-                                                   ctx, msg), envelope)
+            frames = wire.encode_call(replies.caller_mark, dtopic, msg_id,
+                                      replies.reply_topic, ctx, msg, envelope)
         queue = replies.register(msg_id, host)
         self.counters.incr("calls")
         empty = self.handler.Empty
@@ -268,10 +267,9 @@ class Driver:
                 sent = False
             if not sent:
                 if alone:
-                    frames = wire.encode(
-                        replies.caller_mark, dtopic, ctx,
-                        wire.call_request(msg_id, replies.reply_topic, ctx,
-                                          msg))
+                    frames = wire.encode_call(
+                        replies.caller_mark, dtopic, msg_id,
+                        replies.reply_topic, ctx, msg)
                 self._send(host, frames, dtopic)
             yield None  # sent: multicall() returns the iterator now
             expected = 0  # the next streamed part to hand out

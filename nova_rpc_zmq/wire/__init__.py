@@ -55,8 +55,8 @@ from nova_rpc_zmq.wire.topics import (
     is_notification_topic, is_reply_topic, notification_topic, reply_topic,
     route)
 from nova_rpc_zmq.wire.writer import (
-    call_request, encode, encode_direct_call, encode_direct_reply,
-    encode_probe, reply_body)
+    call_request, encode, encode_call, encode_direct_call,
+    encode_direct_reply, encode_probe, reply_body)
 
 __all__ = [
     "ARGS_KEY", "CALLER_STREAMS", "DEFAULT_LIMITS", "DIRECT_CALL_MARK",
@@ -74,7 +74,7 @@ __all__ = [
     "V2_ENVELOPE_START", "VERSION_KEY", "CallRequest", "Limits", "Message",
     "Probe", "Reply", "bare_topic", "call_request", "check_topic",
     "decode", "decode_direct_call", "decode_direct_reply", "directed_topic",
-    "dumps", "encode", "encode_direct_call", "encode_direct_reply",
+    "dumps", "encode", "encode_call", "encode_direct_call", "encode_direct_reply",
     "encode_probe",
     "fanout_topic", "is_fanout", "is_notification_topic", "is_reply_topic",
     "notification_topic", "parse_call_request", "parse_reply", "peek",

@@ -158,12 +158,22 @@ def encode_direct_reply(msg_id: str, response: Iterable[Any],
         "reply")]
 
 
+def encode_call(caller_mark: str | bytes, topic: str, msg_id: str,
+                reply_topic: str, context: dict, msg: dict,
+                envelope: bool = False) -> list[bytes]:
+    """The frames of a call in the wire's form: ``encode`` of the
+    ``call_request`` body, frame 0 ``caller_mark``. Raises
+    ``errors.LocalError`` as those do."""
+    return encode(caller_mark, topic, context,
+                  call_request(msg_id, reply_topic, context, msg), envelope)
+
+
 def encode_direct_call(caller_mark: bytes, topic: str, msg_id: str,
                        reply_topic: str, context: dict, msg: dict
                        ) -> list[bytes]:
     """The one-part message of a call on the direct path to consumers of
-    ours that take it (``DIRECT_CALL_MARK``): what ``encode`` of
-    ``call_request`` says, with the context once and no nesting.
+    ours that take it (``DIRECT_CALL_MARK``): what ``encode_call`` says,
+    with the context once and no nesting.
     Raises ``errors.LocalError`` as those do."""
     _local_msg_id(caller_mark)
     _local_topic(topic)
