@@ -10,8 +10,13 @@ every message (round trips from a DEALER), a PULL that counts what it gets
 and a REP for control (``reset`` / ``stats``).  The ``green`` flavor runs
 both sides monkey-patched with ``eventlet.green.zmq`` and green threads.
 
-The messages are the frames our driver sends for the same call (made with
-``nova_rpc_zmq.wire``), so the baseline moves the same bytes.
+The messages are the frames of the same call in the wire's form (made with
+``nova_rpc_zmq.wire``: four parts, 374 bytes for the small call), as the
+receivers' route carries it. Between two of our nodes the direct path now
+sends one part instead (267 bytes, ``wire.encode_direct_call``); raw
+pyzmq moves one part faster than four (benchmarks/README.md, "Two hosts:
+the call and the reply alone on the direct path"), so against one-part
+messages the raw baseline would be higher than the one the targets use.
 """
 
 from __future__ import annotations
